@@ -1,0 +1,308 @@
+"""The job API's HTTP routes: CIMI `cloud-entry-point`, `session` and `job` (a WSGI app).
+
+Every answer, errors included, is JSON; an error is ``{"status", "message", "resource-id"}``
+as the ``nuvla-api`` client expects. Bad input is a 4xx naming the problem, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+import falcon
+import orjson
+
+from ..timeutil import now_iso
+from .errors import ApiError, bad_request, forbidden, not_found
+from .identity import ANONYMOUS, Caller, IdentityStore
+from .jobs import JobService
+from .query import QueryError, parse_query
+from .store import StoreError
+
+log = logging.getLogger(__name__)
+
+COOKIE = "com.sixsq.nuvla.cookie"
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+
+
+@dataclass
+class Settings:
+    trust_authn_header: bool = False
+    secure_cookie: bool = False
+    max_body: int = DEFAULT_MAX_BODY
+
+
+def _send(resp: falcon.Response, status: int, body: Any) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = orjson.dumps(body)
+
+
+class Context:
+    """What every resource needs: the services, the settings, and who is calling."""
+
+    def __init__(self, jobs: JobService, identities: IdentityStore, settings: Settings) -> None:
+        self.jobs = jobs
+        self.identities = identities
+        self.settings = settings
+
+    def caller(self, req: falcon.Request) -> Caller:
+        if self.settings.trust_authn_header:
+            header = req.get_header("nuvla-authn-info")
+            if header:
+                parts = header.split()
+                if parts:
+                    return Caller(parts[0], frozenset(parts) | {"group/nuvla-anon"})
+        token = req.cookies.get(COOKIE)
+        if token:
+            caller = self.identities.session_caller(token)
+            if caller is not None:
+                return caller
+        return ANONYMOUS
+
+    def body(self, req: falcon.Request) -> bytes:
+        limit = self.settings.max_body
+        if req.content_length is not None and req.content_length > limit:
+            raise ApiError(413, f"request body larger than {limit} bytes")
+        data = req.bounded_stream.read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(413, f"request body larger than {limit} bytes")
+        return data
+
+    def json(self, req: falcon.Request) -> Any:
+        data = self.body(req)
+        if not data.strip():
+            return {}
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise bad_request(f"malformed JSON body: {exc}") from None
+
+    def params(self, req: falcon.Request) -> dict[str, list[str]]:
+        """Query-string parameters plus a form-encoded body (the client's search sends one)."""
+        params: dict[str, list[str]] = {}
+        for key, value in req.params.items():
+            params[key] = value if isinstance(value, list) else [value]
+        content_type = req.content_type or ""
+        if content_type.startswith("application/x-www-form-urlencoded"):
+            try:
+                text = self.body(req).decode()
+            except UnicodeDecodeError:
+                raise bad_request("form body is not UTF-8") from None
+            for key, values in parse_qs(text, keep_blank_values=True).items():
+                params.setdefault(key, []).extend(values)
+        return params
+
+    def query(self, req: falcon.Request):
+        try:
+            return parse_query(self.params(req))
+        except (QueryError, ValueError) as exc:
+            raise bad_request(str(exc)) from None
+
+
+class CloudEntryPoint:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.created = now_iso()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _send(resp, 200, {
+            "id": "cloud-entry-point",
+            "resource-type": "cloud-entry-point",
+            "base-uri": f"{req.prefix}/api/",
+            "created": self.created,
+            "updated": self.created,
+            "collections": {"job": {"href": "job"}, "session": {"href": "session"}},
+        })
+
+
+class Sessions:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def _doc(self, session_id: str) -> dict[str, Any] | None:
+        row = self.ctx.identities.session(session_id)
+        if row is None:
+            return None
+        return {
+            "id": row["id"],
+            "resource-type": "session",
+            "user": row["identity"],
+            "identifier": row["identity"],
+            "roles": row["roles"],
+            "operations": [{"rel": "delete", "href": row["id"]}],
+        }
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+        caller = self.ctx.caller(req)
+        docs = []
+        if caller.session_id:
+            doc = self._doc(caller.session_id)
+            if doc is not None:
+                docs.append(doc)
+        _send(resp, 200, {"count": len(docs), "resources": docs, "id": "session",
+                          "resource-type": "session-collection",
+                          "operations": [{"rel": "add", "href": "session"}]})
+
+    on_get = on_put
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = self.ctx.json(req)
+        template = body.get("template") if isinstance(body, dict) else None
+        if not isinstance(template, dict):
+            raise bad_request("a session is created from a 'template' map")
+        href = template.get("href")
+        if href == "session-template/api-key":
+            kind, name, secret = "api-key", template.get("key"), template.get("secret")
+        elif href == "session-template/password":
+            kind, name, secret = "user", template.get("username"), template.get("password")
+        else:
+            raise bad_request("unknown session template; use session-template/api-key or "
+                              "session-template/password")
+        if not isinstance(name, str) or not isinstance(secret, str):
+            raise bad_request("the session template needs string credentials")
+        caller = self.ctx.identities.check(kind, name, secret)
+        if caller is None:
+            raise ApiError(403, "invalid credentials")
+        session_id, token = self.ctx.identities.open_session(caller)
+        resp.set_cookie(COOKIE, token, path="/", secure=self.ctx.settings.secure_cookie,
+                        http_only=True, same_site="Strict")
+        resp.location = f"/api/{session_id}"
+        _send(resp, 201, {"status": 201, "message": f"created {session_id}",
+                          "resource-id": session_id})
+
+
+class Session:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def _owned(self, req: falcon.Request, uuid: str) -> str:
+        session_id = f"session/{uuid}"
+        caller = self.ctx.caller(req)
+        if self.ctx.identities.session(session_id) is None:
+            raise not_found(session_id)
+        if caller.session_id != session_id and not caller.is_admin:
+            raise forbidden(session_id)
+        return session_id
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, uuid: str) -> None:
+        session_id = self._owned(req, uuid)
+        _send(resp, 200, Sessions(self.ctx)._doc(session_id))
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, uuid: str) -> None:
+        session_id = self._owned(req, uuid)
+        self.ctx.identities.close_session(session_id)
+        resp.unset_cookie(COOKIE, path="/")
+        _send(resp, 200, {"status": 200, "message": f"{session_id} deleted",
+                          "resource-id": session_id})
+
+
+class JobCollection:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+        query = self.ctx.query(req)
+        _send(resp, 200, self.ctx.jobs.search(query, self.ctx.caller(req)))
+
+    on_get = on_put
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        caller = self.ctx.caller(req)
+        doc = self.ctx.jobs.add(self.ctx.json(req), caller)
+        resp.location = f"/api/{doc['id']}"
+        _send(resp, 201, {"status": 201, "message": f"{doc['id']} created",
+                          "resource-id": doc["id"]})
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if (req.get_header("bulk") or "").lower() != "yes":
+            raise bad_request("deleting the job collection needs the header 'bulk: yes'")
+        query = self.ctx.query(req)
+        _send(resp, 200, self.ctx.jobs.delete_bulk(query, self.ctx.caller(req)))
+
+
+def _select(req: falcon.Request) -> list[str]:
+    values = req.get_param_as_list("select") or []
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+class JobItem:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, uuid: str) -> None:
+        _send(resp, 200, self.ctx.jobs.get(f"job/{uuid}", self.ctx.caller(req)))
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, uuid: str) -> None:
+        content_type = req.content_type or ""
+        if "json-patch" in content_type:
+            raise ApiError(415, "JSON patch edits are not supported by this server")
+        body = self.ctx.json(req)
+        _send(resp, 200, self.ctx.jobs.edit(f"job/{uuid}", body, _select(req),
+                                            self.ctx.caller(req)))
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, uuid: str) -> None:
+        job_id = f"job/{uuid}"
+        self.ctx.jobs.delete(job_id, self.ctx.caller(req))
+        _send(resp, 200, {"status": 200, "message": f"{job_id} deleted",
+                          "resource-id": job_id})
+
+
+class JobOperation:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, uuid: str, op: str) -> None:
+        self.ctx.json(req)  # the body is optional, but must be well-formed when given
+        result = self.ctx.jobs.operation(f"job/{uuid}", op, self.ctx.caller(req))
+        _send(resp, 200, result)
+
+
+def _api_error(req: falcon.Request, resp: falcon.Response, exc: ApiError, params) -> None:
+    _send(resp, exc.status, exc.body())
+
+
+def _store_error(req: falcon.Request, resp: falcon.Response, exc: StoreError, params) -> None:
+    log.error("database error on %s %s: %s", req.method, req.path, exc)
+    _send(resp, 503, {"status": 503, "message": str(exc)})
+
+
+def _http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError,
+                params) -> None:
+    status = exc.status_code
+    message = exc.description or exc.title or "error"
+    if status == 404:
+        message = f"no such resource: {req.path}"
+    elif status == 405:
+        message = f"method {req.method} not allowed on {req.path}"
+    _send(resp, status, {"status": status, "message": message})
+    for name, value in (exc.headers or {}).items():
+        resp.set_header(name, value)
+
+
+def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params) -> None:
+    log.exception("unexpected error on %s %s", req.method, req.path)
+    _send(resp, 500, {"status": 500, "message": "internal server error"})
+
+
+def create_app(jobs: JobService, identities: IdentityStore,
+               settings: Settings | None = None) -> falcon.App:
+    """The WSGI application serving the job API under ``/api``."""
+    ctx = Context(jobs, identities, settings or Settings())
+    app = falcon.App(cors_enable=False)
+    app.req_options.auto_parse_form_urlencoded = False
+    app.req_options.strip_url_path_trailing_slash = True
+    app.add_route("/api/cloud-entry-point", CloudEntryPoint(ctx))
+    app.add_route("/api/session", Sessions(ctx))
+    app.add_route("/api/session/{uuid}", Session(ctx))
+    app.add_route("/api/job", JobCollection(ctx))
+    app.add_route("/api/job/{uuid}", JobItem(ctx))
+    app.add_route("/api/job/{uuid}/{op}", JobOperation(ctx))
+    # Falcon tries the most specific handler first, so the order of these does not matter.
+    app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(falcon.HTTPError, _http_error)
+    app.add_error_handler(StoreError, _store_error)
+    app.add_error_handler(ApiError, _api_error)
+    return app

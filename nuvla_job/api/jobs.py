@@ -1,0 +1,330 @@
+"""The job resource's rules: add, edit, delete, the three operations, and search.
+
+Adding a queued job and putting it in ZooKeeper happen in this order:
+
+1. the document is stored, marked "owed a queue entry";
+2. the entry ``/job/entries/entry-PPP-`` is created in ZooKeeper;
+3. the entry's path is written into ``tags`` and the mark is cleared.
+
+If step 2 fails the document is deleted and the caller gets a 503, so nothing is left. A job
+is stored before its entry exists, so an executor that takes the entry always finds the job.
+If the server dies between 1 and 3, the mark survives in the database and the next start of
+the server finishes the add (``recover_pending``): it looks for an entry already holding the
+job's id before creating one, so no job is queued twice. So no job can stay ``QUEUED``
+without an entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from ..timeutil import now_iso, parse_time
+from . import acl as acls
+from .errors import ApiError, bad_request, forbidden, not_found
+from .identity import Caller
+from .query import Query
+from .schema import FINAL_STATES, STATES
+from .store import Conflict, Doc, JobStore
+from .validation import check_acl, check_attributes
+
+log = logging.getLogger(__name__)
+
+SERVER_SET = frozenset({"id", "resource-type", "created", "updated", "operations",
+                        "created-by", "updated-by"})
+# Attributes an edit may never remove through ``select``.
+REQUIRED = frozenset({"id", "resource-type", "state", "action", "progress", "execution-mode",
+                      "version", "created", "updated", "acl"})
+DEFAULT_PRIORITY = 999
+JOB_VERSION = 2
+
+
+class QueueUnavailable(Exception):
+    """ZooKeeper did not take the entry."""
+
+
+class JobQueue:
+    """What the job rules need from the queue: put an entry, and remove one again."""
+
+    def put(self, job_id: str, priority: int) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def remove(self, path: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def find(self, job_id: str, priority: int) -> str | None:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _queued(doc: Doc) -> bool:
+    return doc.get("execution-mode") in ("push", "mixed")
+
+
+class JobService:
+    """The job collection as callers see it, on a store and a queue."""
+
+    def __init__(self, store: JobStore, queue: JobQueue, base_uri: str = "") -> None:
+        self.store = store
+        self.queue = queue
+        self.base_uri = base_uri
+
+    # -- views ----------------------------------------------------------------------------
+
+    def operations(self, doc: Doc, caller: Caller) -> list[dict[str, str]]:
+        job_id = doc["id"]
+        ops = []
+        final = doc.get("state") in FINAL_STATES
+        if acls.can(doc, caller, "edit") and not final:
+            ops.append({"rel": "edit", "href": job_id})
+        if acls.can(doc, caller, "delete"):
+            ops.append({"rel": "delete", "href": job_id})
+        if doc.get("state") in ("QUEUED", "RUNNING") and acls.can(doc, caller, "manage"):
+            ops.append({"rel": "cancel", "href": f"{job_id}/cancel"})
+        if doc.get("state") == "RUNNING" and caller.is_admin:
+            ops.append({"rel": "timeout", "href": f"{job_id}/timeout"})
+        if caller.is_admin:
+            ops.append({"rel": "get-context", "href": f"{job_id}/get-context"})
+        return ops
+
+    def present(self, doc: Doc, caller: Caller) -> Doc:
+        return {**doc, "operations": self.operations(doc, caller)}
+
+    def _load(self, job_id: str, caller: Caller, right: str) -> Doc:
+        doc = self.store.get(job_id)
+        if doc is None:
+            raise not_found(job_id)
+        if not acls.can(doc, caller, right):
+            raise forbidden(job_id)
+        return doc
+
+    # -- collection -----------------------------------------------------------------------
+
+    def collection_operations(self, caller: Caller) -> list[dict[str, str]]:
+        return [{"rel": "add", "href": "job"}] if caller.is_admin else []
+
+    def _check_query_right(self, caller: Caller) -> None:
+        if caller.is_anonymous:
+            raise forbidden("job")
+
+    def search(self, query: Query, caller: Caller) -> dict[str, Any]:
+        self._check_query_right(caller)
+        principals = None if caller.is_admin else caller.claims
+        count, docs = self.store.search(query, principals)
+        if query.select:
+            from .query import apply_select
+
+            docs = [apply_select(d, query.select) for d in docs]
+        else:
+            docs = [self.present(d, caller) for d in docs]
+        result: dict[str, Any] = {
+            "count": count,
+            "resources": docs,
+            "id": "job",
+            "resource-type": "job-collection",
+            "operations": self.collection_operations(caller),
+        }
+        if query.aggregations:
+            result["aggregations"] = self.store.aggregate(query, principals)
+        return result
+
+    def add(self, body: Any, caller: Caller) -> Doc:
+        if not caller.is_admin:
+            raise forbidden("job")
+        data = check_attributes(body, ignored=SERVER_SET)
+        if not isinstance(data.get("action"), str) or not data["action"]:
+            raise bad_request("'action' is required and must be a non-empty string")
+        mode = data.get("execution-mode", "push")
+        if mode not in ("push", "pull", "mixed"):
+            raise bad_request("'execution-mode' must be one of push, pull, mixed")
+        now = now_iso()
+        doc: Doc = {
+            **data,
+            "id": f"job/{uuid.uuid4()}",
+            "resource-type": "job",
+            "state": "QUEUED",
+            "progress": data.get("progress", 0),
+            "execution-mode": mode,
+            "version": data.get("version", JOB_VERSION),
+            "priority": data.get("priority", DEFAULT_PRIORITY),
+            "created": now,
+            "updated": now,
+            "created-by": caller.identity,
+            "acl": acls.normalise(data.get("acl") or acls.default_acl()),
+        }
+        doc.pop("started", None)
+        if "target-resource" in doc:
+            affected = list(doc.get("affected-resources", []))
+            if doc["target-resource"] not in affected:
+                affected.append(doc["target-resource"])
+            doc["affected-resources"] = affected
+        if "status-message" in doc:
+            doc["time-of-status-change"] = now
+        self._store_and_enqueue(doc)
+        return doc
+
+    def _store_and_enqueue(self, doc: Doc) -> None:
+        queued = _queued(doc)
+        try:
+            self.store.insert(doc, enqueue_pending=queued)
+        except Conflict as exc:
+            raise ApiError(409, str(exc), doc["id"]) from exc
+        if not queued:
+            return
+        try:
+            path = self.queue.put(doc["id"], doc["priority"])
+        except QueueUnavailable as exc:
+            self.store.delete(doc["id"])
+            raise ApiError(503, f"the job queue is unavailable: {exc}") from exc
+        self.store.mark_enqueued(doc["id"], path)
+        doc["tags"] = [*doc.get("tags", []), path]
+
+    def recover_pending(self) -> int:
+        """Finish adds that a crash interrupted between storing and queueing (see above)."""
+        done = 0
+        while True:
+            pending = self.store.pending_enqueue()
+            if not pending:
+                return done
+            for doc in pending:
+                path = self.queue.find(doc["id"], doc.get("priority", DEFAULT_PRIORITY))
+                if path is None:
+                    path = self.queue.put(doc["id"], doc.get("priority", DEFAULT_PRIORITY))
+                self.store.mark_enqueued(doc["id"], path)
+                log.info("finished interrupted add of %s (entry %s)", doc["id"], path)
+                done += 1
+
+    # -- one job --------------------------------------------------------------------------
+
+    def get(self, job_id: str, caller: Caller) -> Doc:
+        return self.present(self._load(job_id, caller, "view"), caller)
+
+    def edit(self, job_id: str, body: Any, select: list[str], caller: Caller) -> Doc:
+        data = check_attributes(body, ignored=SERVER_SET)
+        data.pop("priority", None)
+        data.pop("action", None)
+        data.pop("target-resource", None)
+        if "state" in data and data["state"] not in STATES:
+            raise bad_request(f"'state' must be one of {', '.join(STATES)}")
+        if "acl" in data:
+            data["acl"] = acls.normalise(check_acl(data["acl"]))
+        now = now_iso()
+
+        def change(current: Doc) -> Doc:
+            if not acls.can(current, caller, "edit"):
+                raise forbidden(job_id)
+            if "acl" in data and not acls.can(current, caller, "edit-acl"):
+                raise forbidden(job_id)
+            if current.get("state") in FINAL_STATES:
+                raise ApiError(409, f"{job_id} is in a final state and cannot be edited",
+                               job_id)
+            doc = {**current, **data}
+            for name in select:
+                if name not in data and name not in REQUIRED:
+                    doc.pop(name, None)
+            return self._transition(current, doc, now, caller)
+
+        result = self.store.update(job_id, change)
+        if result is None:
+            raise not_found(job_id)
+        return self.present(result, caller)
+
+    @staticmethod
+    def _transition(current: Doc, doc: Doc, now: str, caller: Caller) -> Doc:
+        """The timestamps and derived values an edit implies."""
+        doc["updated"] = now
+        doc["updated-by"] = caller.identity
+        if doc.get("state") == "RUNNING" and "started" not in current:
+            doc["started"] = now
+        if "status-message" in doc and doc.get("status-message") != current.get(
+            "status-message"
+        ):
+            doc["time-of-status-change"] = now
+        if doc.get("state") in FINAL_STATES:
+            doc["progress"] = 100
+            if "started" in doc:
+                elapsed = datetime.now(UTC) - parse_time(doc["started"])
+                doc["duration"] = max(0, int(elapsed.total_seconds()))
+        return doc
+
+    def delete(self, job_id: str, caller: Caller) -> None:
+        self._load(job_id, caller, "delete")
+        if not self.store.delete(job_id):
+            raise not_found(job_id)
+
+    def delete_bulk(self, query: Query, caller: Caller) -> dict[str, Any]:
+        if not caller.is_admin:
+            raise forbidden("job")
+        if query.filter is None:
+            raise bad_request("a bulk delete needs a non-empty filter")
+        deleted = self.store.delete_matching(query, None)
+        return {"status": 200, "message": f"{deleted} job(s) deleted", "deleted": deleted,
+                "timed_out": False, "total": deleted, "failures": []}
+
+    # -- operations -----------------------------------------------------------------------
+
+    def operation(self, job_id: str, name: str, caller: Caller) -> dict[str, Any]:
+        handlers: dict[str, Callable[[str, Caller], dict[str, Any]]] = {
+            "cancel": self._cancel,
+            "timeout": self._timeout,
+            "get-context": self._get_context,
+        }
+        handler = handlers.get(name)
+        if handler is None:
+            raise ApiError(404, f"unknown operation '{name}' on {job_id}", job_id)
+        return handler(job_id, caller)
+
+    def _finish(self, job_id: str, caller: Caller, allowed: tuple[str, ...],
+                right: str, message: str) -> Doc:
+        now = now_iso()
+
+        def change(current: Doc) -> Doc:
+            if right == "admin":
+                if not caller.is_admin:
+                    raise forbidden(job_id)
+            elif not acls.can(current, caller, right):
+                raise forbidden(job_id)
+            if current.get("state") not in allowed:
+                raise ApiError(409, f"{job_id} is {current.get('state')}: operation not "
+                               f"allowed", job_id)
+            doc = {**current, "state": "CANCELED", "status-message": message}
+            return self._transition(current, doc, now, caller)
+
+        result = self.store.update(job_id, change)
+        if result is None:
+            raise not_found(job_id)
+        return result
+
+    def _cancel(self, job_id: str, caller: Caller) -> dict[str, Any]:
+        doc = self._finish(job_id, caller, ("QUEUED", "RUNNING"), "manage", "cancelled by user")
+        if str(doc.get("action", "")).startswith("bulk"):
+            child = {
+                "action": "cancel_children_jobs",
+                "priority": 10,
+                "target-resource": {"href": job_id},
+                "acl": doc["acl"],
+            }
+            self.add(child, _SYSTEM)
+        return {"status": 200, "message": f"{job_id} canceled", "resource-id": job_id}
+
+    def _timeout(self, job_id: str, caller: Caller) -> dict[str, Any]:
+        self._finish(job_id, caller, ("RUNNING",), "admin", "timed out")
+        return {"status": 200, "message": f"{job_id} timed out", "resource-id": job_id}
+
+    def _get_context(self, job_id: str, caller: Caller) -> dict[str, Any]:
+        if not caller.is_admin:
+            raise forbidden(job_id)
+        doc = self._load(job_id, caller, "view")
+        context: dict[str, Any] = {}
+        # This server stores only jobs: the context holds the target when it is one of them.
+        target = (doc.get("target-resource") or {}).get("href", "")
+        if target.startswith("job/"):
+            target_doc = self.store.get(target)
+            if target_doc is not None:
+                context[target] = target_doc
+        return context
+
+
+_SYSTEM = Caller("internal", frozenset({"group/nuvla-admin"}))

@@ -1,0 +1,143 @@
+"""Assembling and running the job API: database, identities, ZooKeeper, the WSGI server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import gevent
+import gevent.event
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIServer
+from kazoo.client import KazooClient
+from kazoo.protocol.states import KazooState
+
+from ..zk import make_client
+from .app import Settings, create_app
+from .identity import ADMIN_GROUP, IdentityStore
+from .jobs import JobService, QueueUnavailable
+from .sqlite import Database, SqliteJobStore
+from .zk_queue import ZooKeeperJobQueue
+
+log = logging.getLogger(__name__)
+
+ADMIN_IDENTITY = "user/admin"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "nuvla-job"
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8200
+    db: str = ""
+    zk_hosts: str = "127.0.0.1:2181"
+    admin_credentials: str = ""
+    trust_authn_header: bool = False
+    max_body: int = 4 * 1024 * 1024
+    max_connections: int = 1000
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def resolved(self) -> ServerConfig:
+        data_dir = default_data_dir()
+        db = self.db or str(data_dir / "jobs.sqlite")
+        creds = self.admin_credentials or str(Path(db).parent / "admin-credentials.json")
+        return ServerConfig(**{**self.__dict__, "db": db, "admin_credentials": creds})
+
+    @property
+    def endpoint(self) -> str:
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+
+def ensure_admin_key(identities: IdentityStore, path: str, endpoint: str) -> bool:
+    """Create the first admin API key and write it to ``path`` (mode 0600). True if created."""
+    if identities.has_admin_key():
+        return False
+    key, secret = identities.add_api_key(ADMIN_IDENTITY, [ADMIN_GROUP])
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Created with owner-only permissions from the first byte, not chmod-ed afterwards.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"endpoint": endpoint, "key": key, "secret": secret}, handle)
+    log.info("created the admin API key %s; its secret is in %s", key, target)
+    return True
+
+
+class JobApiServer:
+    """The running job API: call :meth:`serve_forever`, stop with :meth:`stop`."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config.resolved()
+        Path(self.config.db).parent.mkdir(parents=True, exist_ok=True)
+        self.db = Database(self.config.db)
+        self.identities = IdentityStore(self.db)
+        ensure_admin_key(self.identities, self.config.admin_credentials, self.config.endpoint)
+        self.zk: KazooClient = make_client(self.config.zk_hosts, use_gevent=True)
+        self.zk.add_listener(self._on_zk_state)
+        self.jobs = JobService(SqliteJobStore(self.db), ZooKeeperJobQueue(self.zk))
+        settings = Settings(
+            trust_authn_header=self.config.trust_authn_header,
+            secure_cookie=bool(self.config.tls_cert),
+            max_body=self.config.max_body,
+        )
+        self.app = create_app(self.jobs, self.identities, settings)
+        ssl_args = {}
+        if self.config.tls_cert:
+            ssl_args = {"certfile": self.config.tls_cert, "keyfile": self.config.tls_key}
+        self.http = WSGIServer(
+            (self.config.host, self.config.port),
+            self.app,
+            spawn=Pool(self.config.max_connections),
+            log=None,
+            error_log=logging.getLogger("nuvla_job.api.http"),
+            **ssl_args,
+        )
+
+    def _on_zk_state(self, state: KazooState) -> None:
+        log.info("ZooKeeper connection: %s", state)
+        if state == KazooState.CONNECTED:
+            # Kazoo calls listeners on its event thread: do the work in a greenlet.
+            gevent.spawn(self._recover)
+
+    def _recover(self) -> None:
+        try:
+            done = self.jobs.recover_pending()
+            if done:
+                log.warning("queued %d job(s) whose add had been interrupted", done)
+        except QueueUnavailable as exc:
+            log.warning("could not finish interrupted adds yet: %s", exc)
+
+    def start(self) -> None:
+        # Connecting in the background lets the API answer (reads, pull jobs) while
+        # ZooKeeper is still unreachable; queued adds answer 503 until it is connected.
+        self.zk.start_async()
+        self.http.start()
+        log.info("job API listening on %s (database %s)", self.config.endpoint,
+                 self.config.db)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.http.stop(timeout=timeout)
+        try:
+            self.zk.stop()
+            self.zk.close()
+        finally:
+            self.db.close()
+
+    def serve_forever(self) -> None:
+        self.start()
+        stopped = gevent.event.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(sig, stopped.set)
+        stopped.wait()
+        log.info("stopping the job API")
+        self.stop()

@@ -1,0 +1,92 @@
+"""Checking job documents sent by callers against the job resource's attribute types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..timeutil import format_time, parse_time
+from .errors import bad_request
+from .schema import ACL_RIGHTS, ATTRIBUTES
+
+MAX_STATUS_MESSAGE = 100_000
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_href(name: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or set(value) != {"href"} or not isinstance(
+        value["href"], str
+    ):
+        raise bad_request(f"'{name}' must be a map with one string attribute 'href'")
+    return {"href": value["href"]}
+
+
+def _check_value(name: str, kind: str, value: Any) -> Any:
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad_request(f"'{name}' must be a string")
+    elif kind == "int":
+        if not _is_int(value):
+            raise bad_request(f"'{name}' must be an integer")
+    elif kind == "date":
+        if not isinstance(value, str):
+            raise bad_request(f"'{name}' must be an ISO-8601 timestamp")
+        try:
+            value = format_time(parse_time(value))
+        except ValueError:
+            raise bad_request(f"'{name}' must be an ISO-8601 timestamp") from None
+    elif kind == "strs":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad_request(f"'{name}' must be a list of strings")
+    elif kind == "href":
+        value = _check_href(name, value)
+    elif kind == "hrefs":
+        if not isinstance(value, list):
+            raise bad_request(f"'{name}' must be a list of maps with an 'href'")
+        value = [_check_href(name, v) for v in value]
+    elif kind == "acl":
+        value = check_acl(value)
+    return value
+
+
+def check_acl(value: Any) -> dict[str, list[str]]:
+    if not isinstance(value, dict):
+        raise bad_request("'acl' must be a map of rights to lists of principals")
+    for right, principals in value.items():
+        if right not in ACL_RIGHTS:
+            raise bad_request(f"'acl' has an unknown right '{right}'")
+        if not isinstance(principals, list) or not all(isinstance(p, str) for p in principals):
+            raise bad_request(f"'acl/{right}' must be a list of strings")
+    return value
+
+
+def check_attributes(body: Any, ignored: frozenset[str]) -> dict[str, Any]:
+    """Validate the attributes of a request body; drop those in ``ignored``.
+
+    Unknown attributes and values of the wrong type are a 400 naming the attribute.
+    """
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    unknown = sorted(k for k in body if k not in ATTRIBUTES)
+    if unknown:
+        raise bad_request(f"unknown attribute(s): {', '.join(unknown)}")
+    result: dict[str, Any] = {}
+    for name, value in body.items():
+        if name in ignored:
+            continue
+        if value is None:
+            raise bad_request(f"'{name}' must not be null")
+        result[name] = _check_value(name, ATTRIBUTES[name], value)
+    if "priority" in result and not 0 <= result["priority"] <= 999:
+        raise bad_request("'priority' must be between 0 and 999")
+    if "progress" in result and not 0 <= result["progress"] <= 100:
+        raise bad_request("'progress' must be between 0 and 100")
+    if "return-code" in result and result["return-code"] < 0:
+        raise bad_request("'return-code' must be 0 or more")
+    if "duration" in result and result["duration"] < 0:
+        raise bad_request("'duration' must be 0 or more")
+    if "status-message" in result:
+        result["status-message"] = result["status-message"][:MAX_STATUS_MESSAGE]
+    return result

@@ -1,0 +1,116 @@
+"""`job-api`: run the job API server, and manage its users and API keys."""
+
+from gevent import monkey
+
+# Before anything imports sockets, so that every blocking call yields to other greenlets.
+monkey.patch_all()
+
+import json  # noqa: E402
+import sys  # noqa: E402
+
+import click  # noqa: E402
+
+from ..monitoring import setup_logging  # noqa: E402
+
+LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+
+
+def _server_config(**options):
+    from ..api.server import ServerConfig
+
+    return ServerConfig(**options)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """The nuvla-job job API: a CIMI `job` resource server on SQLite and ZooKeeper."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="JOB_API_HOST",
+              help="Address to listen on.")
+@click.option("--port", default=8200, show_default=True, type=click.IntRange(1, 65535),
+              envvar="JOB_API_PORT", help="Port to listen on.")
+@click.option("--db", default="", envvar="JOB_API_DB",
+              help="SQLite database file [default: ~/.local/share/nuvla-job/jobs.sqlite].")
+@click.option("--zk-hosts", default="127.0.0.1:2181", show_default=True, envvar="ZK_HOSTS",
+              help="ZooKeeper hosts, comma-separated.")
+@click.option("--admin-credentials", default="", envvar="JOB_API_ADMIN_CREDENTIALS",
+              help="Where the first admin API key is written (mode 0600) "
+                   "[default: admin-credentials.json beside the database].")
+@click.option("--trust-authn-header", is_flag=True, envvar="JOB_API_TRUST_AUTHN_HEADER",
+              help="Honour the nuvla-authn-info header. Only behind a trusted proxy: "
+                   "anyone who can reach the port can then claim any identity.")
+@click.option("--max-body", default=4 * 1024 * 1024, show_default=True,
+              type=click.IntRange(1024), envvar="JOB_API_MAX_BODY",
+              help="Largest request body accepted, in bytes.")
+@click.option("--tls-cert", default=None, envvar="JOB_API_TLS_CERT",
+              type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this cert.")
+@click.option("--tls-key", default=None, envvar="JOB_API_TLS_KEY",
+              type=click.Path(exists=True, dir_okay=False), help="Private key of --tls-cert.")
+@click.option("-l", "--log-level", default="INFO", type=LOG_LEVELS, envvar="JOB_LOG_LEVEL",
+              show_default=True)
+def serve(log_level: str, **options) -> None:
+    """Run the job API server until SIGTERM or SIGINT."""
+    if bool(options["tls_cert"]) != bool(options["tls_key"]):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    setup_logging(log_level)
+    from ..api.server import JobApiServer
+    from ..api.store import StoreError
+
+    try:
+        server = JobApiServer(_server_config(**options))
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        server.serve_forever()
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {options['host']}:{options['port']}: "
+                                   f"{exc.strerror or exc}") from None
+
+
+def _identities(db: str):
+    from ..api.identity import IdentityStore
+    from ..api.sqlite import Database
+
+    config = _server_config(db=db).resolved()
+    return IdentityStore(Database(config.db))
+
+
+@main.command("add-user")
+@click.argument("username")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
+              envvar="JOB_API_NEW_PASSWORD", help="Read from a prompt when not given.")
+@click.option("--admin", is_flag=True, help="Make the user an administrator.")
+@click.option("--group", "groups", multiple=True, help="Extra group claims (repeatable).")
+@click.option("--db", default="", envvar="JOB_API_DB")
+def add_user(username: str, password: str, admin: bool, groups: tuple[str, ...],
+             db: str) -> None:
+    """Create a user who logs in with USERNAME and a password."""
+    from ..api.identity import ADMIN_GROUP
+
+    extra = [*groups, *([ADMIN_GROUP] if admin else [])]
+    try:
+        user_id = _identities(db).add_user(username, password, extra)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(user_id)
+
+
+@main.command("add-key")
+@click.option("--identity", required=True, help="The user id the key acts as (user/...).")
+@click.option("--admin", is_flag=True, help="Give the key administrator rights.")
+@click.option("--group", "groups", multiple=True, help="Extra group claims (repeatable).")
+@click.option("--db", default="", envvar="JOB_API_DB")
+def add_key(identity: str, admin: bool, groups: tuple[str, ...], db: str) -> None:
+    """Create an API key; prints {"key", "secret"} as JSON (the secret is shown only once)."""
+    from ..api.identity import ADMIN_GROUP
+
+    extra = [*groups, *([ADMIN_GROUP] if admin else [])]
+    key, secret = _identities(db).add_api_key(identity, extra)
+    json.dump({"key": key, "secret": secret}, sys.stdout)
+    click.echo()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Timestamps as CIMI writes them: ISO-8601, UTC, milliseconds, a trailing Z."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def format_time(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def now_iso() -> str:
+    return format_time(datetime.now(UTC))
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO-8601 timestamp (``Z`` or an offset); ValueError when it is not one."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment

@@ -1,0 +1,70 @@
+"""ZooKeeper client construction and connection-state helpers (kazoo)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.protocol.states import KazooState
+
+
+def hosts_string(hosts: str | Sequence[str]) -> str:
+    """Normalise hosts to kazoo's "h1:2181,h2:2181" form.
+
+    Accepts that string itself or a list such as the upstream CLI's `--zk-hosts h1 h2`
+    (whose items may themselves be comma-separated).
+    """
+    items = [hosts] if isinstance(hosts, str) else list(hosts)
+    parts = [part.strip() for item in items for part in item.split(",")]
+    parts = [part for part in parts if part]
+    if not parts:
+        raise ValueError("no ZooKeeper hosts given")
+    return ",".join(parts)
+
+
+def make_client(
+    hosts: str | Sequence[str],
+    timeout: float = 10.0,
+    use_gevent: bool = True,
+    **kw: Any,
+) -> KazooClient:
+    """A KazooClient for `hosts`, not yet started (call `.start(timeout)`).
+
+    `timeout` is the session timeout asked of the server (which clamps it to its own
+    min/max). With `use_gevent`, kazoo's SequentialGeventHandler is used so callbacks and
+    watches run as greenlets; other keyword arguments go to KazooClient as they are.
+    """
+    if use_gevent and "handler" not in kw:
+        # Imported lazily: importing the gevent handler imports gevent.
+        from kazoo.handlers.gevent import SequentialGeventHandler
+
+        kw["handler"] = SequentialGeventHandler()
+    handler = kw.get("handler")
+    if handler is not None:
+        for name in ("connection_retry", "command_retry"):
+            # kazoo builds a retry dict with time.sleep and then rejects it when the handler
+            # sleeps differently (gevent); give it the handler's sleep.
+            if isinstance(kw.get(name), dict):
+                kw[name] = {"sleep_func": handler.sleep_func, **kw[name]}
+    return KazooClient(hosts=hosts_string(hosts), timeout=timeout, **kw)
+
+
+def wait_connected(client: KazooClient, timeout: float) -> bool:
+    """Wait until `client` is connected; True if it is, False after `timeout` seconds."""
+    if client.connected:
+        return True
+    event = client.handler.event_object()
+
+    def listener(state: str) -> bool:
+        if state == KazooState.CONNECTED:
+            event.set()
+            return True  # kazoo removes a listener that returns True
+        return False
+
+    client.add_listener(listener)
+    try:
+        # Checked again after registering, so a connection made in between is not missed.
+        return client.connected or bool(event.wait(timeout))
+    finally:
+        client.remove_listener(listener)

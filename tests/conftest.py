@@ -1,0 +1,112 @@
+"""Shared fixtures: one real ZooKeeper per test session, a clean kazoo client per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+from nuvla.api import Api
+
+from nuvla_job.zk import make_client
+from tests.support.jobapi import JobApiProcess
+from tests.support.zookeeper import ZooKeeperServer
+
+# Trees owned by the engine; wiped before each test that uses `zk`.
+CLEAN_PATHS = ("/job", "/election")
+CLIENT_START_TIMEOUT = 15.0
+
+
+def wipe(client: KazooClient, path: str) -> None:
+    """Delete `path` and everything under it.
+
+    Requests are pipelined level by level: kazoo's recursive delete makes one round trip per
+    node, which takes seconds after a test that queued thousands of entries.
+    """
+    levels: list[list[str]] = []
+    level = [path]
+    while level:
+        levels.append(level)
+        listings = [(node, client.get_children_async(node)) for node in level]
+        level = []
+        for node, listing in listings:
+            try:
+                level.extend(f"{node}/{child}" for child in listing.get())
+            except NoNodeError:
+                pass
+    for level in reversed(levels):
+        for deletion in [client.delete_async(node) for node in level]:
+            try:
+                deletion.get()
+            except NoNodeError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def zookeeper() -> Iterator[ZooKeeperServer]:
+    """The session's ZooKeeper server (see tests/support/zookeeper.py for its API)."""
+    server = ZooKeeperServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def zk_factory(zookeeper: ZooKeeperServer) -> Iterator[Callable[..., KazooClient]]:
+    """Make extra started clients (threading handler); all are stopped after the test.
+
+    Keyword arguments go to `nuvla_job.zk.make_client`, e.g. `timeout=2.0` for short
+    sessions in crash-recovery tests.
+    """
+    clients: list[KazooClient] = []
+
+    def factory(**kw: Any) -> KazooClient:
+        kw.setdefault("timeout", 5.0)
+        kw.setdefault("use_gevent", False)
+        client = make_client(zookeeper.hosts, **kw)
+        clients.append(client)
+        client.start(timeout=CLIENT_START_TIMEOUT)
+        return client
+
+    yield factory
+    for client in clients:
+        try:
+            client.stop()
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def zk(zookeeper: ZooKeeperServer, zk_factory: Callable[..., KazooClient]) -> KazooClient:
+    """A connected client on a clean tree: /job and /election are deleted first."""
+    # A fault test that failed while the server was down must not break every later test.
+    zookeeper.start()
+    client = zk_factory()
+    for path in CLEAN_PATHS:
+        wipe(client, path)
+    return client
+
+
+# job API fixtures: see tests/support/jobapi.py
+
+
+@pytest.fixture(scope="session")
+def job_api(zookeeper: ZooKeeperServer) -> Iterator[JobApiProcess]:
+    """The session's job API process, on its own temporary database."""
+    server = JobApiProcess(zookeeper.hosts)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def admin_api(job_api: JobApiProcess, zookeeper: ZooKeeperServer) -> Api:
+    """A `nuvla.api.Api` logged in with the admin key written by the job API."""
+    zookeeper.start()
+    return job_api.admin_api()

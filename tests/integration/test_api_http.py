@@ -1,0 +1,241 @@
+"""The job API answers `nuvla.api.Api` as job-resource.md's HTTP table says, row by row."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import requests
+from nuvla.api import Api, NuvlaError
+
+from tests.support.jobapi import JobApiProcess
+
+
+def unique_action() -> str:
+    return f"test_{uuid.uuid4().hex[:12]}"
+
+
+def add_job(api: Api, **attrs) -> str:
+    body = {"action": unique_action(), **attrs}
+    return api.add("job", body).data["resource-id"]
+
+
+# -- session rows -----------------------------------------------------------------------------
+
+
+def test_login_apikey_sets_cookie_and_bad_secret_is_403(job_api: JobApiProcess) -> None:
+    api = job_api.api()
+    creds = job_api.credentials()
+    response = api.login_apikey(creds["key"], creds["secret"])
+    assert response.status_code == 201
+    assert response.json()["resource-id"].startswith("session/")
+    assert "com.sixsq.nuvla.cookie" in response.cookies
+    assert api.is_authenticated()
+
+    bad = job_api.api().login_apikey(creds["key"], "wrong-secret")
+    assert bad.status_code == 403
+    assert bad.json()["message"] == "invalid credentials"
+    unknown = job_api.api().login_apikey("credential/nope", "x")
+    assert unknown.status_code == 403
+
+
+def test_login_password_and_bad_password(job_api: JobApiProcess) -> None:
+    name = f"alice-{uuid.uuid4().hex[:6]}"
+    api = job_api.user_api(name, "s3cret-pass")
+    assert api.is_authenticated()
+    bad = job_api.api().login_password(name, "not-it")
+    assert bad.status_code == 403
+
+
+def test_current_session_and_logout(job_api: JobApiProcess) -> None:
+    api = job_api.admin_api()
+    session_id = api.current_session()
+    assert session_id and session_id.startswith("session/")
+    api.logout()
+    assert api.current_session() is None
+    # The session is gone on the server too, not only from the client's jar.
+    with pytest.raises(NuvlaError) as err:
+        api.search("job")
+    assert err.value.response.status_code == 403
+
+
+def test_anonymous_has_no_session_and_cannot_search(job_api: JobApiProcess) -> None:
+    api = job_api.api()
+    assert api.current_session() is None
+    with pytest.raises(NuvlaError) as err:
+        api.search("job")
+    assert err.value.response.status_code == 403
+
+
+def test_cloud_entry_point(job_api: JobApiProcess) -> None:
+    cep = job_api.api().cloud_entry_point
+    assert cep.collections["job"] == "job"
+    assert cep.base_uri.endswith("/api/")
+
+
+# -- job rows ---------------------------------------------------------------------------------
+
+
+def test_search_collection_shape(admin_api: Api) -> None:
+    action = unique_action()
+    for _ in range(3):
+        admin_api.add("job", {"action": action})
+    result = admin_api.search("job", filter=f"action='{action}'")
+    assert result.count == 3
+    data = result.data
+    assert data["id"] == "job"
+    assert data["resource-type"] == "job-collection"
+    assert {"rel": "add", "href": "job"} in data["operations"]
+    assert all(r.data["action"] == action for r in result.resources)
+
+
+def test_search_aggregations(admin_api: Api) -> None:
+    action = unique_action()
+    for priority in (5, 7, 9):
+        admin_api.add("job", {"action": action, "priority": priority})
+    result = admin_api.search(
+        "job", filter=f"action='{action}'", last=0,
+        aggregation="terms:state,value_count:id,max:priority,min:priority,avg:priority",
+    )
+    aggs = result.data["aggregations"]
+    assert aggs["terms:state"]["buckets"] == [{"key": "QUEUED", "doc_count": 3}]
+    assert aggs["value_count:id"]["value"] == 3
+    assert aggs["max:priority"]["value"] == 9
+    assert aggs["min:priority"]["value"] == 5
+    assert aggs["avg:priority"]["value"] == 7
+    assert result.resources == []
+
+
+def test_add_answers_created(admin_api: Api) -> None:
+    response = admin_api.add("job", {"action": unique_action()})
+    data = response.data
+    assert data["status"] == 201
+    job_id = data["resource-id"]
+    assert job_id.startswith("job/")
+    assert data["message"] == f"{job_id} created"
+
+
+def test_get_returns_document_with_operations(admin_api: Api) -> None:
+    job_id = add_job(admin_api)
+    job = admin_api.get(job_id)
+    assert job.id == job_id
+    assert job.data["resource-type"] == "job"
+    assert set(job.operations) >= {"edit", "delete", "cancel", "get-context"}
+    assert "timeout" not in job.operations  # only for RUNNING jobs
+
+
+def test_edit_returns_updated_document_and_select_removes(admin_api: Api) -> None:
+    job_id = add_job(admin_api, **{"status-message": "hello", "output": "x"})
+    job = admin_api.edit(job_id, {"progress": 40})
+    assert job.data["progress"] == 40
+    assert job.data["status-message"] == "hello"  # an edit merges
+    job = admin_api.edit(job_id, {"progress": 50}, select="output,progress")
+    assert "output" not in job.data
+    assert admin_api.get(job_id).data.get("output") is None
+    assert job.data["progress"] == 50
+
+
+def test_delete(admin_api: Api) -> None:
+    job_id = add_job(admin_api)
+    response = admin_api.delete(job_id)
+    assert response.data["status"] == 200
+    assert response.data["resource-id"] == job_id
+    with pytest.raises(NuvlaError) as err:
+        admin_api.get(job_id)
+    assert err.value.response.status_code == 404
+    assert err.value.response.json()["resource-id"] == job_id
+
+
+def test_delete_bulk_reports_deleted_and_timed_out(admin_api: Api) -> None:
+    action = unique_action()
+    keep = add_job(admin_api)
+    for _ in range(4):
+        admin_api.add("job", {"action": action})
+    response = admin_api.delete_bulk("job", f"action='{action}'")
+    assert response.data["deleted"] == 4
+    assert response.data["timed_out"] is False
+    assert admin_api.search("job", filter=f"action='{action}'").count == 0
+    assert admin_api.get(keep).id == keep
+
+
+def test_bulk_delete_needs_header_and_filter(job_api: JobApiProcess, admin_api: Api) -> None:
+    url = f"{job_api.endpoint}/api/job"
+    no_header = admin_api.session.delete(url, data={"filter": "action='x'"})
+    assert no_header.status_code == 400
+    no_filter = admin_api.session.delete(url, headers={"bulk": "yes"})
+    assert no_filter.status_code == 400
+    assert "filter" in no_filter.json()["message"]
+
+
+def test_operations_cancel_timeout_get_context(admin_api: Api) -> None:
+    job_id = add_job(admin_api)
+    job = admin_api.get(job_id)
+    response = admin_api.operation(job, "cancel")
+    assert response.data["status"] == 200
+    assert admin_api.get(job_id).data["state"] == "CANCELED"
+
+    running = add_job(admin_api)
+    admin_api.edit(running, {"state": "RUNNING"})
+    job = admin_api.get(running)
+    assert "timeout" in job.operations
+    admin_api.operation(job, "timeout")
+    assert admin_api.get(running).data["state"] == "CANCELED"
+
+    context = admin_api.operation(admin_api.get(add_job(admin_api)), "get-context")
+    assert context.data == {}
+
+
+def test_get_context_holds_a_job_target(admin_api: Api) -> None:
+    target = add_job(admin_api)
+    job_id = add_job(admin_api, **{"target-resource": {"href": target}})
+    context = admin_api.operation(admin_api.get(job_id), "get-context").data
+    assert list(context) == [target]
+    assert context[target]["id"] == target
+
+
+def test_errors_are_json_with_status_and_message(job_api: JobApiProcess,
+                                                 admin_api: Api) -> None:
+    missing = f"job/{uuid.uuid4()}"
+    with pytest.raises(NuvlaError) as err:
+        admin_api.get(missing)
+    body = err.value.response.json()
+    assert body == {"status": 404, "message": f"{missing} not found", "resource-id": missing}
+    assert str(err.value) == f"{missing} not found"
+
+
+# -- the nuvla-authn-info header ----------------------------------------------------------------
+
+
+def test_authn_header_ignored_by_default(job_api: JobApiProcess) -> None:
+    api = Api(endpoint=job_api.endpoint, insecure=True, persist_cookie=False,
+              authn_header="user/admin group/nuvla-admin group/nuvla-admin")
+    with pytest.raises(NuvlaError) as err:
+        api.search("job")
+    assert err.value.response.status_code == 403
+
+
+def test_authn_header_honoured_when_enabled(zookeeper) -> None:
+    server = JobApiProcess(zookeeper.hosts, "--trust-authn-header")
+    try:
+        server.start()
+        admin = Api(endpoint=server.endpoint, insecure=True, persist_cookie=False,
+                    authn_header="user/ops group/nuvla-admin group/nuvla-admin group/nuvla-user")
+        job_id = admin.add("job", {"action": unique_action()}).data["resource-id"]
+        assert admin.get(job_id).data["created-by"] == "user/ops"
+        user = Api(endpoint=server.endpoint, insecure=True, persist_cookie=False,
+                   authn_header="user/bob user/bob group/nuvla-user")
+        with pytest.raises(NuvlaError) as err:
+            user.get(job_id)
+        assert err.value.response.status_code == 403
+    finally:
+        server.close()
+
+
+def test_unknown_route_is_json_404(job_api: JobApiProcess) -> None:
+    response = requests.get(f"{job_api.endpoint}/api/nothing-here", timeout=5)
+    assert response.status_code == 404
+    assert response.json()["status"] == 404
+    assert "no such resource" in response.json()["message"]
+    response = requests.patch(f"{job_api.endpoint}/api/job", timeout=5)
+    assert response.status_code == 405
+    assert response.json()["status"] == 405
