@@ -1,0 +1,159 @@
+"""The real job API as a separate process on a free loopback port (tests, quick start).
+
+Usage::
+
+    server = JobApiProcess(zk_hosts)
+    server.start()               # waits until /api/cloud-entry-point answers
+    api = server.admin_api()     # a nuvla.api.Api logged in with the admin key
+    server.stop()                # SIGTERM by pid, SIGKILL after a timeout
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+from nuvla.api import Api
+
+from .ports import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class JobApiProcess:
+    """One `job-api serve` process with its own temporary database."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, zk_hosts: str, *extra_args: str, start_timeout: float = 30.0,
+                 env: dict[str, str] | None = None) -> None:
+        self.zk_hosts = zk_hosts
+        self.extra_args = list(extra_args)
+        self.start_timeout = start_timeout
+        self.env = env or {}
+        self.base_dir = Path(tempfile.mkdtemp(prefix="job-api-test-"))
+        self.db = self.base_dir / "jobs.sqlite"
+        self.credentials_path = self.base_dir / "admin-credentials.json"
+        self.log_path = self.base_dir / "job-api.log"
+        self.port = free_port(self.host)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process and self._process.poll() is None else None
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "nuvla_job.cli.api", "serve",
+            "--host", self.host, "--port", str(self.port),
+            "--db", str(self.db), "--zk-hosts", self.zk_hosts,
+            "--admin-credentials", str(self.credentials_path),
+            *self.extra_args,
+        ]
+
+    def start(self) -> None:
+        if self.pid:
+            return
+        env = {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, cwd=self.base_dir, env=env,
+            )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        url = f"{self.endpoint}/api/cloud-entry-point"
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise RuntimeError(f"job API exited with {self._process.returncode}:\n"
+                                   f"{self.log_tail()}")
+            try:
+                if requests.get(url, timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"job API did not answer within {self.start_timeout} s:\n"
+                           f"{self.log_tail()}")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Stop by pid (SIGTERM, then SIGKILL); returns the exit status."""
+        process = self._process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._process = None
+        return process.returncode
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text("utf-8", "replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    # -- clients ----------------------------------------------------------------------------
+
+    def credentials(self) -> dict[str, str]:
+        return json.loads(self.credentials_path.read_text())
+
+    def api(self) -> Api:
+        """An anonymous client (no cookie file on disk)."""
+        return Api(endpoint=self.endpoint, insecure=True, persist_cookie=False)
+
+    def admin_api(self) -> Api:
+        api = self.api()
+        creds = self.credentials()
+        response = api.login_apikey(creds["key"], creds["secret"])
+        assert response.status_code == 201, response.text
+        return api
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a `job-api` management subcommand on this server's database."""
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        return subprocess.run(
+            [sys.executable, "-m", "nuvla_job.cli.api", *args, "--db", str(self.db)],
+            capture_output=True, text=True, input=input, env=env, timeout=60,
+        )
+
+    def user_api(self, username: str, password: str = "pw-Secret-1", *groups: str) -> Api:
+        """Create a user through the CLI and return a client logged in as that user."""
+        group_args = [a for g in groups for a in ("--group", g)]
+        result = self.cli("add-user", username, "--password", password, *group_args)
+        assert result.returncode == 0, result.stderr
+        api = self.api()
+        response = api.login_password(username, password)
+        assert response.status_code == 201, response.text
+        api.user_id = result.stdout.strip()  # type: ignore[attr-defined]
+        return api
