@@ -5,15 +5,36 @@ taken first; S = ZooKeeper's sequence), and `/job/taken/<entry name>` is the eph
 the consumer working on it. The layout is shared with kazoo's `LockingQueue`, the Nuvla API
 server and the upstream executor, so names and data must stay exactly as they are.
 
-This module has the producer side (`put`, `put_many`); the consumer side belongs here too.
+The producer side is `put` and `put_many`; the consumer side is `QueueConsumer`, which hands
+out `Entry` objects to many greenlets of one process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import logging
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import RolledBackError
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    NoNodeError,
+    NoWatcherError,
+    RolledBackError,
+    SessionExpiredError,
+)
+from kazoo.protocol.serialization import Watch, int_struct, write_string
+from kazoo.protocol.states import EVENT_TYPE_MAP, EventType, KazooState, WatchedEvent
+from sortedcontainers import SortedList
+
+log = logging.getLogger(__name__)
 
 # -- layout ------------------------------------------------------------------------------------
 
@@ -138,3 +159,662 @@ def put_many(
             cause = next((f for f in failures if not isinstance(f, RolledBackError)), failures[0])
             raise PutManyError(f"put_many transaction failed: {cause!r}", created) from cause
         created.extend(results)
+
+
+# -- consumer ----------------------------------------------------------------------------------
+
+# ZooKeeper formats the sequence with %010d, so past 2**31 changes of /job/entries it is negative.
+_ENTRY_NAME = re.compile(rf"{ENTRY_PREFIX}(\d{{3}})-(\d{{10}}|-\d{{9,10}})")
+_JOB_ID = re.compile(r"job/[^\s/]+")
+
+# Connection errors after which a request may or may not have been applied, and errors that
+# mean the session (and every ephemeral node of it) is gone.
+_UNSURE = (ConnectionLoss,)
+_SESSION_GONE = (SessionExpiredError, ConnectionClosedError)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A queue entry as taken: its node name under `/job/entries` and its data."""
+
+    name: str
+    data: bytes
+
+    @property
+    def path(self) -> str:
+        return f"{ENTRIES}/{self.name}"
+
+    @property
+    def taken_path(self) -> str:
+        return f"{TAKEN}/{self.name}"
+
+    @property
+    def priority(self) -> int | None:
+        """The priority from a well-formed name (`entry-PPP-SSSSSSSSSS`), else None."""
+        match = _ENTRY_NAME.fullmatch(self.name)
+        return int(match.group(1)) if match else None
+
+    @property
+    def job_id(self) -> str | None:
+        """The job id if the data is one (`job/<id>` in UTF-8), else None."""
+        try:
+            text = self.data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return text if _JOB_ID.fullmatch(text) else None
+
+
+class QueueConsumer:
+    """Take entries from the `/job` queue, many at a time, for all the greenlets of a process.
+
+    Usage::
+
+        consumer = QueueConsumer(client)    # a KazooClient, gevent handler in the executor
+        consumer.start()
+        entry = consumer.take(timeout=5)    # from any number of greenlets at once
+        if entry is not None:
+            ...                             # run the job entry.job_id
+            consumer.consume(entry)         # done: delete the entry (or release(entry))
+        consumer.stop()
+
+    The queue is listed once at start; from then on one persistent recursive watch on `/job`
+    (ZooKeeper 3.6+) reports every created and deleted node, so the consumer keeps its own
+    view: the entries, the taken nodes, and a sorted list of the available names (neither
+    taken, nor being taken here). A take pops the smallest available name, so entries go out by
+    priority then arrival, and no take lists the queue again whatever its depth.
+
+    Taking is one transaction: `check(entry, version=-1)` (any version: the entry still
+    exists) and `create(taken node, identifier, ephemeral)`, so a taken node is never created
+    for an entry someone else already consumed. If the node exists (another consumer holds the
+    entry) the next name is tried. The entry's data is read in the same round trip.
+
+    Consume and release first read the taken node and go on only if it is still ours (its
+    `ephemeralOwner` is this session and its data our identifier), then delete with that
+    node version: consume deletes the entry and the taken node in one transaction, release
+    only the taken node. Both return False, and never raise NoNodeError, when it was not ours.
+
+    Connection states: while suspended no take starts; after every reconnection the view is
+    rebuilt (the watch does not survive a new connection, and what happened meanwhile was not
+    reported). A lost session takes all our taken nodes with it: `held` is emptied and
+    consume/release of those entries return False. A taken node of another consumer blocks
+    its entry while it exists; when it goes (released, or its session died) the entry is
+    available at once.
+
+    All state changes happen under the client handler's lock, so the consumer works with
+    kazoo's threading handler too.
+    """
+
+    def __init__(self, client: KazooClient, identifier: str | None = None) -> None:
+        """Build a consumer on `client`; `identifier` is written into our taken nodes.
+
+        The default identifier is a random 32-hex-char id, as kazoo's LockingQueue uses.
+        """
+        self.client = client
+        self.identifier = identifier if identifier is not None else uuid.uuid4().hex
+        if not self.identifier:
+            raise ValueError("identifier must not be empty")
+        self._data = self.identifier.encode("utf-8")
+        self._lock = client.handler.lock_object()
+        # The view, from the listing and the watch.
+        self._entries: set[str] = set()
+        self._taken: set[str] = set()
+        # Names out of the available list because of what this consumer is doing.
+        self._trying: set[str] = set()  # a take transaction is in flight
+        self._held: dict[str, Entry] = {}  # ours
+        self._closing: set[str] = set()  # held, with a consume or release in flight
+        self._unsure: set[str] = set()  # a connection loss hid whether we created its node
+        self._available = SortedList()
+        self._waiters: deque[Any] = deque()
+        self._session: int | None = None  # the session the view and `_held` belong to
+        self._generation = 0  # bumped by every state change: a sync in flight is then stale
+        self._pending: list[tuple[bool, str, bool]] | None = None  # events during a sync
+        self._ready = False
+        self._started = False
+        self._stopped = False
+        self._paused = False
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def held(self) -> list[Entry]:
+        """The entries this consumer holds now, by name."""
+        with self._lock:
+            return [self._held[name] for name in sorted(self._held)]
+
+    @property
+    def depth(self) -> int:
+        """How many entries are available (known, not taken by anyone)."""
+        return len(self._available)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Start no new take until `resume()`; waiting takes keep waiting (or time out)."""
+        with self._lock:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused = False
+            self._wake()
+
+    def start(self) -> None:
+        """List the queue and start following it; does nothing if already started."""
+        with self._lock:
+            if self._started and not self._stopped:
+                return
+            self._started, self._stopped = True, False
+        self.client.add_listener(self._on_state)
+        if self.client.connected:
+            self._sync()
+        # Otherwise the CONNECTED state change syncs.
+
+    def stop(self) -> None:
+        """Stop taking: every waiting take returns None; the watch is removed.
+
+        Held entries stay held: consume or release them as usual.
+        """
+        with self._lock:
+            if self._stopped or not self._started:
+                self._stopped = True
+                return
+            self._stopped = True
+            self._ready = False
+            self._generation += 1
+            self._pending = None
+            self._wake()
+        self.client.remove_listener(self._on_state)
+        _remove_recursive_watch(self.client, ROOT, self._on_event)
+
+    def take(self, timeout: float | None = None) -> Entry | None:
+        """Take the first available entry, waiting for one up to `timeout` seconds.
+
+        Returns None on timeout or when the consumer is stopped. While paused or suspended
+        (or before the first listing) no take starts: it waits.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._started:
+                    raise RuntimeError("QueueConsumer.start() must be called before take()")
+                if self._stopped:
+                    return None
+                if self._ready and not self._paused and self._available:
+                    name = self._available.pop(0)
+                    self._trying.add(name)
+                    session = self._session
+                    waiter = None
+                else:
+                    waiter = self.client.handler.event_object()
+                    self._waiters.append(waiter)
+            if waiter is None:
+                entry = self._take(name, session)
+                if entry is not None or (deadline is not None and time.monotonic() >= deadline):
+                    return entry
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if (remaining is not None and remaining <= 0) or not waiter.wait(remaining):
+                with self._lock:
+                    if waiter.is_set():
+                        self._wake(1)  # woken as we gave up: pass the wake-up on
+                    else:
+                        self._waiters.remove(waiter)
+                return None
+
+    def consume(self, entry: Entry) -> bool:
+        """Delete the entry and our taken node in one transaction if the node is still ours.
+
+        `entry` must be the object `take()` returned: an equal Entry from a lost session (the
+        same entry may have been taken again since) is refused with False.
+        """
+        return self._finish(entry, consume=True)
+
+    def release(self, entry: Entry) -> bool:
+        """Delete only our taken node (if still ours): the entry is available again.
+
+        Same rules and return value as `consume`.
+        """
+        return self._finish(entry, consume=False)
+
+    # -- taking -------------------------------------------------------------------------------
+
+    def _take(self, name: str, session: int | None) -> Entry | None:
+        """One attempt at `name` (already moved from available to trying)."""
+        client = self.client
+        entry_path, taken_path = f"{ENTRIES}/{name}", f"{TAKEN}/{name}"
+        outcome, data = "busy", b""
+        try:
+            for _ in range(2):
+                transaction = client.transaction()
+                # Version -1 matches any version: this only asserts that the entry exists.
+                transaction.check(entry_path, -1)
+                transaction.create(taken_path, self._data, ephemeral=True)
+                committing = transaction.commit_async()
+                # Pipelined: answered right after the transaction, in the same round trip.
+                reading = client.get_async(entry_path)
+                results = committing.get()
+                if not (
+                    isinstance(results[0], RolledBackError) and isinstance(results[1], NoNodeError)
+                ):
+                    break
+                # The entry is there but /job/taken is not (someone deleted the tree).
+                client.ensure_path(TAKEN)
+            if not any(isinstance(result, Exception) for result in results):
+                try:
+                    data = reading.get()[0]
+                    outcome = "taken"
+                except NoNodeError:
+                    outcome = "orphan"  # consumed by someone else right after our take
+            elif isinstance(results[0], NoNodeError):
+                outcome = "gone"
+        except _UNSURE:
+            outcome = "unsure"
+        except _SESSION_GONE:
+            outcome = "lost"
+        except BaseException:
+            with self._lock:
+                self._trying.discard(name)
+                self._refresh(name)
+            raise
+        give_back = False
+        with self._lock:
+            self._trying.discard(name)
+            if outcome == "gone":
+                # Its deletion event came before this answer, so the view should know already;
+                # if it does not, trust the server rather than retry the name for ever.
+                self._entries.discard(name)
+            ours = session is not None and session == self._session and outcome != "lost"
+            if ours and outcome == "taken":
+                if name not in self._entries:
+                    outcome = "orphan"  # its deletion was reported while we were taking it
+                elif not self._stopped and not self._paused:
+                    entry = self._held[name] = Entry(name, data)
+                    return entry
+            if ours and outcome == "unsure":
+                self._unsure.add(name)  # resolved by the next sync
+            give_back = ours and outcome in ("taken", "orphan")
+            self._refresh(name)
+        if give_back:
+            self._give_back(name, session)
+        return None
+
+    def _give_back(self, name: str, session: int | None) -> None:
+        """Delete our taken node for `name` if there is one; never raises."""
+        try:
+            self._delete_own_node(name, session)
+        except _UNSURE:
+            with self._lock:
+                if session == self._session:
+                    self._unsure.add(name)
+                    self._refresh(name)
+        except _SESSION_GONE:
+            pass
+        except Exception:
+            log.exception("could not delete the taken node of %s", name)
+
+    def _delete_own_node(self, name: str, session: int | None) -> bool:
+        try:
+            data, stat = self.client.get(f"{TAKEN}/{name}")
+        except NoNodeError:
+            return False
+        if not self._is_ours(data, stat, session):
+            return False
+        try:
+            self.client.delete(f"{TAKEN}/{name}", version=stat.version)
+        except (NoNodeError, BadVersionError):
+            return False
+        return True
+
+    def _is_ours(self, data: bytes, stat: Any, session: int | None) -> bool:
+        client_id = self.client.client_id
+        current = client_id[0] if client_id else None
+        return (
+            session is not None and stat.ephemeralOwner == session == current and data == self._data
+        )
+
+    # -- consume and release ------------------------------------------------------------------
+
+    def _finish(self, entry: Entry, consume: bool) -> bool:
+        name = entry.name
+        with self._lock:
+            # Identity, not equality: an Entry of a lost session equals a later take of it.
+            if self._held.get(name) is not entry or name in self._closing:
+                return False
+            self._closing.add(name)
+            session = self._session
+        done: bool | None = None
+        try:
+            done = self._finish_on_server(name, consume, session)
+            return done
+        finally:
+            with self._lock:
+                self._closing.discard(name)
+                if done is not None:
+                    self._held.pop(name, None)
+                self._refresh(name)
+
+    def _finish_on_server(self, name: str, consume: bool, session: int | None) -> bool:
+        client = self.client
+        entry_path, taken_path = f"{ENTRIES}/{name}", f"{TAKEN}/{name}"
+        unsure = False  # an earlier attempt may have been applied before the connection dropped
+        while True:
+            try:
+                try:
+                    data, stat = client.get(taken_path)
+                except NoNodeError:
+                    if unsure:
+                        return not consume or client.exists(entry_path) is None
+                    return False
+                if not self._is_ours(data, stat, session):
+                    return False
+                transaction = client.transaction()
+                if consume:
+                    # The entry first: its deletion is reported before the taken node's, so
+                    # no consumer sees it as available in between.
+                    transaction.delete(entry_path)
+                transaction.delete(taken_path, version=stat.version)
+                results = transaction.commit()
+            except _UNSURE:
+                unsure = True
+                continue  # the retry waits for the reconnection (kazoo queues requests)
+            except _SESSION_GONE:
+                return False
+            if not any(isinstance(result, Exception) for result in results):
+                return True
+            if consume and isinstance(results[0], NoNodeError):
+                # Someone deleted the entry: our taken node must go anyway.
+                self._give_back(name, session)
+            return False
+
+    # -- following the queue ------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """List the queue and (re)install the watch: at start and after every reconnection."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._generation += 1
+            generation = self._generation
+            self._ready = False
+            # The watch goes on before the listing; what it reports meanwhile is replayed on
+            # top of the listing, so the last word about each node wins.
+            self._pending = []
+        client = self.client
+        try:
+            _add_recursive_watch(client, ROOT, self._on_event)
+            client.ensure_path(ENTRIES)
+            client.ensure_path(TAKEN)
+            listing_entries = client.get_children_async(ENTRIES)
+            listing_taken = client.get_children_async(TAKEN)
+            entries, taken = set(listing_entries.get()), set(listing_taken.get())
+            client_id = client.client_id
+        except (*_UNSURE, *_SESSION_GONE) as exc:
+            log.info("queue listing interrupted (%r); it is redone on reconnection", exc)
+            self._drop_pending(generation)
+            return
+        except BaseException:
+            self._drop_pending(generation)
+            raise
+        with self._lock:
+            if generation != self._generation or self._stopped or client_id is None:
+                return
+            events, self._pending = self._pending or [], None
+            for is_entry, name, created in events:
+                names = entries if is_entry else taken
+                if created:
+                    names.add(name)
+                else:
+                    names.discard(name)
+            session = client_id[0]
+            if session != self._session:
+                self._forget_session()
+                self._session = session
+            self._entries, self._taken = entries, taken
+            orphans = []
+            for name in list(self._held):
+                if name in self._closing:
+                    continue
+                if name not in taken:
+                    del self._held[name]  # someone deleted our taken node
+                elif name not in entries:
+                    del self._held[name]
+                    orphans.append(name)
+            # Taken nodes that may be ours though nothing here holds them: after an unsure
+            # take, or left without their entry.
+            to_check = (self._unsure & taken) | (taken - entries)
+            to_check -= self._held.keys() | self._trying | self._closing
+            to_check.update(orphans)
+            self._unsure = to_check & self._unsure
+            blocked = self._trying | self._held.keys() | self._unsure
+            self._available = SortedList(
+                name for name in entries if name not in taken and name not in blocked
+            )
+            self._ready = True
+            self._wake()
+        for name in sorted(to_check):
+            self._give_back(name, session)
+        with self._lock:
+            for name in to_check:
+                self._unsure.discard(name)
+                self._refresh(name)
+
+    def _drop_pending(self, generation: int) -> None:
+        with self._lock:
+            if generation == self._generation:
+                self._pending = None
+
+    def _sync_in_background(self) -> None:
+        try:
+            self._sync()
+        except Exception:
+            log.exception("could not list the queue; retried on the next reconnection")
+
+    def _on_state(self, state: str) -> bool:
+        # Called in kazoo's connection loop: bookkeeping only, the listing runs elsewhere.
+        with self._lock:
+            if self._stopped:
+                return False
+            self._generation += 1
+            self._ready = False
+            self._pending = None
+            lost = len(self._held) if state == KazooState.LOST else 0
+            if state == KazooState.LOST:
+                self._forget_session()
+        if lost:
+            log.warning("ZooKeeper session lost, and with it the %d entries held", lost)
+        if state == KazooState.CONNECTED:
+            self.client.handler.spawn(self._sync_in_background)
+        return False  # True would unregister the listener
+
+    def _forget_session(self) -> None:
+        """The session ended: its taken nodes, hence everything we held, are gone."""
+        self._held.clear()
+        self._unsure.clear()
+        self._session = None
+
+    def _on_event(self, event: WatchedEvent) -> None:
+        # Runs in the connection's reader (see _add_recursive_watch): bookkeeping only.
+        parent, _, name = event.path.rpartition("/")
+        if parent == ENTRIES:
+            is_entry = True
+        elif parent == TAKEN:
+            is_entry = False
+        else:
+            return
+        if event.type == EventType.CREATED:
+            created = True
+        elif event.type == EventType.DELETED:
+            created = False
+        else:
+            return
+        orphan_of = None
+        with self._lock:
+            if self._pending is not None:
+                self._pending.append((is_entry, name, created))
+                return
+            names = self._entries if is_entry else self._taken
+            if created:
+                names.add(name)
+            else:
+                names.discard(name)
+                if name in self._held and name not in self._closing:
+                    # Our entry or our taken node was deleted by someone else: not ours any
+                    # more, and a taken node without its entry is ours to delete.
+                    del self._held[name]
+                    if is_entry:
+                        orphan_of = self._session
+            self._refresh(name)
+        if orphan_of is not None:
+            self.client.handler.spawn(self._give_back, name, orphan_of)
+
+    def _refresh(self, name: str) -> None:
+        """Put `name` in or out of the available list after something about it changed."""
+        if (
+            name in self._entries
+            and name not in self._taken
+            and name not in self._trying
+            and name not in self._held
+            and name not in self._unsure
+        ):
+            if name not in self._available:
+                self._available.add(name)
+                self._wake(1)
+        else:
+            self._available.discard(name)
+
+    def _wake(self, count: int | None = None) -> None:
+        """Wake `count` waiting takes (all by default); called with the lock held."""
+        waiters = self._waiters
+        while waiters and (count is None or count > 0):
+            waiters.popleft().set()
+            if count is not None:
+                count -= 1
+
+
+# -- persistent recursive watches --------------------------------------------------------------
+# ZooKeeper 3.6+ watches a whole subtree with one registration that stays (AddWatch, opcode 106)
+# and reports each created, changed or deleted node with its own path. kazoo 2.11 has no API for
+# it, so the request goes through the client's request queue and the events are picked off its
+# connection before kazoo dispatches its own watches. The two private kazoo names used here
+# (`KazooClient._call` and `ConnectionHandler._read_watch_event`) are covered by the integration
+# tests. The watch does not survive a reconnection: callers add it again on CONNECTED.
+#
+# Callbacks run right in the connection's reader, not through kazoo's callback queue: an event
+# is then handled before any response read after it, so a caller that sees a failed request
+# has already seen the changes that made it fail. They must be quick and never block.
+
+_ADD_WATCH = 106
+_REMOVE_WATCHES = 18
+_MODE_PERSISTENT_RECURSIVE = 1
+_WATCHER_ANY = 3  # 3.8 cannot remove a persistent watch by its own type (3.9 can); Any can
+_REMOVE_TIMEOUT = 10.0
+
+WatchCallback = Callable[[WatchedEvent], Any]
+
+
+@dataclass(frozen=True)
+class _WatchRequest:
+    """An AddWatch or RemoveWatches request: a path and an int (mode or watcher type)."""
+
+    type: int
+    path: str
+    mode: int
+
+    def serialize(self) -> bytes:
+        return write_string(self.path) + int_struct.pack(self.mode)
+
+    @staticmethod
+    def deserialize(buffer: bytes, offset: int) -> bool:
+        return True  # nothing in the reply is of use
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _recursive_watchers(client: KazooClient) -> dict[str, list[WatchCallback]]:
+    """The client's recursive-watch callbacks by server path; hooks its connection once."""
+    connection = client._connection
+    watchers: dict[str, list[WatchCallback]] | None = getattr(
+        connection, "_nuvla_recursive_watchers", None
+    )
+    if watchers is not None:
+        return watchers
+    if not hasattr(connection, "_read_watch_event"):
+        raise RuntimeError("this kazoo version cannot be hooked for persistent watches")
+    registry: dict[str, list[WatchCallback]] = {}
+    read_watch_event = connection._read_watch_event
+
+    def read_watch_event_too(buffer: bytes, offset: int) -> Any:
+        if registry:
+            watch, _ = Watch.deserialize(buffer, offset)
+            event_type = EVENT_TYPE_MAP.get(watch.type)
+            # The lists are replaced, never changed in place, so no lock is needed here.
+            callbacks = [
+                callback
+                for root, callbacks in list(registry.items())
+                if _under(watch.path, root)
+                for callback in callbacks
+            ]
+            if event_type is not None and callbacks:
+                event = WatchedEvent(event_type, client.client_state, client.unchroot(watch.path))
+                for callback in callbacks:
+                    try:
+                        callback(event)
+                    except Exception:  # never let it break kazoo's connection loop
+                        log.exception("error in the watch callback for %s", watch.path)
+        return read_watch_event(buffer, offset)
+
+    connection._read_watch_event = read_watch_event_too
+    connection._nuvla_recursive_watchers = registry
+    return registry
+
+
+def _send(client: KazooClient, request: _WatchRequest) -> Any:
+    result = client.handler.async_result()
+    client._call(request, result)
+    return result
+
+
+def _server_path(client: KazooClient, path: str) -> str:
+    if not client.chroot:
+        return path
+    return client.chroot if path == "/" else client.chroot + path
+
+
+def _add_recursive_watch(client: KazooClient, path: str, callback: WatchCallback) -> None:
+    """Watch `path` and everything below it; `callback` gets every created/changed/deleted node.
+
+    `callback` is called in the connection's reader: it must be quick and never block. Adding
+    the same callback again only re-registers the watch on the server (needed after a
+    reconnection).
+    """
+    server_path = _server_path(client, path)
+    registry = _recursive_watchers(client)
+    callbacks = registry.get(server_path, [])
+    if callback not in callbacks:
+        registry[server_path] = [*callbacks, callback]
+    _send(client, _WatchRequest(_ADD_WATCH, server_path, _MODE_PERSISTENT_RECURSIVE)).get()
+
+
+def _remove_recursive_watch(client: KazooClient, path: str, callback: WatchCallback) -> None:
+    """Stop calling `callback`; the server watch goes when no callback is left on `path`."""
+    server_path = _server_path(client, path)
+    registry = _recursive_watchers(client)
+    callbacks = [cb for cb in registry.get(server_path, []) if cb != callback]
+    if callbacks:
+        registry[server_path] = callbacks
+        return
+    registry.pop(server_path, None)
+    if not client.connected:
+        return  # the watch went with the connection
+    try:
+        _send(client, _WatchRequest(_REMOVE_WATCHES, server_path, _WATCHER_ANY)).get(
+            timeout=_REMOVE_TIMEOUT
+        )
+    except (NoWatcherError, *_UNSURE, *_SESSION_GONE):
+        pass
+    except client.handler.timeout_exception:
+        log.warning("no answer removing the watch on %s", path)

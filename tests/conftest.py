@@ -12,6 +12,7 @@ from nuvla.api import Api
 
 from nuvla_job.zk import make_client
 from tests.support.jobapi import JobApiProcess
+from tests.support.processes import EngineProcess, executor_process
 from tests.support.zookeeper import ZooKeeperServer
 
 # Trees owned by the engine; wiped before each test that uses `zk`.
@@ -110,3 +111,21 @@ def admin_api(job_api: JobApiProcess, zookeeper: ZooKeeperServer) -> Api:
     """A `nuvla.api.Api` logged in with the admin key written by the job API."""
     zookeeper.start()
     return job_api.admin_api()
+
+
+@pytest.fixture
+def start_executor(zookeeper: ZooKeeperServer, job_api: JobApiProcess, zk: KazooClient
+                   ) -> Iterator[Callable[..., EngineProcess]]:
+    """Start executor processes on the test stack (test actions loaded); stopped after."""
+    started: list[EngineProcess] = []
+
+    def start(*extra: str, env: dict[str, str] | None = None) -> EngineProcess:
+        process = executor_process(zookeeper.hosts, job_api.endpoint,
+                                   str(job_api.credentials_path), *extra, env=env)
+        started.append(process.start())
+        process.wait_for_log("running up to")
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

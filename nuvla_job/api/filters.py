@@ -501,7 +501,7 @@ def _list_split(path: str) -> tuple[str, str | None]:
 # SQL
 
 
-_NUMERIC_TYPES = "('integer', 'real')"
+_NUMERIC_TYPES = "('integer', 'real', 'true')"
 
 
 @dataclass(frozen=True, slots=True)
@@ -569,7 +569,7 @@ def _typed_test(op: str, kind: str, type_expr: str, value_expr: str, values: lis
         names = ["true" if v else "false" for v in values]
         sql, params = _test("=", type_expr, names)
         return _Fragment(sql, params, True)
-    type_test = "1" if kind == "str" else f"{type_expr} IN {_NUMERIC_TYPES}"
+    type_test = f"{type_expr} = 'text'" if kind == "str" else f"{type_expr} IN {_NUMERIC_TYPES}"
     sql, params = _test(op, value_expr, values)
     return _Fragment(f"{type_test} AND {sql}", params, True)
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,18 @@ from .zk_queue import ZooKeeperJobQueue
 log = logging.getLogger(__name__)
 
 ADMIN_IDENTITY = "user/admin"
+
+
+class NoDelayWSGIServer(WSGIServer):
+    """gevent's WSGI server with Nagle's algorithm off on every connection.
+
+    On a kept-alive connection the response goes out in more than one write; with Nagle on,
+    the second waits for the client's delayed ACK: 40 ms per request instead of 1 ms.
+    """
+
+    def handle(self, sock: socket.socket, address: tuple) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().handle(sock, address)
 
 
 def default_data_dir() -> Path:
@@ -94,7 +107,7 @@ class JobApiServer:
         ssl_args = {}
         if self.config.tls_cert:
             ssl_args = {"certfile": self.config.tls_cert, "keyfile": self.config.tls_key}
-        self.http = WSGIServer(
+        self.http = NoDelayWSGIServer(
             (self.config.host, self.config.port),
             self.app,
             spawn=Pool(self.config.max_connections),

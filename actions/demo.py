@@ -1,0 +1,34 @@
+"""Actions for demos and benchmarks: `sleep` and upstream's `dummy_test_action`."""
+
+import time
+
+from nuvla_job.registry import action
+
+
+@action("sleep", pull_mode_support=True)
+class SleepJob:
+    """Sleeps `seconds` from the payload (default 1), reporting progress; fails when the
+    payload says `"fail": true` (for demos of failed jobs)."""
+
+    def __init__(self, job):
+        self.job = job
+
+    def do_work(self):
+        payload = self.job.payload if isinstance(self.job.payload, dict) else {}
+        seconds = float(payload.get("seconds", 1))
+        time.sleep(seconds)
+        if payload.get("fail"):
+            self.job.set_status_message(f"slept {seconds} s, then failed as asked")
+            return 1
+        return 0
+
+
+@action("dummy_test_action", pull_mode_support=True)
+class DummyTestAction:
+    """Does nothing and succeeds (upstream's test action)."""
+
+    def __init__(self, job):
+        self.job = job
+
+    def do_work(self):
+        return 0

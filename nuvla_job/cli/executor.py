@@ -1,0 +1,77 @@
+"""`job-executor`: run jobs from the ZooKeeper queue, many at once (or one, in pull mode)."""
+
+from gevent import monkey
+
+# Before anything imports sockets, so that every blocking call yields to other greenlets.
+monkey.patch_all()
+
+import os  # noqa: E402
+import sys  # noqa: E402
+
+import click  # noqa: E402
+
+from ..monitoring import setup_logging, setup_sentry  # noqa: E402
+from .options import CommonConfig, common_options, expand_multi_values, make_api  # noqa: E402
+
+MULTI_VALUE_FLAGS = ("--zk-hosts", "--actions-path")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@common_options
+@click.option("--concurrency", type=click.IntRange(1, 10_000), default=100,
+              envvar="JOB_CONCURRENCY", show_default=True,
+              help="Jobs run at once, each in its own greenlet.")
+@click.option("--grace-period", type=click.FloatRange(0), default=120.0,
+              envvar="JOB_GRACE_PERIOD", show_default=True,
+              help="Seconds running jobs may take to finish after SIGTERM.")
+@click.option("--actions-path", multiple=True, envvar="JOB_ACTIONS_PATH",
+              type=click.Path(file_okay=False),
+              help="Extra directory of action modules (repeatable; the variable takes a "
+                   "space-separated list).")
+@click.option("--job-id", envvar="JOB_ID", default=None,
+              help="Pull mode: run only this job (job/<uuid>) and exit with its outcome.")
+def main(common: CommonConfig, concurrency: int, grace_period: float,
+         actions_path: tuple[str, ...], job_id: str | None) -> None:
+    """Run jobs from the queue until SIGTERM; `--job-id` runs one job and exits."""
+    setup_logging(common.log_level)
+    setup_sentry(common.sentry_dsn, common.name)
+    if job_id is not None and not job_id.startswith("job/"):
+        raise click.BadParameter("must look like job/<uuid>", param_hint="--job-id")
+    from ..registry import load_actions
+
+    actions = load_actions(actions_path)
+    api = make_api(common, pool_size=concurrency + 10)
+    from ..executor import Executor
+
+    if job_id is not None:
+        executor = Executor(api, None, actions, concurrency=1, name=common.name,
+                            nuvlaedge_fs=common.nuvlaedge_fs)
+        sys.exit(executor.run_one(job_id))
+    from ..zk import make_client
+
+    zk = make_client(common.zk_hosts, timeout=common.zk_timeout)
+    try:
+        zk.start(timeout=max(15.0, common.zk_timeout))
+    except Exception as exc:
+        raise click.ClickException(f"cannot connect to ZooKeeper at "
+                                   f"{','.join(common.zk_hosts)}: {type(exc).__name__}"
+                                   ) from None
+    executor = Executor(api, zk, actions, concurrency=concurrency, grace_period=grace_period,
+                        name=common.name, nuvlaedge_fs=common.nuvlaedge_fs)
+    executor.install_signal_handlers()
+    try:
+        code = executor.run()
+    finally:
+        zk.stop()
+        zk.close()
+    sys.exit(code)
+
+
+def run() -> None:
+    """Console-script entry point: accepts upstream's multi-value flags."""
+    main(args=expand_multi_values(sys.argv[1:], MULTI_VALUE_FLAGS),
+         prog_name=os.path.basename(sys.argv[0]))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,192 @@
+"""Options shared by the engine's commands, each also read from an environment variable.
+
+Upstream's spellings are accepted too, so a deployment can switch by changing only the
+image: several values after one flag (``--zk-hosts h1:2181 h2:2181``), ``-l``/``-d``,
+``--statsd`` and ``--nuvlaedge-fs``, and the ``JOB_COOKIES`` variable.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from ..monitoring import register_secret
+
+log = logging.getLogger(__name__)
+
+LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                          case_sensitive=False)
+DEFAULT_API_URL = "http://127.0.0.1:8200"
+
+
+def expand_multi_values(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
+    """Turn ``--flag a b`` into ``--flag a --flag b`` for the given flags (upstream's form)."""
+    result: list[str] = []
+    current: str | None = None
+    for arg in argv:
+        if arg.startswith("-"):
+            current = arg if arg in flags else None
+            result.append(arg)
+        elif current is not None and result[-1] != current:
+            result += [current, arg]
+        else:
+            result.append(arg)
+    return result
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    zk_hosts: tuple[str, ...]
+    zk_timeout: float
+    api_url: str
+    api_key: str | None
+    api_secret: str | None
+    api_user: str | None
+    api_pass: str | None
+    api_authn_header: str | None
+    api_credentials_file: str | None
+    api_insecure: bool
+    name: str
+    log_level: str
+    sentry_dsn: str | None
+    nuvlaedge_fs: str | None
+
+
+def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the common options; the command receives them as one ``common`` CommonConfig."""
+    options = [
+        click.option("--zk-hosts", multiple=True, envvar="ZK_HOSTS",
+                     default=("127.0.0.1:2181",), show_default=True,
+                     help="ZooKeeper hosts: a comma list, or several values after the flag."),
+        click.option("--zk-timeout", type=click.FloatRange(1, 600), default=10.0,
+                     envvar="ZK_TIMEOUT", show_default=True,
+                     help="ZooKeeper session timeout in seconds: how long a dead process "
+                          "keeps its jobs and leaderships."),
+        click.option("--api-url", default=DEFAULT_API_URL, envvar="JOB_API_URL",
+                     show_default=True, help="Job API endpoint."),
+        click.option("--api-key", envvar="JOB_API_KEY", help="API key id."),
+        click.option("--api-secret", envvar="JOB_API_SECRET",
+                     help="API key secret (prefer the environment variable or a file)."),
+        click.option("--api-user", envvar="JOB_API_USER", help="Username."),
+        click.option("--api-pass", envvar="JOB_API_PASS",
+                     help="Password (prefer the environment variable or a file)."),
+        click.option("--api-authn-header", envvar="JOB_API_AUTHN_HEADER",
+                     help="Send the nuvla-authn-info header instead of logging in."),
+        click.option("--api-credentials-file", envvar="JOB_API_CREDENTIALS",
+                     type=click.Path(dir_okay=False),
+                     help='JSON file with "key" and "secret" (the job API writes one).'),
+        click.option("--api-insecure", is_flag=True, envvar="JOB_API_INSECURE",
+                     help="Do not verify the job API's TLS certificate."),
+        click.option("--name", envvar="JOB_NAME", default=None,
+                     help="This process's name in logs, Sentry and ZooKeeper "
+                          "[default: host-pid]."),
+        click.option("-l", "--log-level", type=LOG_LEVELS, default="INFO",
+                     envvar="JOB_LOG_LEVEL", show_default=True),
+        click.option("-d", "--debug", is_flag=True, help="Same as --log-level DEBUG."),
+        click.option("--sentry-dsn", envvar="SENTRY_DSN",
+                     help="Report exceptions to this Sentry DSN."),
+        click.option("--statsd", envvar="JOB_STATSD", default=None,
+                     help="Accepted for compatibility; metrics are not sent to statsd."),
+        click.option("--nuvlaedge-fs", envvar="JOB_NUVLAEDGE_FS", default=None,
+                     help="Passed to actions as job.nuvlaedge_fs."),
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        statsd = kwargs.pop("statsd")
+        debug = kwargs.pop("debug")
+        common = CommonConfig(
+            zk_hosts=tuple(kwargs.pop("zk_hosts")),
+            zk_timeout=kwargs.pop("zk_timeout"),
+            api_url=kwargs.pop("api_url"),
+            api_key=kwargs.pop("api_key"),
+            api_secret=kwargs.pop("api_secret"),
+            api_user=kwargs.pop("api_user"),
+            api_pass=kwargs.pop("api_pass"),
+            api_authn_header=kwargs.pop("api_authn_header"),
+            api_credentials_file=kwargs.pop("api_credentials_file"),
+            api_insecure=kwargs.pop("api_insecure"),
+            name=kwargs.pop("name") or f"{socket.gethostname()}-{os.getpid()}",
+            log_level="DEBUG" if debug else kwargs.pop("log_level"),
+            sentry_dsn=kwargs.pop("sentry_dsn"),
+            nuvlaedge_fs=kwargs.pop("nuvlaedge_fs"),
+        )
+        kwargs.pop("log_level", None)
+        for secret in (common.api_secret, common.api_pass, common.api_authn_header):
+            register_secret(secret)
+        if statsd:
+            log.warning("--statsd %s ignored: this engine does not publish statsd gauges "
+                        "(metrics are planned as a Prometheus endpoint)", statsd)
+        return command(common=common, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _credentials(common: CommonConfig) -> dict[str, str] | None:
+    if common.api_key or common.api_secret:
+        if not (common.api_key and common.api_secret):
+            raise click.UsageError("--api-key and --api-secret go together")
+        return {"key": common.api_key, "secret": common.api_secret}
+    if common.api_user or common.api_pass:
+        if not (common.api_user and common.api_pass):
+            raise click.UsageError("--api-user and --api-pass go together")
+        return {"username": common.api_user, "password": common.api_pass}
+    if common.api_credentials_file:
+        try:
+            with open(common.api_credentials_file) as handle:
+                data = json.load(handle)
+            creds = {"key": str(data["key"]), "secret": str(data["secret"])}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise click.UsageError(f"cannot read API credentials from "
+                                   f"{common.api_credentials_file}: {type(exc).__name__}"
+                                   ) from None
+        register_secret(creds["secret"])
+        return creds
+    return None
+
+
+def make_api(common: CommonConfig, pool_size: int = 10):
+    """A logged-in ``nuvla.api.Api`` (or one using JOB_COOKIES or the authn header)."""
+    import requests.adapters
+    from nuvla.api import Api
+
+    creds = _credentials(common)
+    cookies = os.environ.get("JOB_COOKIES")
+    cookie_file = None
+    if cookies:
+        # Upstream passes a base64 cookie jar instead of credentials.
+        handle = tempfile.NamedTemporaryFile("wb", prefix="job-cookies-", delete=False)
+        with handle:
+            handle.write(base64.b64decode(cookies))
+        cookie_file = handle.name
+    api = Api(endpoint=common.api_url, insecure=common.api_insecure,
+              persist_cookie=bool(cookie_file), cookie_file=cookie_file,
+              reauthenticate=True, login_creds=dict(creds) if creds else None,
+              authn_header=common.api_authn_header)
+    # Enough pooled connections for every greenlet that may call the API at once.
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    api.session.mount("http://", adapter)
+    api.session.mount("https://", adapter)
+    if creds and not cookie_file:
+        try:
+            response = api.login(api.session.login_params)
+        except Exception as exc:
+            raise click.ClickException(f"cannot reach the job API at {common.api_url}: "
+                                       f"{type(exc).__name__}") from None
+        if response is None or response.status_code != 201:
+            status = getattr(response, "status_code", "no answer")
+            raise click.ClickException(f"login to the job API at {common.api_url} failed "
+                                       f"({status})")
+    return api

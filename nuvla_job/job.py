@@ -1,0 +1,201 @@
+"""Job: the upstream-compatible, read-only view of one job document, with its updates.
+
+Actions see a ``Job`` exactly as upstream actions do: a read-only dict of the document
+plus ``api``, ``id``, ``set_progress``, ``update_job``, ``context``, ``payload``, ... Every
+update goes through the job API and refreshes the view with the stored document.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import requests
+from nuvla.api import Api, NuvlaError
+
+log = logging.getLogger(__name__)
+
+# The job document version this engine runs (job-resource.md: default `version` 2).
+SUPPORTED_VERSION = 2
+NOT_FOUND_RETRY_DELAY = 2.0
+
+
+class JobError(Exception):
+    """Base of the ways fetching or updating a job can fail."""
+
+
+class JobNotFound(JobError):
+    pass
+
+
+class JobMalformed(JobError):
+    pass
+
+
+class ApiUnavailable(JobError):
+    """The job API is unreachable or answered 5xx: the job goes back to the queue."""
+
+
+class JobConflict(JobError):
+    """The job API refused the update (409): the job is final (e.g. cancelled meanwhile)."""
+
+
+def _classify(exc: Exception, job_id: str) -> JobError:
+    if isinstance(exc, NuvlaError) and exc.response is not None:
+        status = exc.response.status_code
+        if status == 404:
+            return JobNotFound(job_id)
+        if status == 409:
+            return JobConflict(f"{job_id}: {exc.reason}")
+        if status >= 500:
+            return ApiUnavailable(f"job API answered {status}: {exc.reason}")
+        return JobError(f"job API answered {status}: {exc.reason}")
+    if isinstance(exc, requests.RequestException | OSError):
+        return ApiUnavailable(f"job API unreachable: {type(exc).__name__}")
+    return JobError(str(exc))
+
+
+def _check_document(job_id: str, data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict) or data.get("id") != job_id:
+        raise JobMalformed(f"{job_id}: the job API returned something else than the job")
+    for key in ("action", "state"):
+        if not isinstance(data.get(key), str):
+            raise JobMalformed(f"{job_id}: the job has no valid '{key}'")
+    if not isinstance(data.get("version", SUPPORTED_VERSION), int):
+        raise JobMalformed(f"{job_id}: the job's 'version' is not an integer")
+    return data
+
+
+class Job(dict):
+    """A job document as a read-only dict, with the update methods actions use."""
+
+    def __init__(self, api: Api, data: dict[str, Any], nuvlaedge_fs: str | None = None,
+                 executor_name: str | None = None) -> None:
+        super().__init__(data)
+        self.api = api
+        self.nuvlaedge_fs = nuvlaedge_fs
+        self.executor_name = executor_name
+        self._context: dict[str, Any] | None = None
+
+    @classmethod
+    def fetch(cls, api: Api, job_id: str, retry_not_found: bool = True, **kw: Any) -> Job:
+        """Get the job; a 404 is retried once after a short wait (the add may be in flight)."""
+        for attempt in (1, 2):
+            try:
+                return cls(api, _check_document(job_id, api.get(job_id).data), **kw)
+            except (NuvlaError, requests.RequestException, OSError) as exc:
+                error = _classify(exc, job_id)
+                if isinstance(error, JobNotFound) and retry_not_found and attempt == 1:
+                    time.sleep(NOT_FOUND_RETRY_DELAY)
+                    continue
+                raise error from exc
+        raise JobNotFound(job_id)  # pragma: no cover - the loop always returns or raises
+
+    # -- read-only dict ---------------------------------------------------------------------
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a Job is read-only: use job.update_job(...) to change it")
+
+    __setitem__ = __delitem__ = _read_only  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+    def _refresh(self, data: dict[str, Any]) -> None:
+        dict.clear(self)
+        dict.update(self, data)
+
+    # -- upstream interface -----------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self["id"]
+
+    @property
+    def is_in_pull_mode(self) -> bool:
+        return self.get("execution-mode") == "pull"
+
+    @property
+    def target_resource_href(self) -> str | None:
+        target = self.get("target-resource")
+        return target.get("href") if isinstance(target, dict) else None
+
+    @property
+    def payload(self) -> Any:
+        text = self.get("payload")
+        if not text:
+            return {}
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError):
+            log.warning("%s: payload is not JSON; actions see it as {}", self.id)
+            return {}
+
+    @property
+    def context(self) -> dict[str, Any]:
+        if self._context is None:
+            try:
+                self._context = self.api.operation(self, "get-context").data
+            except (NuvlaError, requests.RequestException, OSError) as exc:
+                raise _classify(exc, self.id) from exc
+        return self._context
+
+    def _edit(self, data: dict[str, Any], select: str | None = None) -> None:
+        try:
+            kwargs = {"select": select} if select else {}
+            self._refresh(self.api.edit(self.id, data, **kwargs).data)
+        except (NuvlaError, requests.RequestException, OSError) as exc:
+            raise _classify(exc, self.id) from exc
+
+    def update_job(self, state: str | None = None, return_code: int | None = None,
+                   status_message: str | None = None, progress: int | None = None,
+                   execution_mode: str | None = None, tags: list[str] | None = None) -> None:
+        """Write the given attributes of the job in one edit."""
+        data: dict[str, Any] = {}
+        if state is not None:
+            data["state"] = state
+        if return_code is not None:
+            data["return-code"] = return_code
+        if status_message is not None:
+            data["status-message"] = str(status_message)
+        if progress is not None:
+            data["progress"] = progress
+        if execution_mode is not None:
+            data["execution-mode"] = execution_mode
+        if tags is not None:
+            data["tags"] = tags
+        if data:
+            self._edit(data)
+
+    def set_progress(self, progress: int) -> None:
+        if not isinstance(progress, int) or not 0 <= progress <= 100:
+            raise ValueError(f"progress must be an int from 0 to 100, got {progress!r}")
+        self.update_job(progress=progress)
+
+    def set_status_message(self, message: Any) -> None:
+        self.update_job(status_message=str(message))
+
+    def set_return_code(self, return_code: int) -> None:
+        self.update_job(return_code=return_code)
+
+    def set_state(self, state: str) -> None:
+        self.update_job(state=state)
+
+    def add_affected_resources(self, hrefs: list[str]) -> None:
+        current = list(self.get("affected-resources", []))
+        known = {r.get("href") for r in current}
+        new = [{"href": h} for h in hrefs if h not in known]
+        if new:
+            self._edit({"affected-resources": current + new})
+
+    def add_affected_resource(self, href: str) -> None:
+        self.add_affected_resources([href])
+
+    def add_nested_jobs(self, job_ids: list[str]) -> None:
+        current = list(self.get("nested-jobs", []))
+        new = [j for j in job_ids if j not in current]
+        if new:
+            self._edit({"nested-jobs": current + new})
+
+    def add_nested_job(self, job_id: str) -> None:
+        self.add_nested_jobs([job_id])

@@ -1,0 +1,135 @@
+"""Actions: the ``@action`` decorator, and loading action modules at start-up.
+
+An action is a class registered under a name, built with the :class:`~nuvla_job.job.Job`
+and run with ``do_work()``. Modules come from the actions directories (every ``*.py`` file
+and package in them) and from installed packages advertising the ``nuvla_job.actions``
+entry-point group. A module that fails to import is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "nuvla_job.actions"
+# Upstream's lite image registers only actions that can run in pull mode.
+LITE_IMAGE = "job-lite"
+# The project's own actions folder, beside the package in a checkout or an image.
+BUILTIN_ACTIONS = Path(__file__).resolve().parent.parent / "actions"
+
+
+@dataclass
+class ActionRegistry:
+    """Action classes by name. The first registration of a name wins."""
+
+    actions: dict[str, type] = field(default_factory=dict)
+    pull_mode: dict[str, bool] = field(default_factory=dict)
+    lite: bool = field(default_factory=lambda: os.environ.get("IMAGE_NAME") == LITE_IMAGE)
+
+    def register(self, name: str, cls: type, pull_mode_support: bool = False) -> None:
+        if self.lite and not pull_mode_support:
+            log.debug("action %s skipped: the lite image runs only pull-mode actions", name)
+            return
+        if name in self.actions:
+            log.error("action %s is defined twice (%s and %s); keeping the first", name,
+                      _where(self.actions[name]), _where(cls))
+            return
+        self.actions[name] = cls
+        self.pull_mode[name] = pull_mode_support
+
+    def get(self, name: str) -> type | None:
+        return self.actions.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.actions
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def _where(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# The registry decorators write to; ``load_actions`` returns it.
+registry = ActionRegistry()
+
+
+def action(name: str, pull_mode_support: bool = False, **_upstream: Any) -> Callable[[type], type]:
+    """Register the decorated class as the action ``name`` (upstream-compatible)."""
+
+    def register(cls: type) -> type:
+        registry.register(name, cls, pull_mode_support)
+        return cls
+
+    return register
+
+
+def _module_name(path: Path) -> str:
+    # A private namespace per file, so that two directories may hold modules of one name.
+    digest = abs(hash(str(path.resolve()))) % 10**8
+    return f"nuvla_job_plugins.{path.stem}_{digest}"
+
+
+def _import_file(path: Path) -> None:
+    target = path / "__init__.py" if path.is_dir() else path
+    name = _module_name(path)
+    spec = importlib.util.spec_from_file_location(
+        name, target, submodule_search_locations=[str(path)] if path.is_dir() else None
+    )
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {target}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+
+
+def _candidates(directory: Path) -> list[Path]:
+    found = []
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(("_", ".")):
+            continue
+        if path.suffix == ".py" or (path.is_dir() and (path / "__init__.py").exists()):
+            found.append(path)
+    return found
+
+
+def load_actions(paths: Iterable[str | Path] = (), builtin: bool = True,
+                 use_entry_points: bool = True) -> ActionRegistry:
+    """Import every action module; returns the registry with what they registered."""
+    directories = [BUILTIN_ACTIONS] if builtin else []
+    directories += [Path(p) for p in paths]
+    for directory in directories:
+        if not directory.is_dir():
+            if directory != BUILTIN_ACTIONS:
+                log.error("actions path %s is not a directory; skipped", directory)
+            continue
+        for path in _candidates(directory):
+            try:
+                _import_file(path)
+            except Exception as exc:  # a broken plugin must not stop the engine
+                log.error("action module %s failed to import and is skipped: %s: %s",
+                          path, type(exc).__name__, exc)
+    if use_entry_points:
+        for point in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                point.load()
+            except Exception as exc:
+                log.error("action entry point %s failed to load and is skipped: %s: %s",
+                          point.name, type(exc).__name__, exc)
+    log.info("%d action(s) loaded: %s", len(registry), ", ".join(sorted(registry.actions)))
+    return registry

@@ -1,0 +1,345 @@
+"""The executor table of engine-behaviour.md, row by row, with a real executor process,
+the real job API and ZooKeeper."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+
+from kazoo.client import KazooClient
+from nuvla.api import Api
+
+from nuvla_job import queue
+from tests.support.jobapi import JobApiProcess
+from tests.support.processes import executor_process
+
+FINAL = ("SUCCESS", "FAILED", "CANCELED")
+
+
+def wait_state(api: Api, job_id: str, states: tuple[str, ...] = FINAL,
+               timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = api.get(job_id).data
+        if job["state"] in states:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{job_id} still {job['state']} after {timeout} s")
+        time.sleep(0.05)
+
+
+def queue_empty(zk: KazooClient, timeout: float = 30.0) -> None:
+    """Wait until /job/entries and /job/taken hold nothing (every entry consumed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = zk.get_children(queue.ENTRIES) if zk.exists(queue.ENTRIES) else []
+        taken = zk.get_children(queue.TAKEN) if zk.exists(queue.TAKEN) else []
+        if not entries and not taken:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"queue not empty: entries={entries} taken={taken}")
+        time.sleep(0.05)
+
+
+def add(api: Api, action: str, **attrs) -> str:
+    return api.add("job", {"action": action, **attrs}).data["resource-id"]
+
+
+# -- rows of the table ---------------------------------------------------------------------------
+
+
+def test_queued_job_runs_and_succeeds(admin_api: Api, zk: KazooClient, start_executor) -> None:
+    start_executor()
+    job_id = add(admin_api, "test_ok")
+    job = wait_state(admin_api, job_id)
+    assert job["state"] == "SUCCESS"
+    assert job["return-code"] == 0
+    assert job["progress"] == 100
+    assert "started" in job  # it went through RUNNING
+    queue_empty(zk)
+
+
+def test_running_job_is_run_again(admin_api: Api, zk: KazooClient, start_executor) -> None:
+    job_id = add(admin_api, "test_ok")
+    admin_api.edit(job_id, {"state": "RUNNING"})  # interrupted elsewhere
+    start_executor()
+    assert wait_state(admin_api, job_id)["state"] == "SUCCESS"
+    queue_empty(zk)
+
+
+def test_non_zero_return_code_fails(admin_api: Api, zk: KazooClient, start_executor) -> None:
+    start_executor()
+    job = wait_state(admin_api, add(admin_api, "test_fail_code"))
+    assert (job["state"], job["return-code"]) == ("FAILED", 3)
+    queue_empty(zk)
+
+
+def test_raising_action_fails_with_traceback(admin_api: Api, zk: KazooClient,
+                                             start_executor) -> None:
+    start_executor()
+    job = wait_state(admin_api, add(admin_api, "test_raises"))
+    assert (job["state"], job["return-code"]) == ("FAILED", 1)
+    assert job["status-message"].startswith("RuntimeError: boom from the action")
+    assert "Traceback" in job["status-message"]
+    queue_empty(zk)
+
+
+def test_raising_mixed_job_goes_back_to_pull(admin_api: Api, zk: KazooClient,
+                                             start_executor) -> None:
+    process = start_executor()
+    job_id = add(admin_api, "test_raises", **{"execution-mode": "mixed"})
+    process.wait_for_log(f"{job_id}: test_raises failed; it will re-run in pull mode")
+    queue_empty(zk)
+    job = admin_api.get(job_id).data
+    assert job["state"] == "QUEUED"
+    assert job["execution-mode"] == "pull"
+    assert "pull mode" in job["status-message"]
+
+
+def test_final_job_is_left_alone(admin_api: Api, zk: KazooClient, start_executor) -> None:
+    job_id = add(admin_api, "test_ok")
+    admin_api.operation(admin_api.get(job_id), "cancel")
+    before = admin_api.get(job_id).data
+    process = start_executor()
+    process.wait_for_log(f"{job_id}: already CANCELED: entry dropped")
+    queue_empty(zk)
+    assert admin_api.get(job_id).data["updated"] == before["updated"]
+
+
+def test_missing_job_entry_is_dropped(zk: KazooClient, start_executor) -> None:
+    missing = f"job/{uuid.uuid4()}"
+    queue.put(zk, missing, 5)
+    process = start_executor()
+    process.wait_for_log(f"{missing}: not found in the job API: entry dropped")
+    queue_empty(zk)
+
+
+def test_garbage_entries_are_dropped_and_executor_goes_on(admin_api: Api, zk: KazooClient,
+                                                          start_executor) -> None:
+    zk.create(queue.entry_prefix(1), b"\xff\xfe not utf-8", sequence=True, makepath=True)
+    zk.create(queue.entry_prefix(1), b"deployment/123", sequence=True, makepath=True)
+    zk.create(queue.entry_prefix(1), b"", sequence=True, makepath=True)
+    process = start_executor()
+    job_id = add(admin_api, "test_ok")
+    assert wait_state(admin_api, job_id)["state"] == "SUCCESS"
+    queue_empty(zk)
+    assert process.log().count("holds no job id") == 3
+
+
+def test_unknown_action_fails_naming_it(admin_api: Api, zk: KazooClient,
+                                        start_executor) -> None:
+    start_executor()
+    job = wait_state(admin_api, add(admin_api, "no_such_action_here"))
+    assert job["state"] == "FAILED"
+    assert "no_such_action_here" in job["status-message"]
+    queue_empty(zk)
+
+
+def test_older_version_fails_naming_both(admin_api: Api, zk: KazooClient,
+                                         start_executor) -> None:
+    start_executor()
+    job = wait_state(admin_api, add(admin_api, "test_ok", version=1))
+    assert job["state"] == "FAILED"
+    assert "version 1" in job["status-message"] and "version 2" in job["status-message"]
+    queue_empty(zk)
+
+
+def test_newer_version_is_released_untouched(admin_api: Api, zk: KazooClient,
+                                             start_executor) -> None:
+    process = start_executor()
+    job_id = add(admin_api, "test_ok", version=3)
+    process.wait_for_log(f"{job_id}: version 3 is newer")
+    job = admin_api.get(job_id).data
+    assert job["state"] == "QUEUED"
+    [entry] = zk.get_children(queue.ENTRIES)
+    assert zk.get(f"{queue.ENTRIES}/{entry}")[0] == job_id.encode()
+    # Released, not held: another (newer) executor can take it.
+    assert not zk.exists(f"{queue.TAKEN}/{entry}") or _wait_released(zk, entry)
+
+
+def _wait_released(zk: KazooClient, entry: str) -> bool:
+    deadline = time.monotonic() + 10
+    while zk.exists(f"{queue.TAKEN}/{entry}"):
+        assert time.monotonic() < deadline, "entry still taken"
+        time.sleep(0.05)
+    return True
+
+
+def test_job_api_down_releases_then_runs(job_api: JobApiProcess, admin_api: Api,
+                                         zk: KazooClient, start_executor) -> None:
+    process = start_executor()
+    job_id = add(admin_api, "test_ok")
+    wait_state(admin_api, job_id)
+    job_id = f"job/{uuid.uuid4()}"
+    job_api.stop()
+    try:
+        queue.put(zk, job_id, 5)
+        process.wait_for_log(f"{job_id}: job API unreachable")
+        [entry] = zk.get_children(queue.ENTRIES)
+        assert entry.startswith("entry-005-")
+    finally:
+        job_api.start()
+    # Back up: the entry is taken again and, the job being unknown to this API, dropped.
+    queue_empty(zk)
+
+
+def test_unexpected_error_is_logged_and_consumed(job_api: JobApiProcess, admin_api: Api,
+                                                 zk: KazooClient, start_executor) -> None:
+    # An executor running with a user who may read the job but not edit it: the API's 403
+    # on the RUNNING update is no row of the table.
+    name = f"viewer-{uuid.uuid4().hex[:6]}"
+    viewer = job_api.user_api(name, "viewer-pass-1")
+    job_id = add(admin_api, "test_ok",
+                 acl={"owners": ["group/nuvla-admin"], "view-data": [viewer.user_id]})
+    before = admin_api.get(job_id).data
+    process = start_executor("--api-user", name, "--api-pass", "viewer-pass-1")
+    process.wait_for_log(f"{job_id}: unexpected error; the entry is consumed")
+    queue_empty(zk)
+    assert admin_api.get(job_id).data["updated"] == before["updated"]
+
+
+# -- actions ------------------------------------------------------------------------------------
+
+
+def test_upstream_style_action_runs_unchanged(admin_api: Api, zk: KazooClient,
+                                              start_executor) -> None:
+    start_executor()
+    job_id = add(admin_api, "upstream_style_cleanup", **{"target-resource": {"href": "x/1"}})
+    job = wait_state(admin_api, job_id)
+    assert job["state"] == "SUCCESS"
+    assert job["status-message"] == "cleaned x/1 (action upstream_style_cleanup)"
+    assert {"href": "job/upstream-affected"} in job["affected-resources"]
+
+
+def test_broken_module_skipped_and_duplicate_logged(admin_api: Api, start_executor) -> None:
+    process = start_executor()
+    log = process.log()
+    assert "broken_module.py failed to import and is skipped" in log
+    assert "action test_ok is defined twice" in log
+    job = wait_state(admin_api, add(admin_api, "test_ok"))
+    assert job["return-code"] == 0  # the first definition won
+
+
+def test_payload_reaches_the_action(admin_api: Api, start_executor) -> None:
+    start_executor()
+    payload = {"b": [1, 2], "a": "x"}
+    job = wait_state(admin_api, add(admin_api, "test_payload_echo",
+                                    payload=json.dumps(payload)))
+    assert json.loads(job["status-message"]) == payload
+
+
+# -- process behaviour --------------------------------------------------------------------------
+
+
+def test_runs_many_jobs_at_once(admin_api: Api, zk: KazooClient, start_executor,
+                                tmp_path) -> None:
+    log_file = str(tmp_path / "runs.log")
+    ids = [add(admin_api, "test_sleep", payload=json.dumps({"seconds": 2, "log": log_file}))
+           for _ in range(50)]
+    start_executor("--concurrency", "50")
+    for job_id in ids:
+        assert wait_state(admin_api, job_id, timeout=60)["state"] == "SUCCESS"
+    # All 50 started before the first one ended: they ran at once, not one after another.
+    lines = open(log_file).read().split("\n")
+    first_end = next(i for i, line in enumerate(lines) if line.startswith("end"))
+    assert sum(1 for line in lines[:first_end] if line.startswith("start")) == 50
+    queue_empty(zk)
+
+
+def test_sigterm_drains_running_jobs(admin_api: Api, zk: KazooClient, start_executor) -> None:
+    process = start_executor("--grace-period", "30")
+    job_id = add(admin_api, "test_sleep", payload=json.dumps({"seconds": 2}))
+    wait_state(admin_api, job_id, ("RUNNING",))
+    process.signal(signal.SIGTERM)
+    later = add(admin_api, "test_ok")  # arrives after the signal: must not be taken
+    assert process.wait(timeout=30) == 0
+    assert admin_api.get(job_id).data["state"] == "SUCCESS"
+    assert admin_api.get(later).data["state"] == "QUEUED"
+    assert zk.get_children(queue.TAKEN) == []
+    assert len(zk.get_children(queue.ENTRIES)) == 1
+
+
+def test_grace_period_over_releases_leftovers(admin_api: Api, zk: KazooClient,
+                                              start_executor) -> None:
+    process = start_executor("--grace-period", "1")
+    job_id = add(admin_api, "test_sleep", payload=json.dumps({"seconds": 60}))
+    wait_state(admin_api, job_id, ("RUNNING",))
+    process.signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert "releasing 1 unfinished job(s)" in process.log()
+    assert admin_api.get(job_id).data["state"] == "RUNNING"  # no final state written
+    [entry] = zk.get_children(queue.ENTRIES)  # back in the queue, not taken
+    assert zk.get_children(queue.TAKEN) == []
+    assert zk.get(f"{queue.ENTRIES}/{entry}")[0] == job_id.encode()
+
+
+def test_pull_mode_runs_exactly_one_job(job_api: JobApiProcess, admin_api: Api,
+                                        zk: KazooClient) -> None:
+    target = add(admin_api, "test_ok", **{"execution-mode": "pull"})
+    other = add(admin_api, "test_ok")
+    process = executor_process("127.0.0.1:1", job_api.endpoint,
+                               str(job_api.credentials_path), "--job-id", target).start()
+    try:
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.stop()
+    assert admin_api.get(target).data["state"] == "SUCCESS"
+    assert admin_api.get(other).data["state"] == "QUEUED"
+    failing = add(admin_api, "test_fail_code", **{"execution-mode": "pull"})
+    process = executor_process("127.0.0.1:1", job_api.endpoint,
+                               str(job_api.credentials_path), "--job-id", failing).start()
+    try:
+        assert process.wait(timeout=60) == 1
+    finally:
+        process.stop()
+
+
+def test_session_loss_abandons_jobs_without_final_state(zookeeper, admin_api: Api,
+                                                        zk: KazooClient, start_executor,
+                                                        tmp_path) -> None:
+    runs = tmp_path / "runs.log"
+    process = start_executor("--zk-timeout", "2")
+    job_id = add(admin_api, "test_sleep", payload=json.dumps({"seconds": 3, "log": str(runs)}))
+    wait_state(admin_api, job_id, ("RUNNING",))
+    # Frozen past the session timeout: ZooKeeper expires the session and drops its take.
+    process.signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 20
+        while zk.get_children(queue.TAKEN):
+            assert time.monotonic() < deadline, "the frozen executor's take never expired"
+            time.sleep(0.1)
+        time.sleep(3.5)  # let the action's own sleep run out while frozen
+    finally:
+        process.signal(signal.SIGCONT)
+    process.wait_for_log("no longer ours")
+    # The job is taken again (by the same, reconnected executor) and finishes once.
+    assert wait_state(admin_api, job_id, timeout=30)["state"] == "SUCCESS"
+    # Had the first run written its outcome, the retaken entry would have been dropped as
+    # already final: a second start proves the first run's outcome was never written.
+    marks = [line.split()[0] for line in runs.read_text().splitlines()]
+    assert marks.count("start") == 2
+    assert marks[-1] == "end"
+
+
+def test_suspended_connection_resumes_taking(zookeeper, admin_api: Api, zk: KazooClient,
+                                             start_executor) -> None:
+    process = start_executor("--zk-timeout", "30")
+    assert wait_state(admin_api, add(admin_api, "test_ok"))["state"] == "SUCCESS"
+    zookeeper.stop()
+    try:
+        process.wait_for_log("ZooKeeper connection suspended: no new jobs")
+    finally:
+        zookeeper.start()
+    # Same session (down for less than its timeout): taking goes on where it stopped.
+    job_id = None
+    deadline = time.monotonic() + 30
+    while job_id is None:  # the job API's own client needs a moment to reconnect too
+        try:
+            job_id = add(admin_api, "test_ok")
+        except Exception:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert wait_state(admin_api, job_id)["state"] == "SUCCESS"
+    assert "session lost" not in process.log()
