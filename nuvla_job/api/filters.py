@@ -49,12 +49,16 @@ __all__ = [
     "evaluate",
     "json_path",
     "normalize_date",
+    "format_date",
 ]
 
 OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "^=")
-_ORDERING = frozenset({"<", "<=", ">", ">="})
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+\Z")
 _INT64 = (-(2**63), 2**63 - 1)
+# Limits that keep a hostile filter a 400: the evaluators recurse, SQLite caps parameters.
+MAX_DEPTH = 50
+MAX_PARAMETERS = 10_000
+_CACHED_LENGTH = 4096  # longer texts are parsed every time rather than kept in the cache
 
 
 class FilterError(ValueError):
@@ -293,7 +297,7 @@ def _literal(token: Token, path: str, op: str) -> Scalar | _DateMath:
     if kind in ("TRUE", "FALSE"):
         return kind == "TRUE"
     if kind == "INT":
-        number = int(token.value)
+        number = int(token.value) if len(token.value) <= 20 else _INT64[1] + 1
         if not _INT64[0] <= number <= _INT64[1]:
             raise FilterError(f"integer {token.value} at position {_pos(token)} is out of range")
         return number
@@ -375,7 +379,18 @@ def _flatten(kind: type, items: list) -> tuple[Node, ...]:
     return tuple(children)
 
 
-_PARSER = Lark(_GRAMMAR, parser="lalr", lexer="contextual", transformer=_Build())
+def _lexed_operator(token: Token) -> Token:
+    _check_operator(token)  # while lexing, so that `state==` blames the operator
+    return token
+
+
+_PARSER = Lark(
+    _GRAMMAR,
+    parser="lalr",
+    lexer="contextual",
+    transformer=_Build(),
+    lexer_callbacks={"OP": _lexed_operator},
+)
 
 
 def _describe(expected: set[str]) -> str:
@@ -410,8 +425,7 @@ def _syntax_error(text: str, exc: UnexpectedInput) -> FilterError:
     return FilterError(f"the filter ends too early; expected {_describe(expected)}")
 
 
-@lru_cache(maxsize=1024)
-def _parse_cached(text: str) -> tuple[Node, bool]:
+def _parse_text(text: str) -> tuple[Node, bool]:
     """The tree for `text` (date math left unresolved) and whether it holds date math."""
     if not text.strip():
         raise FilterError("empty filter")
@@ -419,7 +433,23 @@ def _parse_cached(text: str) -> tuple[Node, bool]:
         node = _PARSER.parse(text)
     except UnexpectedInput as exc:
         raise _syntax_error(text, exc) from None
+    if _depth(node) > MAX_DEPTH:
+        raise FilterError(f"the filter nests and/or groups more than {MAX_DEPTH} levels deep")
     return node, _has_date_math(node)
+
+
+_parse_cached = lru_cache(maxsize=1024)(_parse_text)
+
+
+def _depth(node: Node) -> int:
+    """How deep and/or groups nest (iteratively: the tree may be too deep to recurse)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if not isinstance(current, Comparison):
+            stack.extend((child, depth + 1) for child in current.children)
+    return deepest
 
 
 def _has_date_math(node: Node) -> bool:
@@ -448,7 +478,8 @@ def parse(text: str, now: datetime | None = None) -> Node:
 
     Raises FilterError (with a message fit for the user) on any mistake.
     """
-    node, has_date_math = _parse_cached(text)
+    parsed = _parse_cached if len(text) <= _CACHED_LENGTH else _parse_text
+    node, has_date_math = parsed(text)
     return _resolve(node, _utc(now)) if has_date_math else node
 
 
@@ -501,7 +532,7 @@ def _list_split(path: str) -> tuple[str, str | None]:
 # SQL
 
 
-_NUMERIC_TYPES = "('integer', 'real', 'true')"
+_NUMERIC_TYPES = "('integer', 'real')"
 
 
 @dataclass(frozen=True, slots=True)
@@ -688,6 +719,8 @@ def to_sql(node: Node) -> tuple[str, list]:
     """A parameterised SQLite boolean expression selecting the rows of table ``job`` whose
     ``doc`` matches `node`; values only ever travel as ``?`` parameters."""
     fragment = _node_sql(node)
+    if len(fragment.params) > MAX_PARAMETERS:
+        raise FilterError(f"the filter has more than {MAX_PARAMETERS} values")
     return fragment.sql, list(fragment.params)
 
 

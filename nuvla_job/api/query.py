@@ -77,11 +77,16 @@ def _items(values: Iterable[str]) -> list[str]:
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
-def _check_path(path: str) -> str:
+def _json_path(path: str) -> str:
+    """The JSON path of a validated attribute path; QueryError when it is not one."""
     try:
-        json_path(path)
+        return json_path(path)
     except FilterError as exc:
         raise QueryError(str(exc)) from None
+
+
+def _check_path(path: str) -> str:
+    _json_path(path)
     return path
 
 
@@ -102,7 +107,7 @@ def _index(values: list[str], name: str) -> int | None:
     if not values:
         return None
     text = values[-1].strip()  # a repeated parameter: the last one wins
-    if not text.isascii() or not text.isdigit() or int(text) > _MAX_INDEX:
+    if not (text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= _MAX_INDEX):
         raise QueryError(f"{name} must be a non-negative integer, not '{values[-1]}'")
     return int(text)
 
@@ -163,7 +168,7 @@ def where_sql(query: Query) -> tuple[str, list]:
 def _sort_expr(path: str) -> str:
     if path in schema.INDEXED_COLUMNS:
         return schema.INDEXED_COLUMNS[path][0]
-    return f"json_extract(doc, '{json_path(path)}')"
+    return f"json_extract(doc, '{_json_path(path)}')"
 
 
 def order_by_sql(query: Query) -> str:
@@ -197,7 +202,7 @@ def _list_source(path: str) -> tuple[str, str, str]:
     head, _, inner = path.partition("/")
     list_path, inner = (head, inner) if schema.ATTRIBUTES[head] == "hrefs" else (path, "")
     source = (
-        f"FROM hits, json_each(hits.doc, '{json_path(list_path)}') AS j "
+        f"FROM hits, json_each(hits.doc, '{_json_path(list_path)}') AS j "
         "WHERE typeof(j.key) = 'integer'"
     )
     if not inner:
@@ -218,7 +223,7 @@ def aggregation_sql(op: str, path: str) -> str:
     """
     if op not in AGGREGATION_OPS:
         raise QueryError(f"unknown aggregation '{op}'")
-    where = json_path(path)  # validates the path
+    where = _json_path(path)  # validates the path
     if path in schema.LIST_PATHS:
         source, type_expr, value_expr = _list_source(path)
         if op == "terms":

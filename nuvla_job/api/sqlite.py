@@ -34,9 +34,12 @@ def _json_path(path: str) -> str:
 
 
 def _schema_sql() -> list[str]:
+    # A column keeps only values of its own JSON type (others read as NULL), so SQLite's
+    # type affinity cannot make '5' equal 5 and SQL agrees with filters.evaluate.
     generated = ",\n".join(
-        f"  {column} {sql_type} GENERATED ALWAYS AS (json_extract(doc, '{_json_path(path)}'))"
-        f" VIRTUAL"
+        f"  {column} {sql_type} GENERATED ALWAYS AS (CASE json_type(doc, '{_json_path(path)}')"
+        f" WHEN '{'text' if sql_type == 'TEXT' else 'integer'}'"
+        f" THEN json_extract(doc, '{_json_path(path)}') END) VIRTUAL"
         for path, (column, sql_type) in INDEXED_COLUMNS.items()
     )
     return [

@@ -172,6 +172,21 @@ def test_errors_say_what_and_where(text, message):
     assert "Traceback" not in str(caught.value) and "Token(" not in str(caught.value)
 
 
+def test_hostile_filters_are_refused_cleanly():
+    deep = "state='a'"
+    for i in range(60):
+        deep = f"(state='a' {'and' if i % 2 else 'or'} {deep})"
+    with pytest.raises(FilterError, match="more than 50 levels deep"):
+        parse(deep)
+    with pytest.raises(FilterError, match="out of range"):
+        parse("priority=" + "9" * 5000)
+    many = "state=[" + ",".join(["'x'"] * 10_001) + "]"
+    with pytest.raises(FilterError, match="more than 10000 values"):
+        to_sql(parse(many))
+    long_text = "state='" + "x" * 10_000 + "'"
+    assert parse(long_text) == parse(long_text) == eq("state", "x" * 10_000)
+
+
 def test_filter_error_is_a_value_error():
     assert issubclass(FilterError, ValueError)
 

@@ -126,6 +126,7 @@ def test_blank_parameters_mean_nothing():
         ({"last": ["1.5"]}, "last must be a non-negative integer"),
         ({"last": ["١٢"]}, "last must be a non-negative integer"),  # non-ASCII digits
         ({"last": [str(2**64)]}, "last must be a non-negative integer"),
+        ({"first": ["9" * 5000]}, "first must be a non-negative integer"),
         ({"select": ["state,nope"]}, "unknown attribute 'nope' in select"),
         ({"aggregation": ["terms"]}, "aggregation 'terms' must look like op:attribute"),
         ({"aggregation": ["median:priority"]}, "unknown aggregation 'median'"),
@@ -263,8 +264,12 @@ def test_aggregations_follow_the_filter():
 def test_aggregation_sql_rejects_bad_input():
     with pytest.raises(QueryError):
         aggregation_sql("median", "priority")
-    with pytest.raises(ValueError, match="unknown attribute"):
-        aggregation_sql("terms", "nope'); DROP TABLE job; --")
+    with pytest.raises(QueryError, match="unknown attribute 'nope'"):
+        aggregation_sql("terms", "nope")
+    with pytest.raises(QueryError, match="invalid attribute path"):
+        aggregation_sql("terms", "name'); DROP TABLE job; --")
+    with pytest.raises(QueryError, match="invalid attribute path"):
+        order_by_sql(Query(orderby=[("name'", False)]))
 
 
 def test_terms_buckets_sort_by_count_then_key():
@@ -305,6 +310,15 @@ def test_terms_count_documents(docs):
 def test_apply_select():
     doc = {"id": "job/1", "resource-type": "job", "state": "QUEUED", "progress": 5, "acl": {}}
     assert apply_select(doc, None) is doc
-    assert apply_select(doc, ["state"]) == {"id": "job/1", "resource-type": "job", "state": "QUEUED"}
+    assert apply_select(doc, ["state"]) == {
+        "id": "job/1",
+        "resource-type": "job",
+        "state": "QUEUED",
+    }
     assert apply_select(doc, ["tags"]) == {"id": "job/1", "resource-type": "job"}
-    assert list(apply_select(doc, ["progress", "state"])) == ["id", "resource-type", "state", "progress"]
+    assert list(apply_select(doc, ["progress", "state"])) == [
+        "id",
+        "resource-type",
+        "state",
+        "progress",
+    ]
