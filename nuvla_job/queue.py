@@ -172,6 +172,12 @@ _JOB_ID = re.compile(r"job/[^\s/]+")
 _UNSURE = (ConnectionLoss,)
 _SESSION_GONE = (SessionExpiredError, ConnectionClosedError)
 
+# kazoo wakes its connection loop with one byte per request on a socket pair, which holds about
+# 278 of them on Linux; with the gevent handler the next request then fails with "connection
+# closed" although it stays queued and is sent later. So this consumer keeps its own requests
+# in flight well below that, whoever else uses the client.
+DEFAULT_MAX_IN_FLIGHT = 48
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -244,10 +250,17 @@ class QueueConsumer:
     kazoo's threading handler too.
     """
 
-    def __init__(self, client: KazooClient, identifier: str | None = None) -> None:
+    def __init__(
+        self,
+        client: KazooClient,
+        identifier: str | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> None:
         """Build a consumer on `client`; `identifier` is written into our taken nodes.
 
         The default identifier is a random 32-hex-char id, as kazoo's LockingQueue uses.
+        `max_in_flight` bounds the takes, consumes and releases talking to ZooKeeper at once
+        (a take sends two requests); more callers wait their turn.
         """
         self.client = client
         self.identifier = identifier if identifier is not None else uuid.uuid4().hex
@@ -255,6 +268,7 @@ class QueueConsumer:
             raise ValueError("identifier must not be empty")
         self._data = self.identifier.encode("utf-8")
         self._lock = client.handler.lock_object()
+        self._slots = _Slots(client.handler, max_in_flight)
         # The view, from the listing and the watch.
         self._entries: set[str] = set()
         self._taken: set[str] = set()
@@ -383,36 +397,15 @@ class QueueConsumer:
     def _take(self, name: str, session: int | None) -> Entry | None:
         """One attempt at `name` (already moved from available to trying)."""
         client = self.client
-        entry_path, taken_path = f"{ENTRIES}/{name}", f"{TAKEN}/{name}"
-        outcome, data = "busy", b""
         try:
-            for _ in range(2):
-                transaction = client.transaction()
-                # Version -1 matches any version: this only asserts that the entry exists.
-                transaction.check(entry_path, -1)
-                transaction.create(taken_path, self._data, ephemeral=True)
-                committing = transaction.commit_async()
-                # Pipelined: answered right after the transaction, in the same round trip.
-                reading = client.get_async(entry_path)
-                results = committing.get()
-                if not (
-                    isinstance(results[0], RolledBackError) and isinstance(results[1], NoNodeError)
-                ):
-                    break
-                # The entry is there but /job/taken is not (someone deleted the tree).
-                client.ensure_path(TAKEN)
-            if not any(isinstance(result, Exception) for result in results):
-                try:
-                    data = reading.get()[0]
-                    outcome = "taken"
-                except NoNodeError:
-                    outcome = "orphan"  # consumed by someone else right after our take
-            elif isinstance(results[0], NoNodeError):
-                outcome = "gone"
+            with self._slots:
+                outcome, data = self._take_on_server(name)
         except _UNSURE:
-            outcome = "unsure"
+            outcome, data = "unsure", b""
         except _SESSION_GONE:
-            outcome = "lost"
+            # "Closed" while connected: kazoo could not wake its connection loop (see
+            # DEFAULT_MAX_IN_FLIGHT), and the request may still go out.
+            outcome, data = ("unsure" if client.connected else "lost"), b""
         except BaseException:
             with self._lock:
                 self._trying.discard(name)
@@ -433,26 +426,65 @@ class QueueConsumer:
                     entry = self._held[name] = Entry(name, data)
                     return entry
             if ours and outcome == "unsure":
-                self._unsure.add(name)  # resolved by the next sync
-            give_back = ours and outcome in ("taken", "orphan")
+                self._unsure.add(name)
+            # An unsure name is checked now if we can, else by the sync after reconnection.
+            give_back = ours and (
+                outcome in ("taken", "orphan") or (outcome == "unsure" and client.connected)
+            )
             self._refresh(name)
         if give_back:
             self._give_back(name, session)
         return None
 
-    def _give_back(self, name: str, session: int | None) -> None:
-        """Delete our taken node for `name` if there is one; never raises."""
+    def _take_on_server(self, name: str) -> tuple[str, bytes]:
+        """(outcome, entry data): taken, gone, busy (someone holds it) or orphan."""
+        client = self.client
+        entry_path, taken_path = f"{ENTRIES}/{name}", f"{TAKEN}/{name}"
+        for _ in range(2):
+            transaction = client.transaction()
+            # Version -1 matches any version: this only asserts that the entry exists.
+            transaction.check(entry_path, -1)
+            transaction.create(taken_path, self._data, ephemeral=True)
+            committing = transaction.commit_async()
+            # Pipelined: answered right after the transaction, in the same round trip.
+            reading = client.get_async(entry_path)
+            results = committing.get()
+            if not (
+                isinstance(results[0], RolledBackError) and isinstance(results[1], NoNodeError)
+            ):
+                break
+            # The entry is there but /job/taken is not (someone deleted the tree).
+            client.ensure_path(TAKEN)
+        if not any(isinstance(result, Exception) for result in results):
+            try:
+                return "taken", reading.get()[0]
+            except NoNodeError:
+                return "orphan", b""  # consumed by someone else right after our take
+        return ("gone" if isinstance(results[0], NoNodeError) else "busy"), b""
+
+    def _give_back(self, name: str, session: int | None, in_slot: bool = False) -> None:
+        """Delete our taken node for `name` if there is one; never raises.
+
+        If that cannot be known (connection lost), the name stays unsure until the next sync.
+        `in_slot`: the caller already holds one of the in-flight slots.
+        """
         try:
-            self._delete_own_node(name, session)
-        except _UNSURE:
+            if in_slot:
+                self._delete_own_node(name, session)
+            else:
+                with self._slots:
+                    self._delete_own_node(name, session)
+        except (*_UNSURE, *_SESSION_GONE):
             with self._lock:
                 if session == self._session:
                     self._unsure.add(name)
                     self._refresh(name)
-        except _SESSION_GONE:
-            pass
+            return
         except Exception:
             log.exception("could not delete the taken node of %s", name)
+        with self._lock:
+            self._unsure.discard(name)
+            self._refresh(name)
 
     def _delete_own_node(self, name: str, session: int | None) -> bool:
         try:
@@ -486,7 +518,8 @@ class QueueConsumer:
             session = self._session
         done: bool | None = None
         try:
-            done = self._finish_on_server(name, consume, session)
+            with self._slots:
+                done = self._finish_on_server(name, consume, session)
             return done
         finally:
             with self._lock:
@@ -499,6 +532,7 @@ class QueueConsumer:
         client = self.client
         entry_path, taken_path = f"{ENTRIES}/{name}", f"{TAKEN}/{name}"
         unsure = False  # an earlier attempt may have been applied before the connection dropped
+        spurious = 0
         while True:
             try:
                 try:
@@ -520,12 +554,18 @@ class QueueConsumer:
                 unsure = True
                 continue  # the retry waits for the reconnection (kazoo queues requests)
             except _SESSION_GONE:
-                return False
+                if not client.connected or spurious == 3:
+                    return False
+                # "Closed" while connected: kazoo could not wake its connection loop (see
+                # DEFAULT_MAX_IN_FLIGHT); the request may still have gone out.
+                spurious += 1
+                unsure = True
+                continue
             if not any(isinstance(result, Exception) for result in results):
                 return True
             if consume and isinstance(results[0], NoNodeError):
                 # Someone deleted the entry: our taken node must go anyway.
-                self._give_back(name, session)
+                self._give_back(name, session, in_slot=True)
             return False
 
     # -- following the queue ------------------------------------------------------------------
@@ -595,10 +635,6 @@ class QueueConsumer:
             self._wake()
         for name in sorted(to_check):
             self._give_back(name, session)
-        with self._lock:
-            for name in to_check:
-                self._unsure.discard(name)
-                self._refresh(name)
 
     def _drop_pending(self, generation: int) -> None:
         with self._lock:
@@ -691,6 +727,43 @@ class QueueConsumer:
             waiters.popleft().set()
             if count is not None:
                 count -= 1
+
+
+class _Slots:
+    """At most `size` holders at a time, served in order; works with any kazoo handler."""
+
+    def __init__(self, handler: Any, size: int) -> None:
+        if size < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self._handler = handler
+        self._lock = handler.lock_object()
+        self._free = size
+        self._waiters: deque[Any] = deque()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._free:
+                self._free -= 1
+                return
+            turn = self._handler.event_object()
+            self._waiters.append(turn)
+        try:
+            turn.wait()
+        except BaseException:
+            # Killed while waiting: give back the slot if it was handed over meanwhile.
+            with self._lock:
+                if not turn.is_set():
+                    self._waiters.remove(turn)
+                    raise
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().set()  # the slot passes straight to the next holder
+            else:
+                self._free += 1
 
 
 # -- persistent recursive watches --------------------------------------------------------------

@@ -133,3 +133,61 @@ def load_actions(paths: Iterable[str | Path] = (), builtin: bool = True,
                           point.name, type(exc).__name__, exc)
     log.info("%d action(s) loaded: %s", len(registry), ", ".join(sorted(registry.actions)))
     return registry
+
+
+# -- distributions ----------------------------------------------------------------------------
+
+JobBody = dict[str, Any]
+Generator = Callable[[Any], Iterable[JobBody]]
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A named generator of job bodies, run by the elected distributor every ``interval``."""
+
+    name: str
+    interval: float
+    generate: Generator
+
+
+@dataclass
+class DistributionRegistry:
+    """Distributions by name. The first registration of a name wins."""
+
+    distributions: dict[str, Distribution] = field(default_factory=dict)
+
+    def register(self, distribution: Distribution) -> None:
+        if distribution.interval <= 0:
+            raise ValueError(f"distribution {distribution.name}: interval must be > 0")
+        if distribution.name in self.distributions:
+            log.error("distribution %s is defined twice; keeping the first", distribution.name)
+            return
+        self.distributions[distribution.name] = distribution
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.distributions
+
+    def __len__(self) -> int:
+        return len(self.distributions)
+
+
+distributions = DistributionRegistry()
+
+
+def distribution(name: str, interval: float) -> Callable[[Generator], Generator]:
+    """Register ``generate(api) -> iterable of job bodies`` as the distribution ``name``."""
+
+    def register(generate: Generator) -> Generator:
+        distributions.register(Distribution(name, float(interval), generate))
+        return generate
+
+    return register
+
+
+def distribute(action_name: str, interval: float, **attributes: Any) -> None:
+    """The simple case in one line: one job for ``action_name`` every ``interval`` seconds.
+
+    ``attributes`` are further job attributes, e.g. ``priority=100``.
+    """
+    body = {"action": action_name, **attributes}
+    distributions.register(Distribution(action_name, float(interval), lambda api: [dict(body)]))
