@@ -160,6 +160,7 @@ def _credentials(common: CommonConfig) -> dict[str, str] | None:
 def make_api(common: CommonConfig, pool_size: int = 10):
     """A logged-in ``nuvla.api.Api`` (or one using JOB_COOKIES or the authn header)."""
     import requests.adapters
+    import requests.utils
     from nuvla.api import Api
 
     creds = _credentials(common)
@@ -175,6 +176,14 @@ def make_api(common: CommonConfig, pool_size: int = 10):
               persist_cookie=bool(cookie_file), cookie_file=cookie_file,
               reauthenticate=True, login_creds=dict(creds) if creds else None,
               authn_header=common.api_authn_header)
+    # requests reads the proxy and CA-bundle variables from the whole environment on every
+    # request (a third of the executor's CPU per job); read them once here instead.
+    env = requests.utils.get_environ_proxies(common.api_url)
+    api.session.proxies.update(env)
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle and api.session.verify is True:
+        api.session.verify = bundle
+    api.session.trust_env = False
     # Enough pooled connections for every greenlet that may call the API at once.
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     api.session.mount("http://", adapter)
