@@ -29,25 +29,16 @@ from .store import Conflict, Doc, StoreError
 VIEW_RIGHTS = ACL_RIGHTS
 
 
-def _json_path(path: str) -> str:
-    return "$" + "".join(f'."{part}"' for part in path.split("/"))
-
-
 def _schema_sql() -> list[str]:
-    # A column keeps only values of its own JSON type (others read as NULL), so SQLite's
-    # type affinity cannot make '5' equal 5 and SQL agrees with filters.evaluate.
-    generated = ",\n".join(
-        f"  {column} {sql_type} GENERATED ALWAYS AS (CASE json_type(doc, '{_json_path(path)}')"
-        f" WHEN '{'text' if sql_type == 'TEXT' else 'integer'}'"
-        f" THEN json_extract(doc, '{_json_path(path)}') END) VIRTUAL"
-        for path, (column, sql_type) in INDEXED_COLUMNS.items()
+    columns = ",\n".join(
+        f"  {column} {sql_type}" for column, sql_type in INDEXED_COLUMNS.values()
     )
     return [
         f"""CREATE TABLE IF NOT EXISTS job (
   id TEXT PRIMARY KEY,
   doc TEXT NOT NULL,
   enqueue_pending INTEGER NOT NULL DEFAULT 0,
-{generated}
+{columns}
 )""",
         # The orders the engine and the CLI ask for most: the queue's view of a state,
         # and the cleanup's age scans.
@@ -60,15 +51,54 @@ def _schema_sql() -> list[str]:
         "CREATE INDEX IF NOT EXISTS job_parent ON job(parent_job)",
         "CREATE INDEX IF NOT EXISTS job_mode ON job(execution_mode)",
         "CREATE INDEX IF NOT EXISTS job_pending ON job(enqueue_pending) WHERE enqueue_pending = 1",
-        # The total, kept by triggers: `Api.add` asks for it (search with last=0) before
-        # every add, and counting a million rows each time would cost tens of milliseconds.
+        # The total, kept by the store in the same transactions as the rows: `Api.add` asks
+        # for it (search with last=0) before every add, and counting a million rows each
+        # time would cost tens of milliseconds.
         "CREATE TABLE IF NOT EXISTS job_total (one INTEGER PRIMARY KEY CHECK (one = 1), n INTEGER)",
         "INSERT OR IGNORE INTO job_total(one, n) SELECT 1, count(*) FROM job",
-        """CREATE TRIGGER IF NOT EXISTS job_total_insert AFTER INSERT ON job
-           BEGIN UPDATE job_total SET n = n + 1; END""",
-        """CREATE TRIGGER IF NOT EXISTS job_total_delete AFTER DELETE ON job
-           BEGIN UPDATE job_total SET n = n - 1; END""",
     ]
+
+
+_COLUMN_NAMES = [column for column, _ in INDEXED_COLUMNS.values()]
+
+
+def _column_value(doc: Doc, path: str, sql_type: str) -> Any:
+    value: Any = doc
+    for part in path.split("/"):
+        value = value.get(part) if isinstance(value, dict) else None
+    # A column keeps only values of its own JSON type (others are NULL), so SQLite's type
+    # affinity cannot make '5' equal 5: SQL agrees with filters.evaluate.
+    if sql_type == "TEXT":
+        return value if isinstance(value, str) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _columns(doc: Doc) -> list[Any]:
+    """The indexed columns' values of a document, in INDEXED_COLUMNS order."""
+    return [_column_value(doc, path, t) for path, (_, t) in INDEXED_COLUMNS.items()]
+
+
+_INSERT = (
+    f"INSERT INTO job(id, doc, enqueue_pending, {', '.join(_COLUMN_NAMES)})"
+    f" VALUES (?, ?, ?{', ?' * len(_COLUMN_NAMES)})"
+)
+
+
+def _write_doc(conn: sqlite3.Connection, job_id: str, old: Doc, new: Doc,
+               extra: str = "") -> None:
+    """Rewrite a document, setting only the indexed columns whose value changed.
+
+    SQLite rewrites the entries of every index on a column named in SET: naming only the
+    changed ones keeps a progress update to the table row (a few pages, not nine indexes).
+    """
+    sets, params = ["doc = ?"], [_dumps(new)]
+    for name, before, after in zip(_COLUMN_NAMES, _columns(old), _columns(new), strict=True):
+        if before != after:
+            sets.append(f"{name} = ?")
+            params.append(after)
+    if extra:
+        sets.append(extra)
+    conn.execute(f"UPDATE job SET {', '.join(sets)} WHERE id = ?", (*params, job_id))
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -175,20 +205,20 @@ class SqliteJobStore:
     def insert(self, doc: Doc, enqueue_pending: bool = False) -> None:
         try:
             with self.db.write() as conn:
-                conn.execute(
-                    "INSERT INTO job(id, doc, enqueue_pending) VALUES (?, ?, ?)",
-                    (doc["id"], _dumps(doc), int(enqueue_pending)),
-                )
+                conn.execute(_INSERT, (doc["id"], _dumps(doc), int(enqueue_pending),
+                                       *_columns(doc)))
+                conn.execute("UPDATE job_total SET n = n + 1")
         except StoreError as exc:
             if "UNIQUE" in str(exc):
                 raise Conflict(f"{doc['id']} already exists") from exc
             raise
 
     def insert_many(self, docs: Iterable[Doc]) -> int:
-        rows = ((d["id"], _dumps(d)) for d in docs)
+        rows = ((d["id"], _dumps(d), 0, *_columns(d)) for d in docs)
         with self.db.write() as conn:
-            cursor = conn.executemany("INSERT INTO job(id, doc) VALUES (?, ?)", rows)
-            return cursor.rowcount
+            count = conn.executemany(_INSERT, rows).rowcount
+            conn.execute("UPDATE job_total SET n = n + ?", (count,))
+            return count
 
     def update(self, job_id: str, change: Callable[[Doc], Doc | None]) -> Doc | None:
         with self.db.write() as conn:
@@ -199,7 +229,7 @@ class SqliteJobStore:
             new = change(current)
             if new is None:
                 return current
-            conn.execute("UPDATE job SET doc = ? WHERE id = ?", (_dumps(new), job_id))
+            _write_doc(conn, job_id, current, new)
             return new
 
     def mark_enqueued(self, job_id: str, entry_path: str) -> None:
@@ -208,10 +238,8 @@ class SqliteJobStore:
             if row is None:
                 return
             doc = orjson.loads(row[0])
-            doc["tags"] = [*doc.get("tags", []), entry_path]
-            conn.execute(
-                "UPDATE job SET doc = ?, enqueue_pending = 0 WHERE id = ?", (_dumps(doc), job_id)
-            )
+            new = {**doc, "tags": [*doc.get("tags", []), entry_path]}
+            _write_doc(conn, job_id, doc, new, extra="enqueue_pending = 0")
 
     def pending_enqueue(self, limit: int = 1000) -> list[Doc]:
         rows = self.db.read(
@@ -221,12 +249,16 @@ class SqliteJobStore:
 
     def delete(self, job_id: str) -> bool:
         with self.db.write() as conn:
-            return conn.execute("DELETE FROM job WHERE id = ?", (job_id,)).rowcount > 0
+            deleted = conn.execute("DELETE FROM job WHERE id = ?", (job_id,)).rowcount
+            conn.execute("UPDATE job_total SET n = n - ?", (deleted,))
+            return deleted > 0
 
     def delete_matching(self, query: cimi_query.Query, principals: frozenset[str] | None) -> int:
         where, params = self._where(query, principals)
         with self.db.write() as conn:
-            return conn.execute(f"DELETE FROM job WHERE {where}", params).rowcount
+            deleted = conn.execute(f"DELETE FROM job WHERE {where}", params).rowcount
+            conn.execute("UPDATE job_total SET n = n - ?", (deleted,))
+            return deleted
 
     # -- reads ----------------------------------------------------------------------------
 
