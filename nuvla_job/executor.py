@@ -53,6 +53,15 @@ class Outcome:
 
     queue: str  # "consume", "release", or "lost"
     state: str | None = None
+    # Hold the entry this long before releasing it, so that neither this executor nor
+    # another one takes it straight back (API down, job for a newer engine).
+    hold: float = 0.0
+
+
+# How long a job for a newer engine stays held before it goes back to the queue.
+NEWER_VERSION_HOLD = 5.0
+# Holds after failed calls to the job API: doubled per failure in a row, up to the cap.
+API_RETRY_FIRST, API_RETRY_MAX = 0.5, 30.0
 
 
 class Executor:
@@ -74,6 +83,8 @@ class Executor:
         self._running: dict[gevent.Greenlet, Entry] = {}
         self._stopping = gevent.event.Event()
         self._signals = 0
+        self._api_failures = 0  # calls to the job API that failed in a row
+        self._holding: set[gevent.Greenlet] = set()  # waiting out a hold before a release
         if zk is not None:
             zk.add_listener(self._on_zk_state)
 
@@ -128,6 +139,9 @@ class Executor:
             log.warning("second stop request: releasing running jobs now")
         self._stopping.set()
         self.consumer.pause()
+        # Entries held only to delay their release have nothing left to finish.
+        for greenlet in list(self._holding):
+            greenlet.kill(JobReleased, block=False)
         if self._signals > 1:
             self._release_running()
 
@@ -168,8 +182,26 @@ class Executor:
         if outcome.queue == "consume":
             self.consumer.consume(entry)
         elif outcome.queue == "release":
+            if outcome.hold and not self._stopping.is_set():
+                current = gevent.getcurrent()
+                self._holding.add(current)
+                try:
+                    gevent.sleep(outcome.hold)
+                except JobReleased:
+                    pass  # shutting down: release now
+                except JobLost:
+                    return Outcome("lost")
+                finally:
+                    self._holding.discard(current)
             self.consumer.release(entry)
         return outcome
+
+    def _api_down(self, job_id: str, exc: Exception) -> Outcome:
+        """Release after a back-off that grows while the job API keeps failing."""
+        self._api_failures += 1
+        hold = min(API_RETRY_MAX, API_RETRY_FIRST * 2 ** (self._api_failures - 1))
+        log.warning("%s: %s: back to the queue in %.1f s", job_id, exc, hold)
+        return Outcome("release", hold=hold)
 
     def process(self, entry: Entry) -> Outcome:
         """Run the job of one entry: the executor table of engine-behaviour.md."""
@@ -188,8 +220,8 @@ class Executor:
             log.error("%s: malformed job: %s: entry dropped", job_id, exc)
             return Outcome("consume")
         except ApiUnavailable as exc:
-            log.warning("%s: %s: back to the queue", job_id, exc)
-            return Outcome("release")
+            return self._api_down(job_id, exc)
+        self._api_failures = 0
         return self.run_job(job, entry)
 
     def run_job(self, job: Job, entry: Entry | None = None) -> Outcome:
@@ -202,7 +234,7 @@ class Executor:
         if version > SUPPORTED_VERSION:
             log.info("%s: version %s is newer than this engine's %s: left for a newer engine",
                      job_id, version, SUPPORTED_VERSION)
-            return Outcome("release")
+            return Outcome("release", hold=NEWER_VERSION_HOLD)
         try:
             if version < SUPPORTED_VERSION:
                 return self._fail(job, f"job version {version} is older than the version "
@@ -214,8 +246,7 @@ class Executor:
             job.update_job(state="RUNNING")
             return self._run_action(job, action_cls, entry)
         except ApiUnavailable as exc:
-            log.warning("%s: %s: back to the queue", job_id, exc)
-            return Outcome("release")
+            return self._api_down(job_id, exc)
         except JobConflict as exc:
             log.warning("%s: the job API refused the update (%s): entry dropped", job_id, exc)
             return Outcome("consume")

@@ -155,12 +155,14 @@ def test_newer_version_is_released_untouched(admin_api: Api, zk: KazooClient,
     assert job["state"] == "QUEUED"
     [entry] = zk.get_children(queue.ENTRIES)
     assert zk.get(f"{queue.ENTRIES}/{entry}")[0] == job_id.encode()
-    # Released, not held: another (newer) executor can take it.
+    # Released after a short hold: another (newer) executor can take it, and this one does
+    # not spin taking it back (without the hold it would be retaken hundreds of times).
     assert not zk.exists(f"{queue.TAKEN}/{entry}") or _wait_released(zk, entry)
+    assert process.log().count(f"{job_id}: version 3 is newer") <= 3
 
 
 def _wait_released(zk: KazooClient, entry: str) -> bool:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20  # held a few seconds first, so as not to spin on it
     while zk.exists(f"{queue.TAKEN}/{entry}"):
         assert time.monotonic() < deadline, "entry still taken"
         time.sleep(0.05)
