@@ -249,3 +249,24 @@ def test_total_count_is_kept_exact(admin_api: Api) -> None:
     admin_api.delete_bulk("job", f"id='{add_job(admin_api)}'")
     counted = admin_api.search("job", filter="id!=null", last=0).count
     assert admin_api.search("job", last=0).count == counted
+
+
+def test_search_orderby_paging_select_and_date_math(job_api: JobApiProcess,
+                                                    admin_api: Api) -> None:
+    action = unique_action()
+    for priority in (30, 10, 20, 40):
+        admin_api.add("job", {"action": action, "priority": priority})
+    where = f"action='{action}'"
+    ordered = admin_api.search("job", filter=where, orderby="priority:desc")
+    assert [r.data["priority"] for r in ordered.resources] == [40, 30, 20, 10]
+    page = admin_api.search("job", filter=where, orderby="priority", first=2, last=3)
+    assert page.count == 4
+    assert [r.data["priority"] for r in page.resources] == [20, 30]
+    selected = admin_api.search("job", filter=where, select="priority", last=1)
+    assert set(selected.resources[0].data) == {"id", "resource-type", "priority"}
+    assert admin_api.search("job", filter=f"{where} and created>'now-1h'", last=0).count == 4
+    assert admin_api.search("job", filter=f"{where} and created<'now-1h'", last=0).count == 0
+    # Several filter parameters are joined with `and`.
+    both = admin_api.session.put(f"{job_api.endpoint}/api/job",
+                                 data=[("filter", where), ("filter", "priority>=30")])
+    assert both.json()["count"] == 2
