@@ -1,17 +1,21 @@
 """Queue takes: `QueueConsumer` against kazoo's `LockingQueue` as the queue gets deep.
 
     .venv/bin/python -m bench.queue_takes [--depths 1000,100000,1000000] [--takes 2000]
-        [--concurrency 100] [--baseline-takes 200] [--baseline-seconds 20] [--force-sync no]
+        [--rounds 3] [--concurrency 100] [--baseline-takes 200] [--baseline-seconds 20]
+        [--force-sync no]
 
 In order:
 
 1. a private ZooKeeper starts (tests/support/zookeeper.py; `forceSync` as given, "no" by
-   default like the tests: writes reach the OS but are not fsync'ed);
-2. for each depth, smallest first, the queue is topped up with `put_many` to depth + takes
-   entries (random priorities, `job/<uuid>` data), so it never drops below the depth while
-   our consumer works;
-3. ours: a fresh `QueueConsumer` on a gevent client lists the queue (timed apart), then
-   `--concurrency` greenlets take + consume `--takes` entries; takes/s = takes / that time;
+   default like the tests: writes reach the OS but are not fsync'ed), and one unreported round
+   of ours warms up its JVM (a cold JIT halves the first rate);
+2. for each depth, smallest first, the queue is topped up with `put_many` to depth + rounds *
+   takes entries (random priorities, `job/<uuid>` data), so it never drops below the depth
+   while our consumer works;
+3. ours: a fresh `QueueConsumer` on a gevent client lists the queue (timed apart), then, for
+   each of `--rounds` rounds, `--concurrency` greenlets take + consume `--takes` entries;
+   takes/s = takes / that time, and the median round is reported (with the range: the
+   machine may be shared, and its load average is in the header);
 4. the baseline: one kazoo `LockingQueue` (a LockingQueue holds one entry at a time) takes +
    consumes until `--baseline-takes` or `--baseline-seconds`, whichever comes first; its rate is
    takes / time, extrapolated to any number of takes since every take costs the same listing;
@@ -34,6 +38,7 @@ import os
 import platform
 import random
 import signal
+import statistics
 import sys
 import time
 import tracemalloc
@@ -61,12 +66,16 @@ TAKE_TIMEOUT = 60.0
 @dataclass
 class Row:
     depth: int
-    ours_rate: float
+    ours_rates: list[float]
     ours_listing_s: float
     kazoo_rate: float
     kazoo_takes: int
     retained_mb: float
     rss_growth_mb: float
+
+    @property
+    def ours_rate(self) -> float:
+        return statistics.median(self.ours_rates)
 
     @property
     def ratio(self) -> float:
@@ -98,13 +107,16 @@ def fill(client: KazooClient, target: int, rng: random.Random) -> None:
     print(f"  queued {missing:,} entries in {elapsed:.1f} s ({missing / elapsed:,.0f}/s)")
 
 
-def run_ours(client: KazooClient, takes: int, concurrency: int) -> tuple[float, float]:
-    """(takes/s, listing seconds) for `takes` take+consume with `concurrency` greenlets."""
+def run_ours(
+    client: KazooClient, takes: int, concurrency: int, rounds: int
+) -> tuple[list[float], float]:
+    """(takes/s of each round, listing seconds): `takes` take+consume with `concurrency`
+    greenlets, `rounds` times, on one consumer."""
     consumer = QueueConsumer(client)
     started = time.perf_counter()
     consumer.start()
     listing = time.perf_counter() - started
-    remaining = [takes]
+    remaining = [0]
 
     def worker() -> None:
         while remaining[0] > 0:
@@ -115,13 +127,16 @@ def run_ours(client: KazooClient, takes: int, concurrency: int) -> tuple[float, 
             if not consumer.consume(entry):
                 raise RuntimeError(f"could not consume {entry.name}")
 
+    rates = []
     try:
-        started = time.perf_counter()
-        gevent.joinall([gevent.spawn(worker) for _ in range(concurrency)], raise_error=True)
-        elapsed = time.perf_counter() - started
+        for _ in range(rounds):
+            remaining[0] = takes
+            started = time.perf_counter()
+            gevent.joinall([gevent.spawn(worker) for _ in range(concurrency)], raise_error=True)
+            rates.append(takes / (time.perf_counter() - started))
     finally:
         consumer.stop()
-    return takes / elapsed, listing
+    return rates, listing
 
 
 def run_kazoo(client: KazooClient, max_takes: int, max_seconds: float) -> tuple[float, int]:
@@ -157,17 +172,23 @@ def consumer_memory(client: KazooClient) -> tuple[float, float]:
 
 def table(rows: list[Row]) -> list[str]:
     lines = [
-        "| depth | ours takes/s | kazoo takes/s | ratio | ours: initial listing "
+        "| depth | ours takes/s (range) | kazoo takes/s | ratio | ours: initial listing "
         "| ours: memory kept (RSS growth) |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         lines.append(
-            f"| {row.depth:,} | {row.ours_rate:,.0f} | {row.kazoo_rate:,.1f} "
+            f"| {row.depth:,} | {row.ours_rate:,.0f} ({min(row.ours_rates):,.0f}-"
+            f"{max(row.ours_rates):,.0f}) | {row.kazoo_rate:,.1f} "
             f"({row.kazoo_takes} takes) | {row.ratio:,.0f}x | {row.ours_listing_s:.2f} s "
             f"| {row.retained_mb:,.0f} MiB ({row.rss_growth_mb:,.0f} MiB) |"
         )
     return lines
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as loadavg:
+        return " ".join(loadavg.read().split()[:3])
 
 
 def header(args: argparse.Namespace, server: ZooKeeperServer) -> list[str]:
@@ -177,15 +198,16 @@ def header(args: argparse.Namespace, server: ZooKeeperServer) -> list[str]:
         "",
         f"- {time.strftime('%Y-%m-%d %H:%M')}, {platform.platform()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, kazoo {version('kazoo')}, "
-        f"gevent {version('gevent')}, sortedcontainers {version('sortedcontainers')}",
-        f"- ZooKeeper {zk_version}, standalone on the same machine, "
-        f"forceSync={args.force_sync}",
+        f"gevent {version('gevent')}, sortedcontainers {version('sortedcontainers')}; "
+        f"load average at start {load_average()}",
+        f"- ZooKeeper {zk_version}, standalone on the same machine, forceSync={args.force_sync}",
         f"- ours: one process, one gevent client, {args.concurrency} greenlets doing "
-        f"take + consume of {args.takes:,} entries; the queue holds depth to depth + "
-        f"{args.takes:,} entries meanwhile",
+        f"take + consume of {args.takes:,} entries, {args.rounds} rounds (median, range); the "
+        f"queue holds depth to depth + {args.rounds * args.takes:,} entries meanwhile",
         f"- kazoo: one LockingQueue doing take + consume, up to {args.baseline_takes} takes or "
         f"{args.baseline_seconds:g} s per depth; rate = takes / time",
-        f"- goal: >= {GOAL:,.0f} takes/s for ours at every depth",
+        f"- goal: >= {GOAL:,.0f} takes/s for ours at every depth; one unreported round of "
+        "ours warms the JVM up first",
     ]
 
 
@@ -198,6 +220,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated queue depths (default: %(default)s)",
     )
     parser.add_argument("--takes", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--baseline-takes", type=int, default=200)
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
@@ -224,19 +247,21 @@ def main(argv: list[str] | None = None) -> int:
         producer, ours, theirs = clients
         head = header(args, server)
         print("\n".join(head), flush=True)
+        fill(producer, args.takes, rng)
+        warm_up, _ = run_ours(ours, args.takes, args.concurrency, 1)
+        print(f"\nwarm-up (not reported): {warm_up[0]:,.0f} takes/s", flush=True)
         for depth in args.depths:
             print(f"\ndepth {depth:,}", flush=True)
-            fill(producer, depth + args.takes, rng)
-            ours_rate, listing = run_ours(ours, args.takes, args.concurrency)
-            print(f"  ours: {ours_rate:,.0f} takes/s (initial listing {listing:.2f} s)")
+            fill(producer, depth + args.rounds * args.takes, rng)
+            rates, listing = run_ours(ours, args.takes, args.concurrency, args.rounds)
+            shown = ", ".join(f"{rate:,.0f}" for rate in rates)
+            print(f"  ours: {shown} takes/s (initial listing {listing:.2f} s)")
             fill(producer, depth, rng)
             kazoo_rate, kazoo_takes = run_kazoo(theirs, args.baseline_takes, args.baseline_seconds)
             print(f"  kazoo: {kazoo_rate:,.1f} takes/s ({kazoo_takes} takes)")
             retained, rss_growth = consumer_memory(ours)
             print(f"  ours, memory: {retained:,.0f} MiB kept, RSS +{rss_growth:,.0f} MiB")
-            rows.append(
-                Row(depth, ours_rate, listing, kazoo_rate, kazoo_takes, retained, rss_growth)
-            )
+            rows.append(Row(depth, rates, listing, kazoo_rate, kazoo_takes, retained, rss_growth))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -245,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             client.stop()
             client.close()
         server.close()
+    head[2] += f"; load average at the end {load_average()}"
     report = [*head, "", *table(rows), ""]
     print("\n" + "\n".join(table(rows)))
     REPORT.parent.mkdir(parents=True, exist_ok=True)

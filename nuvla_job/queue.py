@@ -22,6 +22,7 @@ from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
+    EXCEPTIONS,
     BadVersionError,
     ConnectionClosedError,
     ConnectionLoss,
@@ -30,8 +31,22 @@ from kazoo.exceptions import (
     RolledBackError,
     SessionExpiredError,
 )
-from kazoo.protocol.serialization import Watch, int_struct, write_string
-from kazoo.protocol.states import EVENT_TYPE_MAP, EventType, KazooState, WatchedEvent
+from kazoo.protocol.serialization import (
+    Watch,
+    bool_struct,
+    int_struct,
+    multiheader_struct,
+    read_buffer,
+    stat_struct,
+    write_string,
+)
+from kazoo.protocol.states import (
+    EVENT_TYPE_MAP,
+    EventType,
+    KazooState,
+    WatchedEvent,
+    ZnodeStat,
+)
 from sortedcontainers import SortedList
 
 log = logging.getLogger(__name__)
@@ -176,7 +191,13 @@ _SESSION_GONE = (SessionExpiredError, ConnectionClosedError)
 # 278 of them on Linux; with the gevent handler the next request then fails with "connection
 # closed" although it stays queued and is sent later. So this consumer keeps its own requests
 # in flight well below that, whoever else uses the client.
-DEFAULT_MAX_IN_FLIGHT = 48
+DEFAULT_MAX_IN_FLIGHT = 64
+# ZooKeeper's cost is per request far more than per node: reads, consumes and releases of many
+# greenlets share one request each (sizes well under the 1 MiB jute.maxbuffer).
+_MAX_READS_PER_REQUEST = 500
+_MAX_FINISHES_PER_REQUEST = 200
+# Two batches on their way at once: the next one leaves without waiting for the answer.
+_FLUSHES_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -232,12 +253,17 @@ class QueueConsumer:
     Taking is one transaction: `check(entry, version=-1)` (any version: the entry still
     exists) and `create(taken node, identifier, ephemeral)`, so a taken node is never created
     for an entry someone else already consumed. If the node exists (another consumer holds the
-    entry) the next name is tried. The entry's data is read in the same round trip.
+    entry) the next name is tried. The entry's data is read right behind the transaction.
 
     Consume and release first read the taken node and go on only if it is still ours (its
     `ephemeralOwner` is this session and its data our identifier), then delete with that
     node version: consume deletes the entry and the taken node in one transaction, release
     only the taken node. Both return False, and never raise NoNodeError, when it was not ours.
+
+    ZooKeeper's cost is mostly per request, so the reads (entry data, taken nodes) of all
+    greenlets go out together as one multiRead, and their consumes and releases as one multi
+    (an item whose op fails is settled alone and the others are sent again): while one such
+    request is on its way the next batch fills up.
 
     Connection states: while suspended no take starts; after every reconnection the view is
     rebuilt (the watch does not survive a new connection, and what happened meanwhile was not
@@ -259,8 +285,9 @@ class QueueConsumer:
         """Build a consumer on `client`; `identifier` is written into our taken nodes.
 
         The default identifier is a random 32-hex-char id, as kazoo's LockingQueue uses.
-        `max_in_flight` bounds the takes, consumes and releases talking to ZooKeeper at once
-        (a take sends two requests); more callers wait their turn.
+        `max_in_flight` bounds the take transactions in flight at once; more takers wait
+        their turn (reads, consumes and releases go out batched, a couple of requests at a
+        time).
         """
         self.client = client
         self.identifier = identifier if identifier is not None else uuid.uuid4().hex
@@ -269,6 +296,8 @@ class QueueConsumer:
         self._data = self.identifier.encode("utf-8")
         self._lock = client.handler.lock_object()
         self._slots = _Slots(client.handler, max_in_flight)
+        self._reads = _Batcher(client.handler, self._read_many, _MAX_READS_PER_REQUEST)
+        self._finishes = _Batcher(client.handler, self._finish_many, _MAX_FINISHES_PER_REQUEST)
         # The view, from the listing and the watch.
         self._entries: set[str] = set()
         self._taken: set[str] = set()
@@ -446,8 +475,9 @@ class QueueConsumer:
             transaction.check(entry_path, -1)
             transaction.create(taken_path, self._data, ephemeral=True)
             committing = transaction.commit_async()
-            # Pipelined: answered right after the transaction, in the same round trip.
-            reading = client.get_async(entry_path)
+            # Sent after the transaction (and batched with other takers' reads), so it is
+            # answered right after it; wasted only if the take fails.
+            reading = self._reads.submit(entry_path)
             results = committing.get()
             if not (
                 isinstance(results[0], RolledBackError) and isinstance(results[1], NoNodeError)
@@ -456,24 +486,19 @@ class QueueConsumer:
             # The entry is there but /job/taken is not (someone deleted the tree).
             client.ensure_path(TAKEN)
         if not any(isinstance(result, Exception) for result in results):
-            try:
-                return "taken", reading.get()[0]
-            except NoNodeError:
+            read = reading.get()
+            if isinstance(read, NoNodeError):
                 return "orphan", b""  # consumed by someone else right after our take
+            return "taken", read[0]
         return ("gone" if isinstance(results[0], NoNodeError) else "busy"), b""
 
-    def _give_back(self, name: str, session: int | None, in_slot: bool = False) -> None:
+    def _give_back(self, name: str, session: int | None) -> None:
         """Delete our taken node for `name` if there is one; never raises.
 
         If that cannot be known (connection lost), the name stays unsure until the next sync.
-        `in_slot`: the caller already holds one of the in-flight slots.
         """
         try:
-            if in_slot:
-                self._delete_own_node(name, session)
-            else:
-                with self._slots:
-                    self._delete_own_node(name, session)
+            self._delete_own_node(name, session)
         except (*_UNSURE, *_SESSION_GONE):
             with self._lock:
                 if session == self._session:
@@ -518,8 +543,7 @@ class QueueConsumer:
             session = self._session
         done: bool | None = None
         try:
-            with self._slots:
-                done = self._finish_on_server(name, consume, session)
+            done = self._finish_on_server(name, consume, session)
             return done
         finally:
             with self._lock:
@@ -535,21 +559,15 @@ class QueueConsumer:
         spurious = 0
         while True:
             try:
-                try:
-                    data, stat = client.get(taken_path)
-                except NoNodeError:
+                read = self._reads.submit(taken_path).get()
+                if isinstance(read, NoNodeError):
                     if unsure:
                         return not consume or client.exists(entry_path) is None
                     return False
+                data, stat = read
                 if not self._is_ours(data, stat, session):
                     return False
-                transaction = client.transaction()
-                if consume:
-                    # The entry first: its deletion is reported before the taken node's, so
-                    # no consumer sees it as available in between.
-                    transaction.delete(entry_path)
-                transaction.delete(taken_path, version=stat.version)
-                results = transaction.commit()
+                outcome = self._finishes.submit((name, consume, stat.version)).get()
             except _UNSURE:
                 unsure = True
                 continue  # the retry waits for the reconnection (kazoo queues requests)
@@ -561,12 +579,52 @@ class QueueConsumer:
                 spurious += 1
                 unsure = True
                 continue
-            if not any(isinstance(result, Exception) for result in results):
-                return True
-            if consume and isinstance(results[0], NoNodeError):
+            if outcome == "entry gone":
                 # Someone deleted the entry: our taken node must go anyway.
-                self._give_back(name, session, in_slot=True)
-            return False
+                self._give_back(name, session)
+            return outcome == "done"
+
+    def _read_many(self, paths: list[str]) -> list[Any]:
+        """Flush of `_reads`: (data, stat), or the error, for each path; one request."""
+        return _multi_read(self.client, paths)
+
+    def _finish_many(self, items: list[tuple[str, bool, int]]) -> list[str]:
+        """Flush of `_finishes`: one multi for many (name, consume, taken version) items.
+
+        Each gets "done", "entry gone" or "not ours". A multi stops at its first failing op:
+        that item is settled and the others go again.
+        """
+        outcomes: dict[int, str] = {}
+        todo = list(range(len(items)))
+        while todo:
+            transaction = self.client.transaction()
+            owners: list[tuple[int, bool]] = []  # (item, is the entry op) for each op
+            for index in todo:
+                name, consume, version = items[index]
+                if consume:
+                    # The entry first: its deletion is reported before the taken node's, so
+                    # no consumer sees it as available in between.
+                    transaction.delete(f"{ENTRIES}/{name}")
+                    owners.append((index, True))
+                transaction.delete(f"{TAKEN}/{name}", version=version)
+                owners.append((index, False))
+            results = transaction.commit()
+            failed = next(
+                (
+                    op
+                    for op, result in enumerate(results)
+                    if isinstance(result, Exception) and not isinstance(result, RolledBackError)
+                ),
+                None,
+            )
+            if failed is None:
+                outcomes.update((index, "done") for index in todo)
+                break
+            index, entry_op = owners[failed]
+            gone = entry_op and isinstance(results[failed], NoNodeError)
+            outcomes[index] = "entry gone" if gone else "not ours"
+            todo.remove(index)
+        return [outcomes[index] for index in range(len(items))]
 
     # -- following the queue ------------------------------------------------------------------
 
@@ -766,11 +824,70 @@ class _Slots:
                 self._free += 1
 
 
+class _Batcher:
+    """Group commit: many callers' items go out together, `parallel` flushes at a time.
+
+    `submit(item)` returns an async result. Whatever is submitted while the flushes are on
+    their way goes in a next one, so batches grow with the load and a lone caller waits for
+    nothing.
+    `flush(items)` returns one outcome per item; if it raises, every item of that flush gets
+    the exception.
+    """
+
+    def __init__(
+        self,
+        handler: Any,
+        flush: Callable[[list[Any]], list[Any]],
+        size: int,
+        parallel: int = _FLUSHES_IN_FLIGHT,
+    ) -> None:
+        self._handler = handler
+        self._flush = flush
+        self._size = size
+        self._parallel = parallel
+        self._lock = handler.lock_object()
+        self._pending: list[tuple[Any, Any]] = []
+        self._flushing = 0
+
+    def submit(self, item: Any) -> Any:
+        result = self._handler.async_result()
+        with self._lock:
+            self._pending.append((item, result))
+            start = self._flushing < self._parallel
+            if start:
+                self._flushing += 1
+        if start:
+            self._handler.spawn(self._run)
+        return result
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                batch = self._pending[: self._size]
+                del self._pending[: self._size]
+                if not batch:
+                    self._flushing -= 1
+                    return
+            try:
+                outcomes = self._flush([item for item, _ in batch])
+            except BaseException as exc:
+                for _, result in batch:
+                    result.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    with self._lock:
+                        self._flushing -= 1
+                    raise
+            else:
+                for (_, result), outcome in zip(batch, outcomes, strict=True):
+                    result.set(outcome)
+
+
 # -- persistent recursive watches --------------------------------------------------------------
 # ZooKeeper 3.6+ watches a whole subtree with one registration that stays (AddWatch, opcode 106)
-# and reports each created, changed or deleted node with its own path. kazoo 2.11 has no API for
-# it, so the request goes through the client's request queue and the events are picked off its
-# connection before kazoo dispatches its own watches. The two private kazoo names used here
+# and reports each created, changed or deleted node with its own path, and reads many nodes in
+# one request (multiRead, opcode 22). kazoo 2.11 has no API for either, so the requests go
+# through the client's request queue and the events are picked off its connection before kazoo
+# dispatches its own watches. The two private kazoo names used here
 # (`KazooClient._call` and `ConnectionHandler._read_watch_event`) are covered by the integration
 # tests. The watch does not survive a reconnection: callers add it again on CONNECTED.
 #
@@ -780,6 +897,9 @@ class _Slots:
 
 _ADD_WATCH = 106
 _REMOVE_WATCHES = 18
+_MULTI_READ = 22
+_GET_DATA = 4
+_ERROR = -1
 _MODE_PERSISTENT_RECURSIVE = 1
 _WATCHER_ANY = 3  # 3.8 cannot remove a persistent watch by its own type (3.9 can); Any can
 _REMOVE_TIMEOUT = 10.0
@@ -801,6 +921,51 @@ class _WatchRequest:
     @staticmethod
     def deserialize(buffer: bytes, offset: int) -> bool:
         return True  # nothing in the reply is of use
+
+
+@dataclass(frozen=True)
+class _MultiRead:
+    """A multiRead request (opcode 22, ZooKeeper 3.6+) of getData for each path.
+
+    The reply holds, for each path in order, (data, stat) or the error (e.g. NoNodeError).
+    """
+
+    paths: tuple[str, ...]
+    type = _MULTI_READ  # a class attribute, not a field: kazoo reads `request.type`
+
+    def serialize(self) -> bytes:
+        out = bytearray()
+        for path in self.paths:
+            out += multiheader_struct.pack(_GET_DATA, False, -1)
+            out += write_string(path) + bool_struct.pack(False)  # no watch
+        out += multiheader_struct.pack(-1, True, -1)
+        return bytes(out)
+
+    @staticmethod
+    def deserialize(buffer: bytes, offset: int) -> list[Any]:
+        results: list[Any] = []
+        while True:
+            op_type, done, _ = multiheader_struct.unpack_from(buffer, offset)
+            offset += multiheader_struct.size
+            if done:
+                return results
+            if op_type == _GET_DATA:
+                data, offset = read_buffer(buffer, offset)
+                stat = ZnodeStat._make(stat_struct.unpack_from(buffer, offset))
+                offset += stat_struct.size
+                results.append((data or b"", stat))
+            elif op_type == _ERROR:
+                code = int_struct.unpack_from(buffer, offset)[0]
+                offset += int_struct.size
+                results.append(EXCEPTIONS[code]())
+            else:
+                raise ValueError(f"unexpected multiRead result type {op_type}")
+
+
+def _multi_read(client: KazooClient, paths: list[str]) -> list[Any]:
+    """(data, stat) or the error for each of `paths`, in one request."""
+    request = _MultiRead(tuple(_server_path(client, path) for path in paths))
+    return _send(client, request).get()
 
 
 def _under(path: str, root: str) -> bool:
@@ -838,6 +1003,10 @@ def _recursive_watchers(client: KazooClient) -> dict[str, list[WatchCallback]]:
                         callback(event)
                     except Exception:  # never let it break kazoo's connection loop
                         log.exception("error in the watch callback for %s", watch.path)
+                if watch.path not in client._data_watchers and (
+                    watch.path not in client._child_watchers
+                ):
+                    return None  # no kazoo watch to fire: spare kazoo's own parsing
         return read_watch_event(buffer, offset)
 
     connection._read_watch_event = read_watch_event_too
@@ -845,7 +1014,7 @@ def _recursive_watchers(client: KazooClient) -> dict[str, list[WatchCallback]]:
     return registry
 
 
-def _send(client: KazooClient, request: _WatchRequest) -> Any:
+def _send(client: KazooClient, request: Any) -> Any:
     result = client.handler.async_result()
     client._call(request, result)
     return result

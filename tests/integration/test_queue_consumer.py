@@ -7,8 +7,8 @@ NOT monkey-patched (the other tests, and the `zk` fixture's client, use real thr
 - the gevent hub runs only while the test's main greenlet waits on gevent (`greenlet.get`,
   `gevent.joinall`, `gevent.idle`, `gevent.sleep` in `wait_until`);
 - a call on a threading-handler client (`zk`, used to arrange and inspect the tree) blocks the
-  whole gevent side meanwhile. That is harmless, and one test relies on it: watch events cannot
-  reach the consumer between that call and the next gevent wait;
+  whole gevent side meanwhile. That is harmless, and some tests rely on it: watch events cannot
+  reach the consumer between that call and the next gevent wait, which stages races exactly;
 - kazoo `LockingQueue` consumers (the upstream engine's recipe) run on threading clients in real
   threads, as upstream does, while the main thread runs the hub.
 
@@ -226,6 +226,27 @@ def test_consume_or_release_of_an_entry_another_consumer_now_holds_is_refused(
     assert consumer.held == []
 
 
+def test_concurrent_consumes_are_settled_one_by_one_when_one_fails(
+    zk: KazooClient, new_consumer: Callable[..., QueueConsumer]
+) -> None:
+    put_many(zk, [f"job/{i}" for i in range(5)])
+    consumer = new_consumer()
+    entries = [consumer.take(timeout=WAIT) for _ in range(5)]
+    assert all(entries)
+    gone = entries[2]
+    assert gone is not None
+    # Deleted behind the consumer's back (the gevent side is blocked during this call); the
+    # consumes below go out together, and the one of `gone` fails inside the shared multi.
+    zk.delete(gone.path)
+    consumes = [gevent.spawn(consumer.consume, entry) for entry in entries]
+    gevent.joinall(consumes, timeout=WAIT, raise_error=True)
+
+    assert [g.value for g in consumes] == [True, True, False, True, True]
+    assert entry_names(zk) == []
+    wait_until(lambda: zk.get_children(TAKEN) == [], what="the orphaned taken node deleted")
+    assert consumer.held == []
+
+
 def test_taken_node_whose_entry_is_gone_is_cleaned_up(
     zk: KazooClient,
     zk_factory: Callable[..., KazooClient],
@@ -409,6 +430,34 @@ def test_pause_resume_and_stop(zk: KazooClient, new_consumer: Callable[..., Queu
     put(zk, "job/2", 1)
     again = consumer.take(timeout=WAIT)
     assert again is not None and again.job_id == "job/2"
+
+
+def test_works_on_the_threading_handler_too(
+    zk: KazooClient, zk_factory: Callable[..., KazooClient]
+) -> None:
+    """Not the executor's setup, but nothing in the consumer is gevent-only."""
+    put_many(zk, [(f"job/{i}", i % 3) for i in range(60)])
+    consumer = QueueConsumer(zk_factory())
+    consumer.start()
+    done: list[str] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        while (entry := consumer.take(timeout=0.5)) is not None:
+            assert consumer.consume(entry)
+            with lock:
+                done.append(entry.name)
+
+    try:
+        threads = [threading.Thread(target=work) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+    finally:
+        consumer.stop()
+    assert len(done) == len(set(done)) == 60
+    assert entry_names(zk) == [] and zk.get_children(TAKEN) == []
 
 
 def test_the_watch_is_removed_on_stop(
