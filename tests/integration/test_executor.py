@@ -339,3 +339,35 @@ def test_suspended_connection_resumes_taking(zookeeper, admin_api: Api, zk: Kazo
             time.sleep(0.2)
     assert wait_state(admin_api, job_id)["state"] == "SUCCESS"
     assert "session lost" not in process.log()
+
+
+def test_entry_point_actions_are_loaded(admin_api: Api, start_executor, tmp_path) -> None:
+    # An installed package advertising the nuvla_job.actions entry-point group.
+    (tmp_path / "plugin_pkg").mkdir()
+    (tmp_path / "plugin_pkg" / "__init__.py").write_text(
+        "from nuvla_job.registry import action\n\n\n"
+        "@action('from_entry_point')\n"
+        "class FromEntryPoint:\n"
+        "    def __init__(self, job):\n"
+        "        self.job = job\n\n"
+        "    def do_work(self):\n"
+        "        self.job.set_status_message('plugin ran')\n"
+        "        return 0\n")
+    info = tmp_path / "plugin_pkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-pkg\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[nuvla_job.actions]\nplugin = plugin_pkg\n")
+    from nuvla_job.localstack.processes import REPO
+
+    start_executor(env={"PYTHONPATH": f"{REPO}:{tmp_path}"})
+    job = wait_state(admin_api, add(admin_api, "from_entry_point"))
+    assert (job["state"], job["status-message"]) == ("SUCCESS", "plugin ran")
+
+
+def test_lite_image_registers_only_pull_mode_actions(admin_api: Api, start_executor) -> None:
+    start_executor(env={"IMAGE_NAME": "job-lite"})
+    unsupported = wait_state(admin_api, add(admin_api, "test_ok"))
+    assert unsupported["state"] == "FAILED"
+    assert "no action 'test_ok'" in unsupported["status-message"]
+    supported = wait_state(admin_api, add(admin_api, "test_raises"))
+    assert supported["status-message"].startswith("RuntimeError: boom")  # it did run
