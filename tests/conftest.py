@@ -108,8 +108,13 @@ def job_api(zookeeper: ZooKeeperServer) -> Iterator[JobApiProcess]:
 
 @pytest.fixture
 def admin_api(job_api: JobApiProcess, zookeeper: ZooKeeperServer) -> Api:
-    """A `nuvla.api.Api` logged in with the admin key written by the job API."""
+    """A `nuvla.api.Api` logged in with the admin key written by the job API.
+
+    An earlier test may have restarted ZooKeeper: wait until the job API has reconnected,
+    so that adds are queued again.
+    """
     zookeeper.start()
+    job_api.wait_queue_connected()
     return job_api.admin_api()
 
 

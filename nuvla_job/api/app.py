@@ -7,6 +7,7 @@ as the ``nuvla-api`` client expects. Bad input is a 4xx naming the problem, neve
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -116,6 +117,21 @@ class CloudEntryPoint:
             "updated": self.created,
             "collections": {"job": {"href": "job"}, "session": {"href": "session"}},
         })
+
+
+class Health:
+    """``GET /api/health``: 200 while ZooKeeper is connected (adds can be queued), else 503.
+
+    Not a CIMI resource: for load balancers, orchestrators and tests.
+    """
+
+    def __init__(self, queue_state: Callable[[], str]) -> None:
+        self.queue_state = queue_state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        state = self.queue_state()
+        _send(resp, 200 if state == "CONNECTED" else 503,
+              {"status": "ok" if state == "CONNECTED" else "degraded", "zookeeper": state})
 
 
 class Sessions:
@@ -288,13 +304,15 @@ def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, para
 
 
 def create_app(jobs: JobService, identities: IdentityStore,
-               settings: Settings | None = None) -> falcon.App:
+               settings: Settings | None = None,
+               queue_state: Callable[[], str] = lambda: "CONNECTED") -> falcon.App:
     """The WSGI application serving the job API under ``/api``."""
     ctx = Context(jobs, identities, settings or Settings())
     app = falcon.App(cors_enable=False)
     app.req_options.auto_parse_form_urlencoded = False
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/api/cloud-entry-point", CloudEntryPoint(ctx))
+    app.add_route("/api/health", Health(queue_state))
     app.add_route("/api/session", Sessions(ctx))
     app.add_route("/api/session/{uuid}", Session(ctx))
     app.add_route("/api/job", JobCollection(ctx))

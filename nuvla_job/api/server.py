@@ -103,7 +103,8 @@ class JobApiServer:
             secure_cookie=bool(self.config.tls_cert),
             max_body=self.config.max_body,
         )
-        self.app = create_app(self.jobs, self.identities, settings)
+        self.app = create_app(self.jobs, self.identities, settings,
+                              queue_state=lambda: str(self.zk.state))
         ssl_args = {}
         if self.config.tls_cert:
             ssl_args = {"certfile": self.config.tls_cert, "keyfile": self.config.tls_key}

@@ -1,4 +1,9 @@
-"""`job-executor`: run jobs from the ZooKeeper queue, many at once (or one, in pull mode)."""
+"""`job-executor`: run jobs from the ZooKeeper queue, many at once (or one, in pull mode).
+
+With `--distributions` it also runs the distributions, as `job-distributor` does.
+"""
+
+from __future__ import annotations
 
 from gevent import monkey
 
@@ -6,14 +11,26 @@ from gevent import monkey
 monkey.patch_all()
 
 import os  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import click  # noqa: E402
+import gevent  # noqa: E402
 
 from ..monitoring import setup_logging, setup_sentry  # noqa: E402
+from .distributor import (  # noqa: E402
+    DISTRIBUTION_FLAGS,
+    distribution_options,
+    select_distributions,
+)
 from .options import CommonConfig, common_options, expand_multi_values, make_api  # noqa: E402
 
-MULTI_VALUE_FLAGS = ("--zk-hosts", "--actions-path")
+if TYPE_CHECKING:
+    from ..distributor import Distributor
+    from ..executor import Executor
+
+MULTI_VALUE_FLAGS = ("--zk-hosts", "--actions-path", *DISTRIBUTION_FLAGS)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,17 +47,30 @@ MULTI_VALUE_FLAGS = ("--zk-hosts", "--actions-path")
                    "space-separated list).")
 @click.option("--job-id", envvar="JOB_ID", default=None,
               help="Pull mode: run only this job (job/<uuid>) and exit with its outcome.")
+@click.option("--distributions/--no-distributions", default=False,
+              envvar="JOB_EXECUTOR_DISTRIBUTIONS", show_default=True,
+              help="Also run the distributions in this process (each still elected, as in "
+                   "job-distributor).")
+@distribution_options
 def main(common: CommonConfig, concurrency: int, grace_period: float,
-         actions_path: tuple[str, ...], job_id: str | None) -> None:
+         actions_path: tuple[str, ...], job_id: str | None, distributions: bool,
+         distribution_interval: tuple[str, ...], distribution_exclude: tuple[str, ...],
+         distribution_include: tuple[str, ...]) -> None:
     """Run jobs from the queue until SIGTERM; `--job-id` runs one job and exits."""
     setup_logging(common.log_level)
     setup_sentry(common.sentry_dsn, common.name)
     if job_id is not None and not job_id.startswith("job/"):
         raise click.BadParameter("must look like job/<uuid>", param_hint="--job-id")
+    from ..registry import distributions as registered
     from ..registry import load_actions
 
     actions = load_actions(actions_path)
-    api = make_api(common, pool_size=concurrency + 10)
+    # Checked even when distributions are off, so a typo is found before it matters.
+    selected = select_distributions(registered, distribution_include, distribution_exclude,
+                                    distribution_interval)
+    if not distributions or job_id is not None:
+        selected = []
+    api = make_api(common, pool_size=concurrency + len(selected) + 10)
     from ..executor import Executor
 
     if job_id is not None:
@@ -58,13 +88,34 @@ def main(common: CommonConfig, concurrency: int, grace_period: float,
                                    ) from None
     executor = Executor(api, zk, actions, concurrency=concurrency, grace_period=grace_period,
                         name=common.name, nuvlaedge_fs=common.nuvlaedge_fs)
-    executor.install_signal_handlers()
+    distributor = None
+    if distributions:
+        from ..distributor import Distributor
+
+        distributor = Distributor(api, zk, selected, name=common.name)
+        _stop_both_on_signals(executor, distributor)
+        distributor.start()
+    else:
+        executor.install_signal_handlers()
     try:
         code = executor.run()
     finally:
+        if distributor is not None:
+            distributor.stop()
+            distributor.join()
         zk.stop()
         zk.close()
     sys.exit(code)
+
+
+def _stop_both_on_signals(executor: Executor, distributor: Distributor) -> None:
+    # Distributions stop at once (others take over); running jobs get the grace period.
+    def stop() -> None:
+        distributor.stop()
+        executor.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, stop)
 
 
 def run() -> None:

@@ -92,6 +92,15 @@ class JobApiProcess:
         raise RuntimeError(f"job API did not answer within {self.start_timeout} s:\n"
                            f"{self.log_tail()}")
 
+    def wait_queue_connected(self, timeout: float = 30.0) -> None:
+        """Wait until the server is connected to ZooKeeper again (``/api/health`` is 200)."""
+        deadline = time.monotonic() + timeout
+        url = f"{self.endpoint}/api/health"
+        while requests.get(url, timeout=5).status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"job API not connected to ZooKeeper after {timeout} s")
+            time.sleep(0.05)
+
     def stop(self, timeout: float = 10.0) -> int | None:
         """Stop by pid (SIGTERM, then SIGKILL); returns the exit status."""
         process = self._process

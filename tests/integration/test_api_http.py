@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -270,3 +271,19 @@ def test_search_orderby_paging_select_and_date_math(job_api: JobApiProcess,
     both = admin_api.session.put(f"{job_api.endpoint}/api/job",
                                  data=[("filter", where), ("filter", "priority>=30")])
     assert both.json()["count"] == 2
+
+
+def test_health_follows_the_zookeeper_connection(job_api: JobApiProcess, zookeeper) -> None:
+    url = f"{job_api.endpoint}/api/health"
+    assert requests.get(url, timeout=5).json() == {"status": "ok", "zookeeper": "CONNECTED"}
+    zookeeper.stop()
+    try:
+        deadline = time.monotonic() + 30
+        while (response := requests.get(url, timeout=5)).status_code == 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert response.status_code == 503
+        assert response.json()["zookeeper"] in ("SUSPENDED", "LOST")
+    finally:
+        zookeeper.start()
+    job_api.wait_queue_connected()
