@@ -68,9 +68,10 @@ LIST_PATHS = frozenset(
     {"tags", "nested-jobs", "affected-resources/href"} | {f"acl/{r}" for r in ACL_RIGHTS}
 )
 
-# Filter paths stored in their own indexed SQLite column (generated from the JSON document).
-# Path -> (column name, SQL type).
+# Filter paths stored in their own indexed SQLite column, beside the JSON document (which
+# stays the source of truth). Path -> (column name, SQL type). `id` is the primary key.
 INDEXED_COLUMNS: dict[str, tuple[str, str]] = {
+    "id": ("id", "TEXT"),
     "state": ("state", "TEXT"),
     "action": ("action", "TEXT"),
     "created": ("created", "TEXT"),

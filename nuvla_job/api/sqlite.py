@@ -29,9 +29,13 @@ from .store import Conflict, Doc, StoreError
 VIEW_RIGHTS = ACL_RIGHTS
 
 
+# The indexed attributes the store writes itself: `id` is the primary key column already.
+STORED_COLUMNS = {path: spec for path, spec in INDEXED_COLUMNS.items() if path != "id"}
+
+
 def _schema_sql() -> list[str]:
     columns = ",\n".join(
-        f"  {column} {sql_type}" for column, sql_type in INDEXED_COLUMNS.values()
+        f"  {column} {sql_type}" for column, sql_type in STORED_COLUMNS.values()
     )
     return [
         f"""CREATE TABLE IF NOT EXISTS job (
@@ -59,7 +63,7 @@ def _schema_sql() -> list[str]:
     ]
 
 
-_COLUMN_NAMES = [column for column, _ in INDEXED_COLUMNS.values()]
+_COLUMN_NAMES = [column for column, _ in STORED_COLUMNS.values()]
 
 
 def _column_value(doc: Doc, path: str, sql_type: str) -> Any:
@@ -74,8 +78,8 @@ def _column_value(doc: Doc, path: str, sql_type: str) -> Any:
 
 
 def _columns(doc: Doc) -> list[Any]:
-    """The indexed columns' values of a document, in INDEXED_COLUMNS order."""
-    return [_column_value(doc, path, t) for path, (_, t) in INDEXED_COLUMNS.items()]
+    """The stored columns' values of a document, in STORED_COLUMNS order."""
+    return [_column_value(doc, path, t) for path, (_, t) in STORED_COLUMNS.items()]
 
 
 _INSERT = (

@@ -149,14 +149,14 @@ def test_query_error_is_a_value_error():
 
 
 def test_order_by_sql():
-    assert order_by_sql(Query()) == "ORDER BY created ASC, json_extract(doc, '$.\"id\"') ASC"
+    assert order_by_sql(Query()) == "ORDER BY created ASC, id ASC"
     query = parse_query({"orderby": ["priority:desc,target-resource/href,progress:desc"]})
     assert order_by_sql(query) == (
         "ORDER BY priority DESC, target_href ASC, json_extract(doc, '$.\"progress\"') DESC, "
-        "json_extract(doc, '$.\"id\"') ASC"
+        "id ASC"
     )
     assert order_by_sql(parse_query({"orderby": ["id:desc"]})) == (
-        "ORDER BY json_extract(doc, '$.\"id\"') DESC"
+        "ORDER BY id DESC"
     )
 
 
