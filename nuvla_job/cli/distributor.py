@@ -18,8 +18,13 @@ import click  # noqa: E402
 from ..distributor import Distributor, SelectionError, select  # noqa: E402
 from ..monitoring import setup_logging, setup_sentry  # noqa: E402
 from ..registry import Distribution, DistributionRegistry, distributions, load_actions  # noqa: E402
-from ..zk import make_client  # noqa: E402
-from .options import CommonConfig, common_options, expand_multi_values, make_api  # noqa: E402
+from .options import (  # noqa: E402
+    CommonConfig,
+    common_options,
+    connect_zookeeper,
+    expand_multi_values,
+    make_api,
+)
 
 DISTRIBUTION_FLAGS = ("--distribution-interval", "--distribution-exclude",
                       "--distribution-include")
@@ -72,13 +77,7 @@ def main(common: CommonConfig, distribution_interval: tuple[str, ...],
     selected = select_distributions(distributions, distribution_include,
                                     distribution_exclude, distribution_interval)
     api = make_api(common, pool_size=len(selected) + 2)
-    zk = make_client(common.zk_hosts, timeout=common.zk_timeout)
-    try:
-        zk.start(timeout=max(15.0, common.zk_timeout))
-    except Exception as exc:
-        raise click.ClickException(f"cannot connect to ZooKeeper at "
-                                   f"{','.join(common.zk_hosts)}: {type(exc).__name__}"
-                                   ) from None
+    zk = connect_zookeeper(common)
     distributor = Distributor(api, zk, selected, name=common.name)
     distributor.install_signal_handlers()
     try:

@@ -24,7 +24,13 @@ from .distributor import (  # noqa: E402
     distribution_options,
     select_distributions,
 )
-from .options import CommonConfig, common_options, expand_multi_values, make_api  # noqa: E402
+from .options import (  # noqa: E402
+    CommonConfig,
+    common_options,
+    connect_zookeeper,
+    expand_multi_values,
+    make_api,
+)
 
 if TYPE_CHECKING:
     from ..distributor import Distributor
@@ -77,15 +83,8 @@ def main(common: CommonConfig, concurrency: int, grace_period: float,
         executor = Executor(api, None, actions, concurrency=1, name=common.name,
                             nuvlaedge_fs=common.nuvlaedge_fs)
         sys.exit(executor.run_one(job_id))
-    from ..zk import make_client
 
-    zk = make_client(common.zk_hosts, timeout=common.zk_timeout)
-    try:
-        zk.start(timeout=max(15.0, common.zk_timeout))
-    except Exception as exc:
-        raise click.ClickException(f"cannot connect to ZooKeeper at "
-                                   f"{','.join(common.zk_hosts)}: {type(exc).__name__}"
-                                   ) from None
+    zk = connect_zookeeper(common)
     executor = Executor(api, zk, actions, concurrency=concurrency, grace_period=grace_period,
                         name=common.name, nuvlaedge_fs=common.nuvlaedge_fs)
     distributor = None

@@ -199,3 +199,18 @@ def make_api(common: CommonConfig, pool_size: int = 10):
             raise click.ClickException(f"login to the job API at {common.api_url} failed "
                                        f"({status})")
     return api
+
+
+def connect_zookeeper(common: CommonConfig):
+    """A started kazoo client (gevent handler), or a one-line error when none answers."""
+    from ..zk import make_client
+
+    zk = make_client(common.zk_hosts, timeout=common.zk_timeout)
+    try:
+        zk.start(timeout=max(15.0, common.zk_timeout))
+    except Exception as exc:
+        zk.close()
+        raise click.ClickException(f"cannot connect to ZooKeeper at "
+                                   f"{','.join(common.zk_hosts)}: {type(exc).__name__}"
+                                   ) from None
+    return zk

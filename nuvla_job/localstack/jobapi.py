@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import requests
 from nuvla.api import Api
 
 from .ports import free_port
+from .processes import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,8 @@ class JobApiProcess:
             *self.extra_args,
         ]
 
-    def start(self) -> None:
+    def start(self, wait_queue: bool = True) -> None:
+        """Start and wait until it answers (and, by default, is connected to ZooKeeper)."""
         if self.pid:
             return
         env = {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
@@ -73,6 +74,8 @@ class JobApiProcess:
                 stderr=subprocess.STDOUT, cwd=self.base_dir, env=env,
             )
         self._wait_ready()
+        if wait_queue:
+            self.wait_queue_connected(self.start_timeout)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -103,18 +106,8 @@ class JobApiProcess:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """Stop by pid (SIGTERM, then SIGKILL); returns the exit status."""
-        process = self._process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._process = None
-        return process.returncode
+        process, self._process = self._process, None
+        return None if process is None else stop_process(process, timeout)
 
     def kill(self) -> None:
         if self._process is not None and self._process.poll() is None:

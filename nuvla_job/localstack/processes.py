@@ -16,6 +16,20 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_ACTIONS = REPO / "tests" / "actions"
 
 
+def stop_process(process: subprocess.Popen, timeout: float) -> int:
+    """Stop a child by pid: SIGCONT (a frozen process cannot handle SIGTERM), SIGTERM, and
+    SIGKILL if it is still alive after ``timeout`` seconds. Returns its exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGCONT)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 class EngineProcess:
     """`python -m <module> <args>` with its output in a log file; stopped by pid."""
 
@@ -52,18 +66,9 @@ class EngineProcess:
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
-        process = self._process
-        if process is None:
+        if self._process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGCONT)  # a frozen process cannot handle SIGTERM
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return stop_process(self._process, timeout)
 
     def kill(self) -> None:
         if self._process is not None and self._process.poll() is None:

@@ -19,7 +19,6 @@ import atexit
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -28,7 +27,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 
-from nuvla_job.localstack.ports import free_port
+from .ports import free_port
+from .processes import stop_process
 
 MAIN_CLASS = "org.apache.zookeeper.server.ZooKeeperServerMain"
 DEFAULT_JAVA_DIR = "/usr/share/java"
@@ -238,16 +238,8 @@ class ZooKeeperServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server: SIGTERM, then SIGKILL if it is still alive after `timeout`."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if self._process is not None:
+            stop_process(self._process, timeout)
         self._reap()
 
     def kill(self) -> None:
