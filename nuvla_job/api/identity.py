@@ -7,7 +7,6 @@ random and stored as SHA-256 digests, so a copy of the database does not let any
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 import time
 import uuid
@@ -214,7 +213,3 @@ class IdentityStore:
             k: v for k, v in self._sessions.items() if v[0].session_id != session_id
         }
         return deleted > 0
-
-
-def constant_time_equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())

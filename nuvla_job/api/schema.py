@@ -82,8 +82,3 @@ INDEXED_COLUMNS: dict[str, tuple[str, str]] = {
     "execution-mode": ("execution_mode", "TEXT"),
 }
 
-
-def known_path(path: str) -> bool:
-    """True when a filter/orderby path names an attribute of the job resource."""
-    head = path.split("/", 1)[0]
-    return head in ATTRIBUTES
