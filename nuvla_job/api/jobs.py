@@ -26,7 +26,7 @@ from ..timeutil import now_iso, parse_time
 from . import acl as acls
 from .errors import ApiError, bad_request, forbidden, not_found
 from .identity import Caller
-from .query import Query
+from .query import Query, apply_select
 from .schema import FINAL_STATES, STATES
 from .store import Conflict, Doc, JobStore
 from .validation import check_acl, check_attributes
@@ -114,8 +114,6 @@ class JobService:
         principals = None if caller.is_admin else caller.claims
         count, docs = self.store.search(query, principals)
         if query.select:
-            from .query import apply_select
-
             docs = [apply_select(d, query.select) for d in docs]
         else:
             docs = [self.present(d, caller) for d in docs]
