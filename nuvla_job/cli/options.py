@@ -208,9 +208,12 @@ def connect_zookeeper(common: CommonConfig):
     zk = make_client(common.zk_hosts, timeout=common.zk_timeout)
     try:
         zk.start(timeout=max(15.0, common.zk_timeout))
-    except Exception as exc:
+    # The gevent handler's timeout is gevent.Timeout, a BaseException.
+    except (Exception, zk.handler.timeout_exception) as exc:
+        zk.stop()
         zk.close()
+        timed_out = isinstance(exc, zk.handler.timeout_exception)
+        reason = "no answer" if timed_out else type(exc).__name__
         raise click.ClickException(f"cannot connect to ZooKeeper at "
-                                   f"{','.join(common.zk_hosts)}: {type(exc).__name__}"
-                                   ) from None
+                                   f"{','.join(common.zk_hosts)}: {reason}") from None
     return zk

@@ -371,3 +371,15 @@ def test_lite_image_registers_only_pull_mode_actions(admin_api: Api, start_execu
     assert "no action 'test_ok'" in unsupported["status-message"]
     supported = wait_state(admin_api, add(admin_api, "test_raises"))
     assert supported["status-message"].startswith("RuntimeError: boom")  # it did run
+
+
+def test_unreachable_zookeeper_is_one_error_line(job_api: JobApiProcess) -> None:
+    process = executor_process("127.0.0.1:1", job_api.endpoint,
+                               str(job_api.credentials_path)).start()
+    try:
+        assert process.wait(timeout=60) == 1
+    finally:
+        process.stop()
+    log = process.log()
+    assert "Error: cannot connect to ZooKeeper at 127.0.0.1:1: no answer" in log
+    assert "Traceback" not in log
