@@ -72,9 +72,13 @@ def serve(log_level: str, **options) -> None:
 def _identities(db: str):
     from ..api.identity import IdentityStore
     from ..api.sqlite import Database
+    from ..api.store import StoreError
 
     config = _server_config(db=db).resolved()
-    return IdentityStore(Database(config.db))
+    try:
+        return IdentityStore(Database(config.db))
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command("add-user")
