@@ -98,12 +98,8 @@ def zk(zookeeper: ZooKeeperServer, zk_factory: Callable[..., KazooClient]) -> Ka
 @pytest.fixture(scope="session")
 def job_api(zookeeper: ZooKeeperServer) -> Iterator[JobApiProcess]:
     """The session's job API process, on its own temporary database."""
-    server = JobApiProcess(zookeeper.hosts)
-    try:
-        server.start()
+    with JobApiProcess(zookeeper.hosts) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

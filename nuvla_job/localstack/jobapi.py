@@ -115,6 +115,17 @@ class JobApiProcess:
             self._process.wait()
         self._process = None
 
+    def __enter__(self) -> JobApiProcess:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.base_dir, ignore_errors=True)

@@ -310,17 +310,11 @@ def test_paging_yields_every_job_once_in_order(zookeeper: ZooKeeperServer) -> No
 # -- restore_queue -----------------------------------------------------------------------------
 
 
-def fresh_job_api(zookeeper: ZooKeeperServer) -> Iterator[JobApiProcess]:
+@pytest.fixture
+def fresh_api(zookeeper: ZooKeeperServer) -> Iterator[JobApiProcess]:
     """A job API on an empty database: no QUEUED job of other tests to restore."""
-    server = JobApiProcess(zookeeper.hosts)
-    try:
-        server.start()
+    with JobApiProcess(zookeeper.hosts) as server:
         yield server
-    finally:
-        server.close()
-
-
-fresh_api = pytest.fixture(fresh_job_api)
 
 
 def test_restore_queue_action_runs_lost_jobs_exactly_once(fresh_api: JobApiProcess,

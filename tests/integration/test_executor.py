@@ -271,25 +271,25 @@ def test_grace_period_over_releases_leftovers(admin_api: Api, zk: KazooClient,
     assert zk.get(f"{queue.ENTRIES}/{entry}")[0] == job_id.encode()
 
 
+def run_pull(job_api: JobApiProcess, job_id: str) -> int:
+    """`job-executor --job-id` (no ZooKeeper reachable: pull mode needs none); exit status."""
+    process = executor_process("127.0.0.1:1", job_api.endpoint,
+                               str(job_api.credentials_path), "--job-id", job_id).start()
+    try:
+        return process.wait(timeout=60)
+    finally:
+        process.stop()
+
+
 def test_pull_mode_runs_exactly_one_job(job_api: JobApiProcess, admin_api: Api,
                                         zk: KazooClient) -> None:
     target = add(admin_api, "test_ok", **{"execution-mode": "pull"})
     other = add(admin_api, "test_ok")
-    process = executor_process("127.0.0.1:1", job_api.endpoint,
-                               str(job_api.credentials_path), "--job-id", target).start()
-    try:
-        assert process.wait(timeout=60) == 0
-    finally:
-        process.stop()
+    assert run_pull(job_api, target) == 0
     assert admin_api.get(target).data["state"] == "SUCCESS"
     assert admin_api.get(other).data["state"] == "QUEUED"
     failing = add(admin_api, "test_fail_code", **{"execution-mode": "pull"})
-    process = executor_process("127.0.0.1:1", job_api.endpoint,
-                               str(job_api.credentials_path), "--job-id", failing).start()
-    try:
-        assert process.wait(timeout=60) == 1
-    finally:
-        process.stop()
+    assert run_pull(job_api, failing) == 1
 
 
 def test_session_loss_abandons_jobs_without_final_state(zookeeper, admin_api: Api,
