@@ -103,6 +103,13 @@ def job_api(zookeeper: ZooKeeperServer) -> Iterator[JobApiProcess]:
 
 
 @pytest.fixture
+def fresh_api(zookeeper: ZooKeeperServer) -> Iterator[JobApiProcess]:
+    """A job API of its own on an empty database (no jobs of other tests)."""
+    with JobApiProcess(zookeeper.hosts) as server:
+        yield server
+
+
+@pytest.fixture
 def admin_api(job_api: JobApiProcess, zookeeper: ZooKeeperServer) -> Api:
     """A `nuvla.api.Api` logged in with the admin key written by the job API.
 

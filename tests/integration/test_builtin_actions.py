@@ -310,11 +310,6 @@ def test_paging_yields_every_job_once_in_order(zookeeper: ZooKeeperServer) -> No
 # -- restore_queue -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fresh_api(zookeeper: ZooKeeperServer) -> Iterator[JobApiProcess]:
-    """A job API on an empty database: no QUEUED job of other tests to restore."""
-    with JobApiProcess(zookeeper.hosts) as server:
-        yield server
 
 
 def test_restore_queue_action_runs_lost_jobs_exactly_once(fresh_api: JobApiProcess,

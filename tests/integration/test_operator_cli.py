@@ -16,13 +16,12 @@ from nuvla.api import Api
 
 from nuvla_job import queue
 from nuvla_job.localstack.processes import REPO
-from tests.integration.test_builtin_actions import fresh_job_api
 from tests.integration.test_executor import add
 from tests.support.jobapi import JobApiProcess
 from tests.support.zookeeper import ZooKeeperServer
 
 Cli = Callable[..., subprocess.CompletedProcess]
-fresh_api = pytest.fixture(fresh_job_api)
+
 
 
 def run_cli(*args: str, env: dict[str, str], input: str | None = None
