@@ -1,27 +1,56 @@
-# One image for every command: job-executor (default), job-distributor, job-api.
-# Configured entirely by environment variables (see the README's option tables).
+# syntax=docker/dockerfile:1
+# One image for every command: job-executor (the default), job-distributor, `job-api serve`
+# and the `job` operator CLI, chosen by the container's command. Configured entirely by
+# environment variables (the README's option tables); secrets come from the environment or
+# from files (JOB_API_CREDENTIALS), never from the command line.
 
-FROM python:3.11-slim AS build
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# -- build: a virtualenv with the package and its dependencies (all ship wheels: no compiler) -
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml setup.cfg README.md ./
+COPY pyproject.toml README.md ./
 COPY nuvla_job ./nuvla_job
+# pip and setuptools are not needed at run time (about 25 MB); byte-compiled once here since
+# the running user cannot write beside the modules.
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir .
+ && /opt/venv/bin/pip install . \
+ && /opt/venv/bin/pip uninstall -q -y pip setuptools \
+ && /opt/venv/bin/python -m compileall -q /opt/venv
 
-FROM python:3.11-slim
+# -- runtime: the virtualenv, the actions, tini and an unprivileged user --------------------
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="nuvla-job" \
+      org.opencontainers.image.description="Distributed job engine: job-executor, job-distributor, job-api" \
+      org.opencontainers.image.licenses="Apache-2.0"
 # tini is PID 1: it forwards SIGTERM to the engine (graceful drain) and reaps zombies.
+# The data and credentials folders exist in the image so that fresh named volumes mounted
+# there are owned by the unprivileged user.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends tini \
+ && apt-get install -y --no-install-recommends tini=0.19.* \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --home-dir /var/lib/nuvla-job --create-home nuvla
+ && useradd --system --uid 10001 --user-group --home-dir /var/lib/nuvla-job \
+        --shell /usr/sbin/nologin nuvla \
+ && install -d -o nuvla -g nuvla -m 0750 /var/lib/nuvla-job \
+        /var/lib/nuvla-job/data /var/lib/nuvla-job/credentials
 COPY --from=build /opt/venv /opt/venv
 COPY actions /opt/nuvla-job/actions
+# The installed package does not sit beside actions/: JOB_ACTIONS_PATH points at the copy.
+# JOB_API_HOST=0.0.0.0: inside a container the API must be reachable from other containers.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     JOB_ACTIONS_PATH=/opt/nuvla-job/actions \
     JOB_API_HOST=0.0.0.0 \
-    JOB_API_DB=/var/lib/nuvla-job/jobs.sqlite
-USER nuvla
+    JOB_API_PORT=8200 \
+    JOB_API_DB=/var/lib/nuvla-job/data/jobs.sqlite \
+    JOB_API_ADMIN_CREDENTIALS=/var/lib/nuvla-job/credentials/admin-credentials.json
+# Numeric, so that runtimes can check "runs as non-root" without reading /etc/passwd.
+USER 10001:10001
 WORKDIR /var/lib/nuvla-job
+EXPOSE 8200
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["job-executor"]

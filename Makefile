@@ -38,8 +38,12 @@ deps:
 test: deps venv
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+# ruff; hadolint for the Dockerfile; the compose file against the compose-spec JSON schema
+# (vendored in check-jsonschema, so no network is needed).
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint --config .hadolint.yaml Dockerfile
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 run: deps venv
 	$(VENV)/bin/python -m nuvla_job.cli.demo

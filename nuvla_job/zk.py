@@ -8,6 +8,22 @@ from typing import Any
 from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
 
+from .zk_security import ZkSecurity
+
+# What make_client uses when given no `security`: set once by an engine process from its
+# options, so that clients made elsewhere in it (the restore_queue action's) get it too.
+_process_security = ZkSecurity()
+
+
+def set_process_security(security: ZkSecurity) -> None:
+    """Make `security` the default of every later `make_client` call in this process."""
+    global _process_security
+    _process_security = security
+
+
+def process_security() -> ZkSecurity:
+    return _process_security
+
 
 def hosts_string(hosts: str | Sequence[str]) -> str:
     """Normalise hosts to kazoo's "h1:2181,h2:2181" form.
@@ -27,6 +43,7 @@ def make_client(
     hosts: str | Sequence[str],
     timeout: float = 10.0,
     use_gevent: bool = True,
+    security: ZkSecurity | None = None,
     **kw: Any,
 ) -> KazooClient:
     """A KazooClient for `hosts`, not yet started (call `.start(timeout)`).
@@ -34,7 +51,11 @@ def make_client(
     `timeout` is the session timeout asked of the server (which clamps it to its own
     min/max). With `use_gevent`, kazoo's SequentialGeventHandler is used so callbacks and
     watches run as greenlets; other keyword arguments go to KazooClient as they are.
+    `security` (default: the process's, see `set_process_security`) adds digest auth with
+    its ACL on every node created, and TLS.
     """
+    for name, value in (security or _process_security).client_kwargs().items():
+        kw.setdefault(name, value)
     if use_gevent and "handler" not in kw:
         # Imported lazily: importing the gevent handler imports gevent.
         from kazoo.handlers.gevent import SequentialGeventHandler

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -16,11 +16,13 @@ import falcon
 import orjson
 
 from ..timeutil import now_iso
+from . import dashboard
 from .errors import ApiError, bad_request, forbidden, not_found
 from .identity import ANONYMOUS, Caller, IdentityStore
 from .jobs import JobService
 from .query import QueryError, parse_query
 from .store import StoreError
+from .throttle import LoginLimits, LoginThrottle, TooManyFailures
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class Settings:
     trust_authn_header: bool = False
     secure_cookie: bool = False
     max_body: int = DEFAULT_MAX_BODY
+    login_limits: LoginLimits = field(default_factory=LoginLimits)
 
 
 def _send(resp: falcon.Response, status: int, body: Any) -> None:
@@ -48,6 +51,7 @@ class Context:
         self.jobs = jobs
         self.identities = identities
         self.settings = settings
+        self.login_throttle = LoginThrottle(settings.login_limits)
 
     def caller(self, req: falcon.Request) -> Caller:
         if self.settings.trust_authn_header:
@@ -179,7 +183,7 @@ class Sessions:
                               "session-template/password")
         if not isinstance(name, str) or not isinstance(secret, str):
             raise bad_request("the session template needs string credentials")
-        caller = self.ctx.identities.check(kind, name, secret)
+        caller = self._check(req, kind, name, secret)
         if caller is None:
             raise ApiError(403, "invalid credentials")
         session_id, token = self.ctx.identities.open_session(caller)
@@ -188,6 +192,25 @@ class Sessions:
         resp.location = f"/api/{session_id}"
         _send(resp, 201, {"status": 201, "message": f"created {session_id}",
                           "resource-id": session_id})
+
+
+    def _check(self, req: falcon.Request, kind: str, name: str, secret: str) -> Caller | None:
+        """The credentials' caller, or None; 429 while this name or address is backing off."""
+        throttle, address = self.ctx.login_throttle, req.remote_addr or ""
+        try:
+            throttle.begin(name, address)
+        except TooManyFailures as exc:
+            raise falcon.HTTPTooManyRequests(description=str(exc),
+                                             retry_after=exc.retry_after) from None
+        outcome: bool | None = None
+        try:
+            caller = self.ctx.identities.check(kind, name, secret)
+            outcome = caller is not None
+        finally:
+            # The name is not logged: it may be a password typed in the wrong field.
+            if throttle.end(name, address, outcome):
+                log.warning("repeated failed logins (from %s): backing off", address)
+        return caller
 
 
 class Session:
@@ -318,6 +341,7 @@ def create_app(jobs: JobService, identities: IdentityStore,
     app.add_route("/api/job", JobCollection(ctx))
     app.add_route("/api/job/{uuid}", JobItem(ctx))
     app.add_route("/api/job/{uuid}/{op}", JobOperation(ctx))
+    dashboard.register(app, ctx)  # /dashboard and /api/dashboard/*
     # Falcon tries the most specific handler first, so the order of these does not matter.
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(falcon.HTTPError, _http_error)

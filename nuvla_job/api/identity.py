@@ -145,6 +145,7 @@ class IdentityStore:
             "SELECT secret_hash, identity, claims FROM principal WHERE kind = ? AND name = ?",
             (kind, name),
         )
+        # An unknown name still costs one verification, against a hash of the same cost.
         secret_hash = rows[0][0] if rows else _DUMMY_HASH
         # argon2 is CPU-heavy and releases the GIL: verify in the hub's thread pool so other
         # requests keep being served meanwhile.
@@ -176,6 +177,8 @@ class IdentityStore:
         return session_id, token
 
     def session_caller(self, token: str) -> Caller | None:
+        # Looked up by digest: the caller's token is never compared byte by byte with a
+        # stored secret, so lookup time says nothing about how close a guess is.
         digest = _digest(token)
         cached = self._sessions.get(digest)
         now = time.time()

@@ -12,16 +12,20 @@ from pathlib import Path
 
 import gevent
 import gevent.event
+from gevent import ssl
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException
 from kazoo.protocol.states import KazooState
 
 from ..zk import make_client
+from ..zk_security import ZkAccessDenied, ZkSecurity, secure_tree
 from .app import Settings, create_app
 from .identity import ADMIN_GROUP, IdentityStore
 from .jobs import JobService, QueueUnavailable
 from .sqlite import Database, SqliteJobStore
+from .throttle import LoginLimits
 from .zk_queue import ZooKeeperJobQueue
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,37 @@ class NoDelayWSGIServer(WSGIServer):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().handle(sock, address)
 
+    def wrap_socket_and_handle(self, client_socket: socket.socket, address: tuple) -> None:
+        # A failed handshake (plain HTTP on the TLS port, an untrusted certificate) is the
+        # client's problem: one debug line, not a traceback from the hub.
+        try:
+            tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
+        except (ssl.SSLError, OSError) as exc:
+            log.debug("TLS handshake with %s failed: %s", address[0], exc)
+            client_socket.close()
+            return
+        try:
+            self.handle(tls_socket, address)
+        finally:
+            tls_socket.close()
+
+
+class TlsConfigError(Exception):
+    """The TLS certificate or key cannot be loaded (reported as a one-line CLI error)."""
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server-side TLS context (TLS 1.2 or newer) for the certificate chain and key."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsConfigError(f"cannot load TLS certificate {cert} with key {key}: "
+                             f"{getattr(exc, 'reason', None) or exc.strerror or exc}"
+                             ) from None
+    return context
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
@@ -52,12 +87,17 @@ class ServerConfig:
     port: int = 8200
     db: str = ""
     zk_hosts: str = "127.0.0.1:2181"
+    zk_security: ZkSecurity = ZkSecurity()
     admin_credentials: str = ""
     trust_authn_header: bool = False
     max_body: int = 4 * 1024 * 1024
     max_connections: int = 1000
     tls_cert: str | None = None
     tls_key: str | None = None
+    login_max_failures: int = LoginLimits.max_failures
+    login_max_failures_per_address: int = LoginLimits.max_failures_per_address
+    login_backoff: float = LoginLimits.backoff
+    login_window: float = LoginLimits.window
 
     def resolved(self) -> ServerConfig:
         data_dir = default_data_dir()
@@ -91,23 +131,32 @@ class JobApiServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config.resolved()
+        # First, so that a bad certificate fails before anything is created.
+        ssl_args = {}
+        if self.config.tls_cert:
+            ssl_args = {"ssl_context": tls_context(self.config.tls_cert,
+                                                   self.config.tls_key or "")}
         Path(self.config.db).parent.mkdir(parents=True, exist_ok=True)
         self.db = Database(self.config.db)
         self.identities = IdentityStore(self.db)
         ensure_admin_key(self.identities, self.config.admin_credentials, self.config.endpoint)
-        self.zk: KazooClient = make_client(self.config.zk_hosts, use_gevent=True)
+        self.zk: KazooClient = make_client(self.config.zk_hosts, use_gevent=True,
+                                           security=self.config.zk_security)
         self.zk.add_listener(self._on_zk_state)
         self.jobs = JobService(SqliteJobStore(self.db), ZooKeeperJobQueue(self.zk))
         settings = Settings(
             trust_authn_header=self.config.trust_authn_header,
             secure_cookie=bool(self.config.tls_cert),
             max_body=self.config.max_body,
+            login_limits=LoginLimits(
+                max_failures=self.config.login_max_failures,
+                max_failures_per_address=self.config.login_max_failures_per_address,
+                backoff=self.config.login_backoff,
+                window=self.config.login_window,
+            ),
         )
         self.app = create_app(self.jobs, self.identities, settings,
                               queue_state=lambda: str(self.zk.state))
-        ssl_args = {}
-        if self.config.tls_cert:
-            ssl_args = {"certfile": self.config.tls_cert, "keyfile": self.config.tls_key}
         self.http = NoDelayWSGIServer(
             (self.config.host, self.config.port),
             self.app,
@@ -124,12 +173,27 @@ class JobApiServer:
             gevent.spawn(self._recover)
 
     def _recover(self) -> None:
+        self._secure_parents()
         try:
             done = self.jobs.recover_pending()
             if done:
                 log.warning("queued %d job(s) whose add had been interrupted", done)
         except QueueUnavailable as exc:
             log.warning("could not finish interrupted adds yet: %s", exc)
+
+    def _secure_parents(self) -> None:
+        # Parents created before auth was turned on are still open: give them our ACL.
+        try:
+            changed = secure_tree(self.zk, self.config.zk_security)
+        except ZkAccessDenied as exc:
+            log.error("%s", exc)
+        except KazooException as exc:
+            log.warning("could not check the ACL of the engine's nodes: %s",
+                        type(exc).__name__)
+        else:
+            if changed:
+                log.warning("ZooKeeper: set the engine's ACL on %d existing node(s): %s",
+                            len(changed), ", ".join(changed[:10]))
 
     def start(self) -> None:
         # Connecting in the background lets the API answer (reads, pull jobs) while

@@ -11,6 +11,8 @@ import sys  # noqa: E402
 import click  # noqa: E402
 
 from ..monitoring import setup_logging  # noqa: E402
+from .options import log_format_option  # noqa: E402
+from .zk_options import zk_security_options  # noqa: E402
 
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
 
@@ -35,6 +37,7 @@ def main() -> None:
               help="SQLite database file [default: ~/.local/share/nuvla-job/jobs.sqlite].")
 @click.option("--zk-hosts", default="127.0.0.1:2181", show_default=True, envvar="ZK_HOSTS",
               help="ZooKeeper hosts, comma-separated.")
+@zk_security_options
 @click.option("--admin-credentials", default="", envvar="JOB_API_ADMIN_CREDENTIALS",
               help="Where the first admin API key is written (mode 0600) "
                    "[default: admin-credentials.json beside the database].")
@@ -48,19 +51,35 @@ def main() -> None:
               type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this cert.")
 @click.option("--tls-key", default=None, envvar="JOB_API_TLS_KEY",
               type=click.Path(exists=True, dir_okay=False), help="Private key of --tls-cert.")
+@click.option("--login-max-failures", default=5, show_default=True, type=click.IntRange(0),
+              envvar="JOB_API_LOGIN_MAX_FAILURES",
+              help="Failed logins per user name or key before back-off (0: no limit).")
+@click.option("--login-max-failures-per-address", default=50, show_default=True,
+              type=click.IntRange(0), envvar="JOB_API_LOGIN_MAX_FAILURES_PER_ADDRESS",
+              help="Failed logins per client address before back-off (0: no limit; use 0 "
+                   "behind a reverse proxy).")
+@click.option("--login-backoff", default=30.0, show_default=True,
+              type=click.FloatRange(0, min_open=True), envvar="JOB_API_LOGIN_BACKOFF",
+              help="Seconds logins are refused (429) once a limit is reached; doubles with "
+                   "each further failure.")
+@click.option("--login-window", default=900.0, show_default=True,
+              type=click.FloatRange(0, min_open=True), envvar="JOB_API_LOGIN_WINDOW",
+              help="Failures are forgotten this many seconds after the last one; also the "
+                   "longest back-off.")
 @click.option("-l", "--log-level", default="INFO", type=LOG_LEVELS, envvar="JOB_LOG_LEVEL",
               show_default=True)
-def serve(log_level: str, **options) -> None:
+@log_format_option()
+def serve(log_level: str, log_format: str, **options) -> None:
     """Run the job API server until SIGTERM or SIGINT."""
     if bool(options["tls_cert"]) != bool(options["tls_key"]):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    setup_logging(log_level)
-    from ..api.server import JobApiServer
+    setup_logging(log_level, log_format)
+    from ..api.server import JobApiServer, TlsConfigError
     from ..api.store import StoreError
 
     try:
         server = JobApiServer(_server_config(**options))
-    except StoreError as exc:
+    except (StoreError, TlsConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     try:
         server.serve_forever()
@@ -83,15 +102,28 @@ def _identities(db: str):
 
 @main.command("add-user")
 @click.argument("username")
-@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
-              envvar="JOB_API_NEW_PASSWORD", help="Read from a prompt when not given.")
+@click.option("--password", envvar="JOB_API_NEW_PASSWORD",
+              help="Read from --password-file or a prompt when not given (prefer those, or "
+                   "the environment: the command line is visible to other users).")
+@click.option("--password-file", envvar="JOB_API_NEW_PASSWORD_FILE",
+              type=click.Path(dir_okay=False), help="Read the password from this file.")
 @click.option("--admin", is_flag=True, help="Make the user an administrator.")
 @click.option("--group", "groups", multiple=True, help="Extra group claims (repeatable).")
 @click.option("--db", default="", envvar="JOB_API_DB")
-def add_user(username: str, password: str, admin: bool, groups: tuple[str, ...],
-             db: str) -> None:
+def add_user(username: str, password: str | None, password_file: str | None, admin: bool,
+             groups: tuple[str, ...], db: str) -> None:
     """Create a user who logs in with USERNAME and a password."""
     from ..api.identity import ADMIN_GROUP
+    from .options import read_secret_file
+
+    if password is not None and password_file:
+        raise click.UsageError("give --password or --password-file, not both")
+    if password_file:
+        password = read_secret_file(password_file, "--password-file")
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.UsageError("the password is empty")
 
     extra = [*groups, *([ADMIN_GROUP] if admin else [])]
     try:

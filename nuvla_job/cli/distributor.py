@@ -71,7 +71,7 @@ def main(common: CommonConfig, distribution_interval: tuple[str, ...],
          distribution_exclude: tuple[str, ...], distribution_include: tuple[str, ...],
          actions_path: tuple[str, ...]) -> None:
     """Create the jobs of every distribution this process is elected for, until SIGTERM."""
-    setup_logging(common.log_level)
+    setup_logging(common.log_level, common.log_format)
     setup_sentry(common.sentry_dsn, common.name)
     load_actions(actions_path)
     selected = select_distributions(distributions, distribution_include,

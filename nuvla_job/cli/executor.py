@@ -12,6 +12,7 @@ monkey.patch_all()
 
 import os  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
@@ -19,6 +20,8 @@ import click  # noqa: E402
 import gevent  # noqa: E402
 
 from ..monitoring import setup_logging, setup_sentry  # noqa: E402
+from ..presence import ExecutorPresence  # noqa: E402
+from ..timeutil import now_iso  # noqa: E402
 from .distributor import (  # noqa: E402
     DISTRIBUTION_FLAGS,
     distribution_options,
@@ -33,10 +36,15 @@ from .options import (  # noqa: E402
 )
 
 if TYPE_CHECKING:
+    from kazoo.client import KazooClient
+
     from ..distributor import Distributor
     from ..executor import Executor
 
 MULTI_VALUE_FLAGS = ("--zk-hosts", "--actions-path", *DISTRIBUTION_FLAGS)
+# How often the executor's running jobs are copied to its presence node (which itself is
+# written at most once a second, and only on change).
+IN_FLIGHT_POLL = 0.5
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,7 +71,7 @@ def main(common: CommonConfig, concurrency: int, grace_period: float,
          distribution_interval: tuple[str, ...], distribution_exclude: tuple[str, ...],
          distribution_include: tuple[str, ...]) -> None:
     """Run jobs from the queue until SIGTERM; `--job-id` runs one job and exits."""
-    setup_logging(common.log_level)
+    setup_logging(common.log_level, common.log_format)
     setup_sentry(common.sentry_dsn, common.name)
     if job_id is not None and not job_id.startswith("job/"):
         raise click.BadParameter("must look like job/<uuid>", param_hint="--job-id")
@@ -87,6 +95,7 @@ def main(common: CommonConfig, concurrency: int, grace_period: float,
     zk = connect_zookeeper(common)
     executor = Executor(api, zk, actions, concurrency=concurrency, grace_period=grace_period,
                         name=common.name, nuvlaedge_fs=common.nuvlaedge_fs)
+    presence, follower = _announce(zk, executor, common.name, concurrency)
     distributor = None
     if distributions:
         from ..distributor import Distributor
@@ -99,12 +108,31 @@ def main(common: CommonConfig, concurrency: int, grace_period: float,
     try:
         code = executor.run()
     finally:
+        follower.kill()
+        presence.stop()
         if distributor is not None:
             distributor.stop()
             distributor.join()
         zk.stop()
         zk.close()
     sys.exit(code)
+
+
+def _announce(zk: KazooClient, executor: Executor, name: str, concurrency: int
+              ) -> tuple[ExecutorPresence, gevent.Greenlet]:
+    """Announce this executor under /executors and keep its in-flight job ids there."""
+    presence = ExecutorPresence()
+    presence.start(zk, {"name": name, "host": socket.gethostname(), "pid": os.getpid(),
+                        "concurrency": concurrency, "started": now_iso()})
+
+    def follow() -> None:
+        while True:
+            # Executor._running maps each job's greenlet to its queue entry.
+            entries = list(executor._running.values())
+            presence.set_in_flight(e.job_id for e in entries if e.job_id)
+            gevent.sleep(IN_FLIGHT_POLL)
+
+    return presence, gevent.spawn(follow)
 
 
 def _stop_both_on_signals(executor: Executor, distributor: Distributor) -> None:

@@ -6,6 +6,7 @@
     job show JOB | job cancel JOB | job watch JOB
     job queue                           depth by priority, taken entries and their takers
     job restore [--dry-run]             queue again QUEUED jobs that lost their entry
+    job zk-secure                       give the engine's existing nodes the --zk-auth ACL
 
 Every command prints for humans by default and JSON with `--json`. Exit status: 0 when it
 worked; `watch` exits with the job's outcome (0 SUCCESS, 1 FAILED, 2 CANCELED) and
@@ -122,7 +123,7 @@ class Session:
             from ..zk import make_client
 
             client = make_client(self.common.zk_hosts, timeout=self.common.zk_timeout,
-                                 use_gevent=False)
+                                 use_gevent=False, security=self.common.zk_security)
             try:
                 client.start(timeout=self.common.zk_timeout)
             except Exception as exc:
@@ -184,7 +185,7 @@ def cli(ctx: click.Context, common: CommonConfig) -> None:
     if common.log_level.upper() == "DEBUG":
         from ..monitoring import setup_logging
 
-        setup_logging("DEBUG")
+        setup_logging("DEBUG", common.log_format)
     given = ctx.get_parameter_source("api_url") not in (None, ParameterSource.DEFAULT)
     session = Session(common, api_url_given=given)
     ctx.obj = session
@@ -575,6 +576,30 @@ def restore_command(session: Session, dry_run: bool, min_age: float, page_size: 
     return EXIT_OK
 
 
+# -- zk-secure ----------------------------------------------------------------------------------
+
+
+@cli.command("zk-secure")
+@json_option
+@pass_session
+def zk_secure_command(session: Session, as_json: bool) -> int:
+    """Give every existing node of the engine's trees (/job, /election, /locks, /executors),
+    queue entries included, the ACL of --zk-auth: for nodes created before auth was on."""
+    from ..zk_security import ENGINE_ROOTS, ZkAccessDenied, secure_tree
+
+    if not session.common.zk_security.auth:
+        raise CliError("zk-secure needs --zk-auth, ZK_AUTH or --zk-auth-file")
+    try:
+        changed = secure_tree(session.zk, session.common.zk_security, depth=None)
+    except ZkAccessDenied as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        _print_json({"roots": list(ENGINE_ROOTS), "changed": changed})
+    else:
+        out.print(f"ACL set on {len(changed)} node(s) under {', '.join(ENGINE_ROOTS)}")
+    return EXIT_OK
+
+
 # -- entry point --------------------------------------------------------------------------------
 
 
@@ -585,7 +610,7 @@ def _one_line(text: str) -> str:
 def run(argv: list[str]) -> int:
     """Run the CLI on `argv`; every error becomes one line on stderr and EXIT_ERROR."""
     import requests
-    from kazoo.exceptions import KazooException
+    from kazoo.exceptions import KazooException, NoAuthError
     from kazoo.handlers.threading import KazooTimeoutError
     from nuvla.api import NuvlaError
 
@@ -606,6 +631,9 @@ def run(argv: list[str]) -> int:
         message = _api_error(exc)
     except requests.RequestException as exc:
         message = f"cannot reach the job API: {type(exc).__name__}"
+    except NoAuthError:
+        message = ("ZooKeeper: NoAuthError: the engine's nodes are protected by other "
+                   "credentials (check --zk-auth)")
     except (KazooException, KazooTimeoutError) as exc:
         message = f"ZooKeeper: {type(exc).__name__} {exc}".strip()
     except OSError as exc:

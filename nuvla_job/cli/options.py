@@ -20,12 +20,15 @@ from typing import Any
 
 import click
 
-from ..monitoring import register_secret
+from ..monitoring import LOG_FORMATS, register_secret
+from ..zk_security import ZkSecurity
+from .zk_options import pop_zk_security, zk_security_option_list
 
 log = logging.getLogger(__name__)
 
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                           case_sensitive=False)
+LOG_FORMAT_CHOICE = click.Choice(LOG_FORMATS, case_sensitive=False)
 DEFAULT_API_URL = "http://127.0.0.1:8200"
 
 
@@ -60,6 +63,39 @@ class CommonConfig:
     log_level: str
     sentry_dsn: str | None
     nuvlaedge_fs: str | None
+    log_format: str = "text"
+    zk_security: ZkSecurity = ZkSecurity()
+
+
+def log_format_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--log-format text|json`` (JOB_LOG_FORMAT): JSON is one object per line for shippers."""
+    return click.option("--log-format", type=LOG_FORMAT_CHOICE, default="text",
+                        envvar="JOB_LOG_FORMAT", show_default=True,
+                        help="text for humans, json for log shippers (one object per line).")
+
+
+def read_secret_file(path: str, option: str) -> str:
+    """The secret in ``path`` without its trailing newline; a usage error naming ``option``
+    (never the file's content) when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = handle.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise click.UsageError(f"cannot read {option} {path}: {reason}") from None
+    if not value:
+        raise click.UsageError(f"{option} {path} is empty")
+    register_secret(value)
+    return value
+
+
+def _secret(kwargs: dict[str, Any], name: str) -> str | None:
+    """The value of ``--NAME`` or of ``--NAME-file`` (both given: a usage error)."""
+    value, path = kwargs.pop(name), kwargs.pop(f"{name}_file")
+    flag = f"--{name.replace('_', '-')}"
+    if value is not None and path:
+        raise click.UsageError(f"give {flag} or {flag}-file, not both")
+    return read_secret_file(path, f"{flag}-file") if path else value
 
 
 def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -72,14 +108,20 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      envvar="ZK_TIMEOUT", show_default=True,
                      help="ZooKeeper session timeout in seconds: how long a dead process "
                           "keeps its jobs and leaderships."),
+        *zk_security_option_list(),
         click.option("--api-url", default=DEFAULT_API_URL, envvar="JOB_API_URL",
                      show_default=True, help="Job API endpoint."),
         click.option("--api-key", envvar="JOB_API_KEY", help="API key id."),
         click.option("--api-secret", envvar="JOB_API_SECRET",
                      help="API key secret (prefer the environment variable or a file)."),
+        click.option("--api-secret-file", envvar="JOB_API_SECRET_FILE",
+                     type=click.Path(dir_okay=False), help="Read the API key secret from "
+                     "this file."),
         click.option("--api-user", envvar="JOB_API_USER", help="Username."),
         click.option("--api-pass", envvar="JOB_API_PASS",
                      help="Password (prefer the environment variable or a file)."),
+        click.option("--api-pass-file", envvar="JOB_API_PASS_FILE",
+                     type=click.Path(dir_okay=False), help="Read the password from this file."),
         click.option("--api-authn-header", envvar="JOB_API_AUTHN_HEADER",
                      help="Send the nuvla-authn-info header instead of logging in."),
         click.option("--api-credentials-file", envvar="JOB_API_CREDENTIALS",
@@ -93,8 +135,11 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-l", "--log-level", type=LOG_LEVELS, default="INFO",
                      envvar="JOB_LOG_LEVEL", show_default=True),
         click.option("-d", "--debug", is_flag=True, help="Same as --log-level DEBUG."),
+        log_format_option(),
         click.option("--sentry-dsn", envvar="SENTRY_DSN",
                      help="Report exceptions to this Sentry DSN."),
+        click.option("--sentry-dsn-file", envvar="SENTRY_DSN_FILE",
+                     type=click.Path(dir_okay=False), help="Read the Sentry DSN from this file."),
         click.option("--statsd", envvar="JOB_STATSD", default=None,
                      help="Accepted for compatibility; metrics are not sent to statsd."),
         click.option("--nuvlaedge-fs", envvar="JOB_NUVLAEDGE_FS", default=None,
@@ -108,22 +153,28 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
         common = CommonConfig(
             zk_hosts=tuple(kwargs.pop("zk_hosts")),
             zk_timeout=kwargs.pop("zk_timeout"),
+            zk_security=pop_zk_security(kwargs),
             api_url=kwargs.pop("api_url"),
             api_key=kwargs.pop("api_key"),
-            api_secret=kwargs.pop("api_secret"),
+            api_secret=_secret(kwargs, "api_secret"),
             api_user=kwargs.pop("api_user"),
-            api_pass=kwargs.pop("api_pass"),
+            api_pass=_secret(kwargs, "api_pass"),
             api_authn_header=kwargs.pop("api_authn_header"),
             api_credentials_file=kwargs.pop("api_credentials_file"),
             api_insecure=kwargs.pop("api_insecure"),
             name=kwargs.pop("name") or f"{socket.gethostname()}-{os.getpid()}",
             log_level="DEBUG" if debug else kwargs.pop("log_level"),
-            sentry_dsn=kwargs.pop("sentry_dsn"),
+            sentry_dsn=_secret(kwargs, "sentry_dsn"),
             nuvlaedge_fs=kwargs.pop("nuvlaedge_fs"),
+            log_format=kwargs.pop("log_format").lower(),
         )
         kwargs.pop("log_level", None)
         for secret in (common.api_secret, common.api_pass, common.api_authn_header):
             register_secret(secret)
+        # Clients made without the options at hand (the restore_queue action's) get it too.
+        from ..zk import set_process_security
+
+        set_process_security(common.zk_security)
         if statsd:
             log.warning("--statsd %s ignored: this engine does not publish statsd gauges "
                         "(metrics are planned as a Prometheus endpoint)", statsd)
@@ -202,10 +253,17 @@ def make_api(common: CommonConfig, pool_size: int = 10):
 
 
 def connect_zookeeper(common: CommonConfig):
-    """A started kazoo client (gevent handler), or a one-line error when none answers."""
-    from ..zk import make_client
+    """A started kazoo client (gevent handler), or a one-line error when none answers.
 
-    zk = make_client(common.zk_hosts, timeout=common.zk_timeout)
+    With auth, the engine's existing parent nodes get its ACL.
+    """
+    from kazoo.exceptions import KazooException
+
+    from ..zk import make_client
+    from ..zk_security import ZkAccessDenied, secure_tree
+
+    zk = make_client(common.zk_hosts, timeout=common.zk_timeout,
+                     security=common.zk_security)
     try:
         zk.start(timeout=max(15.0, common.zk_timeout))
     # The gevent handler's timeout is gevent.Timeout, a BaseException.
@@ -216,4 +274,13 @@ def connect_zookeeper(common: CommonConfig):
         reason = "no answer" if timed_out else type(exc).__name__
         raise click.ClickException(f"cannot connect to ZooKeeper at "
                                    f"{','.join(common.zk_hosts)}: {reason}") from None
+    try:
+        changed = secure_tree(zk, common.zk_security)
+    except (ZkAccessDenied, KazooException) as exc:
+        zk.stop()
+        zk.close()
+        raise click.ClickException(str(exc) or type(exc).__name__) from None
+    if changed:
+        log.warning("ZooKeeper: set the engine's ACL on %d existing node(s): %s",
+                    len(changed), ", ".join(changed[:10]))
     return zk

@@ -47,8 +47,12 @@ class JobApiProcess:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def tls(self) -> bool:
+        return "--tls-cert" in self.extra_args or "JOB_API_TLS_CERT" in self.env
+
+    @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -86,7 +90,8 @@ class JobApiProcess:
                 raise RuntimeError(f"job API exited with {self._process.returncode}:\n"
                                    f"{self.log_tail()}")
             try:
-                if requests.get(url, timeout=1).status_code == 200:
+                # A test certificate is self-signed: nothing to verify it against.
+                if requests.get(url, timeout=1, verify=not self.tls).status_code == 200:
                     return
             except requests.ConnectionError:
                 pass
@@ -99,7 +104,7 @@ class JobApiProcess:
         """Wait until the server is connected to ZooKeeper again (``/api/health`` is 200)."""
         deadline = time.monotonic() + timeout
         url = f"{self.endpoint}/api/health"
-        while requests.get(url, timeout=5).status_code != 200:
+        while requests.get(url, timeout=5, verify=not self.tls).status_code != 200:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"job API not connected to ZooKeeper after {timeout} s")
             time.sleep(0.05)
@@ -143,7 +148,11 @@ class JobApiProcess:
 
     def api(self) -> Api:
         """An anonymous client (no cookie file on disk)."""
-        return Api(endpoint=self.endpoint, insecure=True, persist_cookie=False)
+        api = Api(endpoint=self.endpoint, insecure=True, persist_cookie=False)
+        if self.tls:
+            # requests lets REQUESTS_CA_BUNDLE override verify=False: ignore the environment.
+            api.session.trust_env = False
+        return api
 
     def admin_api(self) -> Api:
         api = self.api()

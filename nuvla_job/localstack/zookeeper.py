@@ -8,6 +8,9 @@ Usage::
     server.restart()          # same port, same data dir: "ZooKeeper down, then back"
     server.close()            # stop and delete the temporary directory
 
+With ``tls=ZooKeeperTls(keystore, truststore)`` the server also listens for TLS clients on
+``server.secure_port`` (``server.secure_hosts``); the plain port stays for readiness checks.
+
 Environment overrides (for machines where ZooKeeper is not the Debian package):
 ``ZOOKEEPER_JAVA_DIR`` (where the jars are, default /usr/share/java), ``ZOOKEEPER_CLASSPATH``
 (a complete classpath, used as is) and ``JAVA`` (the java binary).
@@ -24,6 +27,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -68,6 +72,15 @@ _OPTIONAL_GROUPS: tuple[tuple[str, ...], ...] = tuple(
 _SLF4J_BINDINGS: tuple[str, ...] = ("slf4j-simple", "slf4j-jdk14", "slf4j-nop")
 
 _VERSION_SUFFIX = re.compile(r"-\d[^/]*\.jar$")
+
+
+@dataclass(frozen=True)
+class ZooKeeperTls:
+    """PEM files for the secure client port (ZooKeeper reads PEM key and trust stores)."""
+
+    keystore: str  # the server's private key (PKCS#8) followed by its certificate chain
+    truststore: str  # the CA certificates that client certificates must chain to
+    client_auth: str = "need"  # need | want | none: whether clients must show a certificate
 
 
 class ZooKeeperNotAvailable(RuntimeError):
@@ -176,9 +189,12 @@ class ZooKeeperServer:
         log_level: str = "info",
         start_timeout: float = 30.0,
         base_dir: str | os.PathLike[str] | None = None,
+        tls: ZooKeeperTls | None = None,
     ) -> None:
         self._port_fixed = port is not None
         self._port = port if port is not None else free_port(self.host)
+        self.tls = tls
+        self._secure_port = free_port(self.host) if tls else None
         self.tick_time_ms = tick_time_ms
         self.min_session_timeout_ms = min_session_timeout_ms
         self.max_session_timeout_ms = max_session_timeout_ms
@@ -206,6 +222,18 @@ class ZooKeeperServer:
         return f"{self.host}:{self._port}"
 
     @property
+    def secure_port(self) -> int | None:
+        """The TLS client port (None without `tls`)."""
+        return self._secure_port
+
+    @property
+    def secure_hosts(self) -> str:
+        """The connection string for TLS clients, "127.0.0.1:SECURE_PORT"."""
+        if self._secure_port is None:
+            raise ValueError("this ZooKeeperServer was made without tls")
+        return f"{self.host}:{self._secure_port}"
+
+    @property
     def pid(self) -> int | None:
         """The pid of the running server process, None when stopped."""
         return self._process.pid if self.running and self._process else None
@@ -231,6 +259,8 @@ class ZooKeeperServer:
                 # first start we may still move to another one (never on restart).
                 if attempt + 1 < attempts and "Address already in use" in self.log_tail(200):
                     self._port = free_port(self.host)
+                    if self.tls:
+                        self._secure_port = free_port(self.host)
                     continue
                 raise
             break
@@ -311,6 +341,9 @@ class ZooKeeperServer:
             # fsync, which makes writes orders of magnitude faster on CI disks.
             "forceSync": "no",
         }
+        if self.tls:
+            config["secureClientPort"] = str(self._secure_port)
+            config["secureClientPortAddress"] = self.host
         config.update(self.extra_config)
         lines = [f"{key}={value}" for key, value in config.items()]
         self.config_path.write_text("\n".join(lines) + "\n", "utf-8")
@@ -324,6 +357,7 @@ class ZooKeeperServer:
             "-Dzookeeper.admin.enableServer=false",
             "-Dzookeeper.4lw.commands.whitelist=*",
             "-Dzookeeper.jmx.log4j.disable=true",
+            *self._tls_properties(),
             f"-Dorg.slf4j.simpleLogger.defaultLogLevel={self.log_level}",
             "-Dorg.slf4j.simpleLogger.showDateTime=true",
             "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
@@ -332,6 +366,32 @@ class ZooKeeperServer:
             MAIN_CLASS,
             str(self.config_path),
         ]
+
+    def _tls_properties(self) -> list[str]:
+        if not self.tls:
+            return []
+        return [
+            # Only the Netty connection factory serves TLS.
+            "-Dzookeeper.serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
+            f"-Dzookeeper.ssl.keyStore.location={self.tls.keystore}",
+            "-Dzookeeper.ssl.keyStore.type=PEM",
+            f"-Dzookeeper.ssl.trustStore.location={self.tls.truststore}",
+            "-Dzookeeper.ssl.trustStore.type=PEM",
+            f"-Dzookeeper.ssl.clientAuth={self.tls.client_auth}",
+            # Without a registered x509 provider the server drops TLS clients after the
+            # handshake ("X509 Auth provider not found").
+            "-Dzookeeper.authProvider.x509="
+            "org.apache.zookeeper.server.auth.X509AuthenticationProvider",
+        ]
+
+    def _secure_port_open(self) -> bool:
+        if self._secure_port is None:
+            return True
+        try:
+            with socket.create_connection((self.host, self._secure_port), timeout=1.0):
+                return True
+        except OSError:
+            return False
 
     def _spawn(self) -> None:
         self._write_config()
@@ -362,8 +422,10 @@ class ZooKeeperServer:
                 )
             # `ruok` answers as soon as the socket is up, before the database is loaded;
             # `srvr` reports a Mode only once requests are being served.
-            if self.four_letter_word("ruok", 1.0) == "imok" and "Mode:" in self.four_letter_word(
-                "srvr", 1.0
+            if (
+                self.four_letter_word("ruok", 1.0) == "imok"
+                and "Mode:" in self.four_letter_word("srvr", 1.0)
+                and self._secure_port_open()
             ):
                 return
             time.sleep(0.05)

@@ -223,14 +223,84 @@ def test_users_see_and_manage_only_what_the_acl_grants(job_api: JobApiProcess,
                         last=0).data["aggregations"]
     assert aggs["value_count:id"]["value"] == 1
     alice.edit(mine, {"progress": 30})
+    # edit-data is not edit-acl: she cannot widen her own rights.
+    assert error_status(alice.edit, mine, {"acl": {"owners": [alice.user_id]}})[0] == 403
     assert error_status(alice.delete, mine)[0] == 403
     assert error_status(alice.operation, alice.get(mine), "cancel")[0] == 403
+    assert {op["rel"] for op in alice.get(mine).data["operations"]} == {"edit"}
 
     assert error_status(bob.get, mine)[0] == 403
     assert bob.search("job", filter=f"action='{action}'").count == 0
     assert error_status(bob.edit, mine, {"progress": 40})[0] == 403
     assert error_status(bob.delete_bulk, "job", f"action='{action}'")[0] == 403
     assert admin_api.get(mine).data["progress"] == 30
+    assert admin_api.get(mine).data["acl"]["owners"] == ["group/nuvla-admin"]
+
+
+def _raw_operation(api: Api, endpoint: str, job_id: str, op: str) -> int:
+    """POST an operation without first reading the job (which the caller may not see)."""
+    return api.session.post(f"{endpoint}/api/{job_id}/{op}", json={}, timeout=10).status_code
+
+
+def test_a_user_cannot_reach_another_users_job(job_api: JobApiProcess, admin_api: Api
+                                                ) -> None:
+    alice = job_api.user_api(f"alice-{uuid.uuid4().hex[:6]}")
+    bob = job_api.user_api(f"bob-{uuid.uuid4().hex[:6]}")
+    action = unique_action()
+
+    def owned_by(user: Api, **attrs) -> str:
+        return admin_api.add("job", {"action": action, "acl": {"owners": [user.user_id]},
+                                     **attrs}).data["resource-id"]
+
+    queued = owned_by(alice, priority=1, **{"target-resource": {"href": "deployment/a"}})
+    running = owned_by(alice, priority=2)
+    admin_api.edit(running, {"state": "RUNNING", "progress": 5})
+    bobs = owned_by(bob, priority=500)
+    # Alice, as owner, may do everything an owner does with her job (not timeout/context).
+    assert {op["rel"] for op in alice.get(queued).data["operations"]} == {
+        "edit", "delete", "cancel"}
+
+    for job_id in (queued, running):
+        assert error_status(bob.get, job_id)[0] == 403
+        assert error_status(bob.edit, job_id, {"progress": 50})[0] == 403
+        assert error_status(bob.edit, job_id, {"acl": {"owners": [bob.user_id]}})[0] == 403
+        assert error_status(bob.delete, job_id)[0] == 403
+        for op in ("cancel", "timeout", "get-context"):
+            assert _raw_operation(bob, job_api.endpoint, job_id, op) == 403, op
+    assert error_status(bob.delete_bulk, "job", f"action='{action}'")[0] == 403
+
+    # Searches, selects, filters on her job's id and aggregations show bob only his own.
+    def bob_sees(**params) -> dict:
+        return bob.search("job", **params).data
+
+    where = f"action='{action}'"
+    assert [r["id"] for r in bob_sees(filter=where)["resources"]] == [bobs]
+    assert bob_sees(filter=f"id='{queued}' or id='{running}'")["count"] == 0
+    assert bob_sees(filter=f"{where} or id='{queued}'")["count"] == 1
+    assert bob_sees(filter="target-resource/href='deployment/a'")["count"] == 0
+    assert [r["id"] for r in bob_sees(filter=where, select="id,acl,state")["resources"]
+            ] == [bobs]
+    assert bob_sees(filter=where, last=0)["count"] == 1
+    aggs = bob_sees(filter=where, last=0, aggregation=(
+        "value_count:id,min:priority,max:priority,sum:priority,terms:state"))["aggregations"]
+    assert aggs["value_count:id"]["value"] == 1
+    assert aggs["min:priority"]["value"] == aggs["max:priority"]["value"] == 500
+    assert aggs["sum:priority"]["value"] == 500
+    assert [b["key"] for b in aggs["terms:state"]["buckets"]] == ["QUEUED"]
+    unfiltered = bob_sees(last=10_000)
+    assert not {queued, running} & {r["id"] for r in unfiltered["resources"]}
+
+    # Anonymous callers see nothing at all.
+    anonymous = job_api.api()
+    assert error_status(anonymous.get, queued)[0] == 403
+    assert error_status(anonymous.search, "job")[0] == 403
+
+    # Nothing bob tried changed alice's jobs.
+    assert admin_api.get(queued).data["state"] == "QUEUED"
+    assert admin_api.get(queued).data["acl"]["owners"] == sorted(
+        ["group/nuvla-admin", alice.user_id])
+    assert admin_api.get(running).data["state"] == "RUNNING"
+    assert admin_api.get(running).data["progress"] == 5
 
 
 # -- bad input ----------------------------------------------------------------------------------

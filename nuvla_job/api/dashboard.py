@@ -1,0 +1,249 @@
+"""The live dashboard: a static page at ``/dashboard`` and its JSON under ``/api/dashboard``.
+
+The page (HTML, JS and CSS in ``static/dashboard``, no build step, nothing fetched from
+elsewhere) polls these endpoints and the job collection itself:
+
+- ``GET /api/dashboard/queue``: queue depth over time, sampled every few seconds from the
+  stats of ``/job/entries`` and ``/job/taken`` (``numChildren``: one cheap read each, even
+  with a million entries) into a ring buffer;
+- ``GET /api/dashboard/executors``: the executors announced under ``/executors`` (see
+  :mod:`nuvla_job.presence`) with their in-flight jobs;
+- ``GET /api/dashboard/leaders``: the leader of each distribution, read from kazoo's
+  election nodes under ``/election/<name>`` (the contender with the lowest sequence leads).
+
+Authentication is the API's own: the session cookie made by ``POST /api/session`` (password
+or API key). These cluster-wide views are for administrators: 401 without a session, 403
+for other users. Recent jobs come from ``GET /api/job``, with the job ACLs as always.
+Nothing here writes to ZooKeeper.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import falcon
+import gevent
+import orjson
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.protocol.states import KazooState
+
+from .. import presence, queue
+from ..distributor import ELECTION_ROOT
+from .errors import ApiError
+
+if TYPE_CHECKING:
+    from .app import Context
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static" / "dashboard"
+SAMPLE_INTERVAL = 2.0
+SAMPLE_COUNT = 450  # 15 minutes at one sample every 2 s
+ZK_TIMEOUT = 5.0
+# kazoo's lock (and so election) node names: "<uuid hex>__lock__<sequence>".
+_CONTENDER = re.compile(r"__lock__(-?\d{10})$")
+# Everything the page loads comes from this server: say so to the browser.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+def _send(resp: falcon.Response, body: Any) -> None:
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = orjson.dumps(body)
+    resp.cache_control = ["no-store"]
+
+
+class ZooKeeperView:
+    """Read-only views of the engine's ZooKeeper tree for the dashboard."""
+
+    def __init__(self, zk: KazooClient | None, timeout: float = ZK_TIMEOUT) -> None:
+        self.zk = zk
+        self.timeout = timeout
+
+    def _client(self) -> KazooClient:
+        if self.zk is None or self.zk.state != KazooState.CONNECTED:
+            raise ApiError(503, "not connected to ZooKeeper")
+        return self.zk
+
+    def _children(self, zk: KazooClient, path: str) -> list[str]:
+        try:
+            return zk.get_children_async(path).get(timeout=self.timeout)
+        except NoNodeError:
+            return []
+
+    def _get_all(self, zk: KazooClient, paths: list[str]) -> list[tuple[str, bytes]]:
+        """(path, data) of each node that still exists, requests pipelined."""
+        pending = [(path, zk.get_async(path)) for path in paths]
+        found = []
+        for path, result in pending:
+            try:
+                data, _stat = result.get(timeout=self.timeout)
+            except NoNodeError:
+                continue  # gone since it was listed
+            found.append((path, data or b""))
+        return found
+
+    def _guarded(self, read):
+        try:
+            return read(self._client())
+        except (KazooException, gevent.Timeout) as exc:
+            raise ApiError(503, f"ZooKeeper read failed: {type(exc).__name__}") from None
+
+    def queue_depth(self) -> dict[str, int]:
+        """Children of ``/job/entries`` (queued, taken ones included) and ``/job/taken``."""
+        def read(zk: KazooClient) -> dict[str, int]:
+            pending = {name: zk.exists_async(path) for name, path in
+                       (("entries", queue.ENTRIES), ("taken", queue.TAKEN))}
+            counts = {}
+            for name, result in pending.items():
+                stat = result.get(timeout=self.timeout)
+                counts[name] = stat.numChildren if stat is not None else 0
+            return counts
+        return self._guarded(read)
+
+    def executors(self) -> list[dict[str, Any]]:
+        def read(zk: KazooClient) -> list[dict[str, Any]]:
+            names = self._children(zk, presence.ROOT)
+            docs = []
+            for path, data in self._get_all(zk, [f"{presence.ROOT}/{n}" for n in names]):
+                try:
+                    doc = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    doc = None
+                if not isinstance(doc, dict):
+                    doc = {"error": "unreadable presence data"}
+                doc["node"] = path.rsplit("/", 1)[1]
+                docs.append(doc)
+            return sorted(docs, key=lambda d: (str(d.get("name", "")), d["node"]))
+        return self._guarded(read)
+
+    def leaders(self) -> list[dict[str, Any]]:
+        def read(zk: KazooClient) -> list[dict[str, Any]]:
+            names = sorted(self._children(zk, ELECTION_ROOT))
+            listings = [(n, zk.get_children_async(f"{ELECTION_ROOT}/{n}")) for n in names]
+            result = []
+            for name, listing in listings:
+                try:
+                    children = listing.get(timeout=self.timeout)
+                except NoNodeError:
+                    children = []
+                # Ordered as kazoo orders contenders: by the sequence suffix.
+                matches = sorted((m.group(1), child) for child in children
+                                 if (m := _CONTENDER.search(child)))
+                paths = [f"{ELECTION_ROOT}/{name}/{child}" for _, child in matches]
+                contenders = [data.decode("utf-8", "replace")
+                              for _, data in self._get_all(zk, paths)]
+                result.append({"distribution": name,
+                               "leader": contenders[0] if contenders else None,
+                               "contenders": contenders})
+            return result
+        return self._guarded(read)
+
+
+class QueueDepthSampler:
+    """Samples the queue depth every ``interval`` seconds into a ring buffer (a greenlet)."""
+
+    def __init__(self, view: ZooKeeperView, interval: float = SAMPLE_INTERVAL,
+                 size: int = SAMPLE_COUNT) -> None:
+        self.view = view
+        self.interval = interval
+        self.samples: deque[dict[str, Any]] = deque(maxlen=size)
+        self._greenlet: gevent.Greenlet | None = None
+
+    def sample(self) -> bool:
+        """Take one sample now; False (and nothing recorded) while ZooKeeper is away."""
+        try:
+            counts = self.view.queue_depth()
+        except ApiError:
+            return False
+        self.samples.append({"time": round(time.time(), 3), **counts})
+        return True
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            gevent.sleep(self.interval)
+
+    def start(self) -> None:
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+
+
+def _require_admin(ctx: Context, req: falcon.Request) -> None:
+    caller = ctx.caller(req)
+    if caller.is_anonymous:
+        raise ApiError(401, "authentication required: log in with POST /api/session "
+                            "(password or API key)")
+    if not caller.is_admin:
+        raise ApiError(403, "the dashboard's cluster views are for administrators")
+
+
+class QueueDepth:
+    def __init__(self, ctx: Context, sampler: QueueDepthSampler) -> None:
+        self.ctx = ctx
+        self.sampler = sampler
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _require_admin(self.ctx, req)
+        _send(resp, {"interval": self.sampler.interval,
+                     "samples": list(self.sampler.samples)})
+
+
+class Executors:
+    def __init__(self, ctx: Context, view: ZooKeeperView) -> None:
+        self.ctx = ctx
+        self.view = view
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _require_admin(self.ctx, req)
+        executors = self.view.executors()
+        _send(resp, {"count": len(executors), "executors": executors})
+
+
+class Leaders:
+    def __init__(self, ctx: Context, view: ZooKeeperView) -> None:
+        self.ctx = ctx
+        self.view = view
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _require_admin(self.ctx, req)
+        _send(resp, {"distributions": self.view.leaders()})
+
+
+class Page:
+    """``GET /dashboard``: the page itself, public (it holds no data; its JSON needs a login)."""
+
+    def __init__(self) -> None:
+        self.html = (STATIC_DIR / "index.html").read_bytes()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_HTML
+        resp.data = self.html
+        resp.set_header("Content-Security-Policy", CSP)
+        resp.set_header("X-Content-Type-Options", "nosniff")
+        resp.cache_control = ["no-cache"]
+
+
+def register(app: falcon.App, ctx: Context) -> QueueDepthSampler:
+    """Add the dashboard's routes to ``app`` and start sampling the queue depth."""
+    # The job queue's kazoo client (ZooKeeperJobQueue.client); None without ZooKeeper.
+    view = ZooKeeperView(getattr(ctx.jobs.queue, "client", None))
+    sampler = QueueDepthSampler(view)
+    app.add_route("/dashboard", Page())
+    app.add_static_route("/dashboard/static", str(STATIC_DIR))
+    app.add_route("/api/dashboard/queue", QueueDepth(ctx, sampler))
+    app.add_route("/api/dashboard/executors", Executors(ctx, view))
+    app.add_route("/api/dashboard/leaders", Leaders(ctx, view))
+    sampler.start()
+    return sampler

@@ -1,0 +1,130 @@
+"""Slowing down password guessing: back-off after repeated failed logins.
+
+Failures are counted per login name (user name or API-key id) and per client address. Once a
+counter reaches its limit, further logins for that name (or from that address) are refused
+with 429 and a Retry-After, without checking the credentials, for ``backoff`` seconds; the
+wait doubles with each further failure, up to ``window``. A successful login clears the
+name's counter; any counter is forgotten ``window`` seconds after its last failure. Attempts
+being verified count too, so a burst of parallel guesses cannot slip past the limit.
+
+The address is the TCP peer: behind a reverse proxy every client shares the proxy's, so
+set the per-address limit to 0 there (the per-name limit still applies).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Past this many tracked names/addresses, forgotten ones are pruned (bounded memory under a
+# spray of random names).
+_PRUNE_AT = 10_000
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """How many failed logins are allowed before back-off (0 turns a limit off)."""
+
+    max_failures: int = 5
+    max_failures_per_address: int = 50
+    backoff: float = 30.0
+    window: float = 900.0
+
+
+@dataclass
+class _Counter:
+    failures: int = 0
+    pending: int = 0
+    last_failure: float = 0.0
+
+
+class TooManyFailures(Exception):
+    """Logins for this name or from this address are refused for ``retry_after`` s."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed logins; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class LoginThrottle:
+    """Failed-login counters, in memory (a restart forgets them)."""
+
+    def __init__(self, limits: LoginLimits, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.limits = limits
+        self.clock = clock
+        self._counters: dict[str, _Counter] = {}
+        self._prune_at = _PRUNE_AT
+
+    def _keys(self, name: str, address: str) -> list[tuple[str, int]]:
+        keys = []
+        if self.limits.max_failures > 0:
+            keys.append((f"name:{name}", self.limits.max_failures))
+        if self.limits.max_failures_per_address > 0 and address:
+            keys.append((f"addr:{address}", self.limits.max_failures_per_address))
+        return keys
+
+    def _counter(self, key: str, now: float) -> _Counter:
+        counter = self._counters.get(key)
+        if counter is not None and not counter.pending and \
+                now - counter.last_failure >= self.limits.window:
+            counter = None  # forgotten
+        if counter is None:
+            counter = self._counters[key] = _Counter()
+        return counter
+
+    def _wait(self, counter: _Counter, limit: int, now: float) -> float:
+        """Seconds before one more attempt may be checked (0: now)."""
+        if counter.failures + counter.pending < limit:
+            return 0.0
+        if counter.pending:
+            return 1.0  # the attempts being verified may still succeed
+        excess = counter.failures - limit
+        delay = min(self.limits.backoff * 2 ** min(excess, 32), self.limits.window)
+        return max(0.0, counter.last_failure + delay - now)
+
+    def begin(self, name: str, address: str) -> None:
+        """Reserve one attempt, or raise :class:`TooManyFailures`; then call :meth:`end`."""
+        now = self.clock()
+        keys = self._keys(name, address)
+        counters = [(self._counter(key, now), limit) for key, limit in keys]
+        wait = max((self._wait(c, limit, now) for c, limit in counters), default=0.0)
+        if wait > 0:
+            raise TooManyFailures(max(1, math.ceil(wait)))
+        for counter, _ in counters:
+            counter.pending += 1
+
+    def end(self, name: str, address: str, success: bool | None) -> bool:
+        """Record the outcome of an attempt reserved with :meth:`begin` (None: no outcome,
+        e.g. the database failed). True when this failure starts a back-off."""
+        now = self.clock()
+        started = False
+        for key, limit in self._keys(name, address):
+            counter = self._counters.get(key)
+            if counter is None:
+                continue
+            counter.pending = max(0, counter.pending - 1)
+            if success is None:
+                continue
+            if not success:
+                counter.failures += 1
+                counter.last_failure = now
+                started = started or counter.failures == limit
+            elif key.startswith("name:"):
+                # Only the name's counter: one valid account must not clear an address
+                # that is guessing others' passwords.
+                counter.failures = 0
+        if len(self._counters) > self._prune_at:
+            self._prune(now)
+        return started
+
+    def _prune(self, now: float) -> None:
+        window = self.limits.window
+        self._counters = {
+            key: c for key, c in self._counters.items()
+            if c.pending or (c.failures and now - c.last_failure < window)
+        }
+        # Under a spray of fresh names most counters are live: do not prune on every login.
+        self._prune_at = max(_PRUNE_AT, 2 * len(self._counters))

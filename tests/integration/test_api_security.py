@@ -1,0 +1,201 @@
+"""The job API's transport and login defences, against real `job-api serve` processes:
+HTTPS with a self-signed certificate, and the back-off after repeated failed logins."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from kazoo.client import KazooClient
+from nuvla.api import Api
+
+from nuvla_job.api.app import COOKIE
+from nuvla_job.localstack.processes import REPO
+from tests.integration.test_executor import add, wait_state
+from tests.support.jobapi import JobApiProcess
+from tests.support.processes import executor_process
+from tests.support.tls import self_signed_cert
+from tests.support.zookeeper import ZooKeeperServer
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+def test_tls_serves_https_and_refuses_plain_http(zookeeper: ZooKeeperServer,
+                                                 tmp_path: Path) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    # Configured through the environment, as a container would.
+    server = JobApiProcess(zookeeper.hosts,
+                           env={"JOB_API_TLS_CERT": str(cert), "JOB_API_TLS_KEY": str(key)})
+    try:
+        server.start()
+        assert server.endpoint.startswith("https://")
+        admin = server.admin_api()  # the nuvla.api client, insecure=True
+        job_id = add(admin, "test_ok")
+        assert admin.get(job_id).data["state"] == "QUEUED"
+
+        login = server.api().login_apikey(**_key_and_secret(server))
+        [cookie] = [c for c in login.cookies if c.name == COOKIE]
+        assert cookie.secure, "the session cookie must be Secure over HTTPS"
+
+        url = f"{server.endpoint}/api/cloud-entry-point"
+        assert requests.get(url, verify=str(cert), timeout=10).status_code == 200
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url, timeout=10)  # self-signed: not trusted by default
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url.replace("https://", "http://"), timeout=10)
+        # The server keeps serving after the failed handshakes, and did not log tracebacks.
+        assert requests.get(url, verify=str(cert), timeout=10).status_code == 200
+        assert "Traceback" not in server.log_tail(500)
+    finally:
+        server.close()
+
+
+def _key_and_secret(server: JobApiProcess) -> dict[str, str]:
+    creds = server.credentials()
+    return {"key": creds["key"], "secret": creds["secret"]}
+
+
+def test_engine_with_api_insecure_runs_jobs_over_tls(zookeeper: ZooKeeperServer,
+                                                     zk: KazooClient, tmp_path: Path) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    server = JobApiProcess(zookeeper.hosts, "--tls-cert", str(cert), "--tls-key", str(key))
+    processes = []
+    try:
+        server.start()
+        admin = server.admin_api()
+        verifying = executor_process(zookeeper.hosts, server.endpoint,
+                                     str(server.credentials_path), "--name", "verifying")
+        processes.append(verifying.start())
+        # Without --api-insecure (or a CA bundle) the self-signed certificate is refused.
+        assert verifying.wait(60) == 1
+        assert "cannot reach the job API" in verifying.log()
+        assert "Traceback" not in verifying.log()
+
+        insecure = executor_process(zookeeper.hosts, server.endpoint,
+                                    str(server.credentials_path), "--api-insecure")
+        processes.append(insecure.start())
+        insecure.wait_for_log("running up to")
+        job_id = add(admin, "test_ok")
+        assert wait_state(admin, job_id)["state"] == "SUCCESS"
+    finally:
+        for process in processes:
+            process.stop()
+        server.close()
+
+
+def test_unreadable_tls_files_are_a_one_line_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "not-a-cert.pem"
+    bogus.write_text("not a certificate\n")
+    db = tmp_path / "data" / "jobs.sqlite"
+    result = subprocess.run(
+        [sys.executable, "-m", "nuvla_job.cli.api", "serve", "--db", str(db),
+         "--tls-cert", str(bogus), "--tls-key", str(bogus)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode != 0
+    assert "cannot load TLS certificate" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not db.exists(), "nothing is created when the certificate is bad"
+
+
+# -- failed logins ------------------------------------------------------------------------------
+
+
+def _login(server: JobApiProcess, name: str, password: str) -> requests.Response:
+    return server.api().login_password(name, password)
+
+
+def _wait_allowed(server: JobApiProcess, name: str, password: str,
+                  timeout: float = 15.0) -> requests.Response:
+    """Retry a login until it is no longer refused with 429 (the back-off has passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = _login(server, name, password)
+        if response.status_code != 429:
+            return response
+        assert time.monotonic() < deadline, "still refused after the back-off"
+        time.sleep(0.1)
+
+
+def test_repeated_failed_logins_are_refused_with_429(zookeeper: ZooKeeperServer) -> None:
+    server = JobApiProcess(zookeeper.hosts, "--login-max-failures", "3",
+                           "--login-backoff", "1", "--login-window", "60")
+    try:
+        server.start()
+        server.user_api("alice", "alice-Pass-1")
+        server.user_api("carol", "carol-Pass-1")
+
+        for _ in range(3):
+            assert _login(server, "alice", "wrong").status_code == 403
+        refused = _login(server, "alice", "alice-Pass-1")  # even the right password
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.json()["status"] == 429
+        assert "too many failed logins" in refused.json()["message"]
+        # Another name from the same address is not affected.
+        assert _login(server, "carol", "carol-Pass-1").status_code == 201
+
+        # After the back-off the right password works, and the success resets the count.
+        assert _wait_allowed(server, "alice", "alice-Pass-1").status_code == 201
+        for _ in range(3):
+            assert _login(server, "alice", "wrong").status_code == 403
+        assert _login(server, "alice", "wrong").status_code == 429
+        # Each failure after the back-off doubles it.
+        assert _wait_allowed(server, "alice", "wrong").status_code == 403
+        assert _login(server, "alice", "wrong").headers["Retry-After"] == "2"
+
+        # A name that does not exist is throttled the same way (no hint that it is unknown).
+        for _ in range(3):
+            assert _login(server, "nobody", "x").status_code == 403
+        assert _login(server, "nobody", "x").status_code == 429
+
+        # Parallel guesses cannot slip past the limit while earlier ones are verified.
+        with ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(lambda _: _login(server, "carol", "wrong").status_code,
+                                     range(12)))
+        assert statuses.count(403) <= 3 and statuses.count(429) >= 9, statuses
+    finally:
+        server.close()
+
+
+def test_failed_logins_from_one_address_are_refused(zookeeper: ZooKeeperServer) -> None:
+    server = JobApiProcess(zookeeper.hosts, "--login-max-failures", "0",
+                           "--login-max-failures-per-address", "4", "--login-backoff", "30")
+    try:
+        server.start()
+        for index in range(4):  # a spray: one guess for each of many names
+            assert _login(server, f"name-{index}", "guess").status_code == 403
+        response = server.api().login_apikey(**_key_and_secret(server))
+        assert response.status_code == 429
+        assert response.headers["Retry-After"] == "30"
+        log = server.log_tail(500)
+        assert "repeated failed logins" in log
+        assert "name-3" not in log, "a login name may be a mistyped password: never logged"
+    finally:
+        server.close()
+
+
+def test_throttled_client_gets_a_clear_engine_error(zookeeper: ZooKeeperServer) -> None:
+    server = JobApiProcess(zookeeper.hosts, "--login-max-failures", "1",
+                           "--login-backoff", "60")
+    try:
+        server.start()
+        creds = server.credentials()
+        assert Api(endpoint=server.endpoint, persist_cookie=False).login_apikey(
+            creds["key"], "wrong").status_code == 403
+        executor = executor_process(zookeeper.hosts, server.endpoint,
+                                    str(server.credentials_path)).start()
+        try:
+            assert executor.wait(60) == 1
+            assert "failed (429)" in executor.log()
+        finally:
+            executor.stop()
+    finally:
+        server.close()

@@ -1,0 +1,241 @@
+"""The dashboard driven in headless Chromium against a real job API, ZooKeeper and executor.
+
+Browser driver: Selenium with Debian's ``chromium-driver``. The driver comes from the same
+Debian source package as ``chromium``, so the two always match, and nothing is downloaded at
+run time (Playwright would need its own browser build, or a pinned protocol version matched
+by hand to the system Chromium). Skipped, with the reason, only where no browser can run;
+under CI (``CI`` set) a missing browser fails instead, so a lost install step shows.
+
+Set ``DASHBOARD_SCREENSHOT=docs/dashboard.png`` to also save the screenshot for the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kazoo.client import KazooClient
+from nuvla.api import Api
+
+from nuvla_job.presence import ROOT
+from tests.conftest import wipe
+from tests.support.jobapi import JobApiProcess
+
+WIDTH, HEIGHT = 1400, 1000
+WAIT = 30.0
+ENTRIES_RGB = (0x2F, 0x6F, 0xDE)  # the chart's entries line (style.css --entries)
+
+
+def _require(condition: bool, reason: str) -> None:
+    if not condition:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI installs it: see .ci/run)")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    try:
+        from selenium import webdriver
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        webdriver = None
+    _require(webdriver is not None, "selenium is not installed (pip install -e '.[test]')")
+    chromium = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    _require(bool(chromium and driver_path),
+             "Debian's chromium and chromium-driver are not installed")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--window-size={WIDTH},{HEIGHT}", "--force-device-scale-factor=1",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(arg)
+    try:
+        driver = webdriver.Chrome(service=Service(driver_path,
+                                                  log_output=str(tmp_path / "driver.log")),
+                                  options=options)
+    except WebDriverException as exc:
+        _require(False, f"headless chromium cannot start here: {exc.msg}")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+# -- a PNG reader, enough for Chromium's screenshots (8-bit RGB/RGBA, not interlaced) --------
+
+
+def read_png(data: bytes) -> tuple[int, int, int, bytes]:
+    """(width, height, bytes per pixel, unfiltered pixel rows concatenated)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat += chunk
+        elif kind == b"IEND":
+            break
+    assert header is not None, "no IHDR"
+    width, height, depth, color, _, _, interlace = header
+    assert depth == 8 and color in (2, 6) and interlace == 0, header
+    bpp = 3 if color == 2 else 4
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    out = bytearray()
+    prev = bytearray(stride)
+    for y in range(height):
+        start = y * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1:start + 1 + stride])
+        if kind == 1:
+            for i in range(bpp, stride):
+                line[i] = (line[i] + line[i - bpp]) & 0xFF
+        elif kind == 2:
+            line = bytearray((a + b) & 0xFF for a, b in zip(line, prev, strict=True))
+        elif kind == 3:
+            for i in range(stride):
+                left = line[i - bpp] if i >= bpp else 0
+                line[i] = (line[i] + ((left + prev[i]) >> 1)) & 0xFF
+        elif kind == 4:
+            for i in range(stride):
+                a = line[i - bpp] if i >= bpp else 0
+                b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else b if pb <= pc else c
+                line[i] = (line[i] + pred) & 0xFF
+        out += line
+        prev = line
+    return width, height, bpp, bytes(out)
+
+
+def check_screenshot(path: Path, size: tuple[int, int]) -> None:
+    data = path.read_bytes()
+    width, height, bpp, pixels = read_png(data)
+    assert (width, height) == size
+    colours: dict[tuple[int, ...], int] = {}
+    for i in range(0, len(pixels), bpp):
+        rgb = tuple(pixels[i:i + 3])
+        colours[rgb] = colours.get(rgb, 0) + 1
+    background, most = max(colours.items(), key=lambda item: item[1])
+    total = width * height
+    assert len(colours) > 20, f"only {len(colours)} colours: a blank page?"
+    assert total - most > total // 20, f"{total - most} of {total} pixels off the background"
+    # The queue chart's line was drawn (the legend's key alone is far smaller).
+    assert colours.get(ENTRIES_RGB, 0) > 300, colours.get(ENTRIES_RGB, 0)
+
+
+# -- the test -------------------------------------------------------------------------------
+
+
+def add(api: Api, action: str, priority: int, payload: dict[str, Any]) -> str:
+    body = {"action": action, "priority": priority, "payload": json.dumps(payload)}
+    return api.add("job", body).data["resource-id"]
+
+
+@pytest.fixture
+def leader(zk: KazooClient, zk_factory) -> Iterator[None]:
+    """One contender, so one leader, in the election of a distribution "dash-dist" (joined
+    after `zk` cleaned the tree)."""
+    election = zk_factory().Election("/election/dash-dist", "leader-one")
+    leave = threading.Event()
+    thread = threading.Thread(target=election.run, args=(leave.wait,), daemon=True)
+    thread.start()
+    yield
+    election.cancel()
+    leave.set()
+    thread.join(10)
+
+
+def test_dashboard_end_to_end(browser, job_api: JobApiProcess, admin_api: Api,
+                              zk: KazooClient, start_executor, leader, tmp_path: Path) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wipe(zk, ROOT)
+    # Two long jobs with progress (taken first: lower priority value), three queued behind.
+    running = [add(admin_api, "test_progress", 10, {"steps": 60, "step": 0.5})
+               for _ in range(2)]
+    for _ in range(3):
+        add(admin_api, "test_sleep", 500, {"seconds": 1})
+    executor = start_executor("--concurrency", "2", "--name", "dash-exec",
+                              "--grace-period", "1")
+    wait = WebDriverWait(browser, WAIT, poll_frequency=0.1,
+                         ignored_exceptions=[StaleElementReferenceException])
+
+    def text(selector: str) -> str:
+        return browser.find_element(By.CSS_SELECTOR, selector).text
+
+    try:
+        browser.get(f"{job_api.endpoint}/dashboard")
+        wait.until(EC.visibility_of_element_located((By.ID, "login-form")))
+        creds = job_api.credentials()
+        browser.find_element(By.ID, "login-name").send_keys(creds["key"])
+        browser.find_element(By.ID, "login-secret").send_keys(creds["secret"])
+        browser.find_element(By.ID, "login-submit").click()
+        wait.until(EC.visibility_of_element_located((By.ID, "board")))
+
+        # Queue depth: five entries, two of them taken; the chart has its lines.
+        wait.until(lambda d: (text("#queue-entries"), text("#queue-taken")) == ("5", "2"))
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#queue-chart polyline")) == 2
+        # The executor with its in-flight jobs, and the distribution's leader.
+        executor_row = '#executors tr[data-name="dash-exec"]'
+        wait.until(lambda d: all(job in text(executor_row) for job in running))
+        assert text(f"{executor_row} td:nth-child(2)") == "2"  # its concurrency
+        wait.until(lambda d: "leader-one" in text('#leaders tr[data-distribution="dash-dist"]'))
+
+        # Recent jobs update live: the progress of a running job grows on the page.
+        target = f'#jobs tr[data-id="{running[0]}"]'
+
+        def progress() -> int:
+            row = browser.find_element(By.CSS_SELECTOR, target)
+            if row.get_attribute("data-state") != "RUNNING":
+                return -1
+            return int(row.find_element(By.TAG_NAME, "progress").get_attribute("value"))
+
+        first = wait.until(lambda d: (p := progress()) > 0 and p)
+        wait.until(lambda d: progress() > first)
+
+        # Cancel from the page (it asks for confirmation first).
+        def click_cancel(driver) -> bool:
+            driver.find_element(By.CSS_SELECTOR, f"{target} button.cancel").click()
+            return True
+
+        wait.until(click_cancel)
+        wait.until(EC.alert_is_present()).accept()
+        wait.until(lambda d: browser.find_element(By.CSS_SELECTOR, target)
+                   .get_attribute("data-state") == "CANCELED")
+        assert admin_api.get(running[0]).data["state"] == "CANCELED"
+        assert admin_api.get(running[1]).data["state"] == "RUNNING"
+
+        # Let one more poll land after the cancel, then take the screenshot.
+        polls = int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-polls"))
+        wait.until(lambda d: int(d.find_element(By.TAG_NAME, "body")
+                                 .get_attribute("data-polls")) > polls)
+        shot = tmp_path / "dashboard.png"
+        assert browser.save_screenshot(str(shot))
+        size = browser.execute_script("return [window.innerWidth, window.innerHeight]")
+        check_screenshot(shot, tuple(size))
+        if os.environ.get("DASHBOARD_SCREENSHOT"):
+            shutil.copyfile(shot, os.environ["DASHBOARD_SCREENSHOT"])
+    finally:
+        # Twice: the second request releases running jobs at once instead of waiting.
+        executor.signal(signal.SIGTERM)
+        executor.wait_for_log("stopping")
+        executor.signal(signal.SIGTERM)
