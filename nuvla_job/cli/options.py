@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from ..monitoring import register_secret
+from ..transport import LeanTransport
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ def make_api(common: CommonConfig, pool_size: int = 10):
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     api.session.mount("http://", adapter)
     api.session.mount("https://", adapter)
+    LeanTransport.install(api.session, pool_size)
     if creds and not cookie_file:
         try:
             response = api.login(api.session.login_params)
