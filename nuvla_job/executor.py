@@ -16,9 +16,7 @@ import gevent
 import gevent.event
 import gevent.pool
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException
 from kazoo.protocol.states import KazooState
-from kazoo.retry import KazooRetry
 from nuvla.api import Api
 
 from . import monitoring
@@ -256,15 +254,6 @@ class Executor:
         job.update_job(state="FAILED", return_code=1, status_message=message)
         return Outcome("consume", "FAILED")
 
-    def _holds(self, entry: Entry) -> bool:
-        """Whether this session still holds the entry (asked of ZooKeeper, not assumed)."""
-        retry = KazooRetry(max_tries=5, delay=0.2, ignore_expire=False)
-        try:
-            stat = retry(self.zk.exists, entry.taken_path)
-        except KazooException:
-            return False
-        return stat is not None and stat.ephemeralOwner == self.zk.client_id[0]
-
     def _run_action(self, job: Job, action_cls: type, entry: Entry | None) -> Outcome:
         name = job["action"]
         log.info("%s: running %s", job.id, name)
@@ -277,7 +266,7 @@ class Executor:
             raised = exc
         # A process frozen past its session timeout wakes up here believing it still holds
         # the job, while another executor may run it: check before writing any outcome.
-        if entry is not None and not self._holds(entry):
+        if entry is not None and not self.consumer.holds(entry):
             raise JobLost()
         if raised is not None:
             exc = raised

@@ -198,6 +198,11 @@ _MAX_READS_PER_REQUEST = 500
 _MAX_FINISHES_PER_REQUEST = 200
 # Two batches on their way at once: the next one leaves without waiting for the answer.
 _FLUSHES_IN_FLIGHT = 2
+# A take reads its entry's data together with that of the next entries in line: entries never
+# change, and one multiRead for many costs ZooKeeper about as much as one read.
+_PREFETCH = 32
+# How often `holds` asks again while the connection is only lost (not the session).
+_HOLDS_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -306,6 +311,10 @@ class QueueConsumer:
         self._held: dict[str, Entry] = {}  # ours
         self._closing: set[str] = set()  # held, with a consume or release in flight
         self._unsure: set[str] = set()  # a connection loss hid whether we created its node
+        # Entry data read ahead of the takes (name -> async (data, stat) or error).
+        self._prefetched: dict[str, Any] = {}
+        # Taken-node versions `holds` just read from the server, for `consume`/`release`.
+        self._confirmed: dict[str, tuple[int, int]] = {}  # name -> (session, version)
         self._available = SortedList()
         self._waiters: deque[Any] = deque()
         self._session: int | None = None  # the session the view and `_held` belong to
@@ -421,6 +430,38 @@ class QueueConsumer:
         """
         return self._finish(entry, consume=False)
 
+    def holds(self, entry: Entry) -> bool:
+        """Whether this session still holds `entry`, asked of ZooKeeper (not assumed).
+
+        A process frozen past its session timeout wakes up believing it holds its entries
+        while another consumer may have taken them: ask before acting on a take. The read
+        goes out batched with the other greenlets' reads, and a `consume` or `release`
+        right behind it reuses its answer instead of reading again.
+        """
+        name = entry.name
+        with self._lock:
+            if self._held.get(name) is not entry:
+                return False
+            session = self._session
+        for _ in range(_HOLDS_TRIES):
+            try:
+                read = self._reads.submit(entry.taken_path).get()
+            except _UNSURE:
+                continue  # the retry waits for the reconnection (kazoo queues requests)
+            except _SESSION_GONE:
+                return False
+            if isinstance(read, Exception):
+                return False
+            data, stat = read
+            if not self._is_ours(data, stat, session):
+                return False
+            with self._lock:
+                if self._held.get(name) is not entry or session != self._session:
+                    return False
+                self._confirmed[name] = (session, stat.version)
+            return True
+        return False
+
     # -- taking -------------------------------------------------------------------------------
 
     def _take(self, name: str, session: int | None) -> Entry | None:
@@ -477,7 +518,7 @@ class QueueConsumer:
             committing = transaction.commit_async()
             # Sent after the transaction (and batched with other takers' reads), so it is
             # answered right after it; wasted only if the take fails.
-            reading = self._reads.submit(entry_path)
+            reading = self._entry_data(name)
             results = committing.get()
             if not (
                 isinstance(results[0], RolledBackError) and isinstance(results[1], NoNodeError)
@@ -491,6 +532,26 @@ class QueueConsumer:
                 return "orphan", b""  # consumed by someone else right after our take
             return "taken", read[0]
         return ("gone" if isinstance(results[0], NoNodeError) else "busy"), b""
+
+    def _entry_data(self, name: str) -> Any:
+        """The async read of `name`'s data, issued with those of the next entries in line."""
+        with self._lock:
+            reading = self._prefetched.pop(name, None)
+            if reading is not None and (not reading.ready() or reading.successful()):
+                return reading  # (a read that failed, e.g. on a connection loss, is redone)
+            ahead = [
+                other
+                for other in self._available.islice(0, _PREFETCH)
+                if other not in self._prefetched
+            ]
+        # Submitted in one go, so they share one multiRead.
+        reading = self._reads.submit(f"{ENTRIES}/{name}")
+        readings = [(other, self._reads.submit(f"{ENTRIES}/{other}")) for other in ahead]
+        with self._lock:
+            for other, result in readings:
+                if other in self._entries:  # not deleted meanwhile
+                    self._prefetched.setdefault(other, result)
+        return reading
 
     def _give_back(self, name: str, session: int | None) -> None:
         """Delete our taken node for `name` if there is one; never raises.
@@ -557,17 +618,24 @@ class QueueConsumer:
         entry_path, taken_path = f"{ENTRIES}/{name}", f"{TAKEN}/{name}"
         unsure = False  # an earlier attempt may have been applied before the connection dropped
         spurious = 0
+        with self._lock:
+            confirmed = self._confirmed.pop(name, None)
         while True:
             try:
-                read = self._reads.submit(taken_path).get()
-                if isinstance(read, NoNodeError):
-                    if unsure:
-                        return not consume or client.exists(entry_path) is None
-                    return False
-                data, stat = read
-                if not self._is_ours(data, stat, session):
-                    return False
-                outcome = self._finishes.submit((name, consume, stat.version)).get()
+                if confirmed is not None and confirmed[0] == session and not unsure:
+                    # `holds` has just read our node on this session: no need to read again.
+                    version = confirmed[1]
+                else:
+                    read = self._reads.submit(taken_path).get()
+                    if isinstance(read, NoNodeError):
+                        if unsure:
+                            return not consume or client.exists(entry_path) is None
+                        return False
+                    data, stat = read
+                    if not self._is_ours(data, stat, session):
+                        return False
+                    version = stat.version
+                outcome = self._finishes.submit((name, consume, version)).get()
             except _UNSURE:
                 unsure = True
                 continue  # the retry waits for the reconnection (kazoo queues requests)
@@ -670,6 +738,8 @@ class QueueConsumer:
                 self._forget_session()
                 self._session = session
             self._entries, self._taken = entries, taken
+            self._prefetched = {}
+            self._confirmed = {n: v for n, v in self._confirmed.items() if v[0] == session}
             orphans = []
             for name in list(self._held):
                 if name in self._closing:
@@ -726,6 +796,7 @@ class QueueConsumer:
         """The session ended: its taken nodes, hence everything we held, are gone."""
         self._held.clear()
         self._unsure.clear()
+        self._confirmed.clear()
         self._session = None
 
     def _on_event(self, event: WatchedEvent) -> None:
@@ -753,6 +824,8 @@ class QueueConsumer:
                 names.add(name)
             else:
                 names.discard(name)
+                if is_entry:
+                    self._prefetched.pop(name, None)
                 if name in self._held and name not in self._closing:
                     # Our entry or our taken node was deleted by someone else: not ours any
                     # more, and a taken node without its entry is ours to delete.

@@ -57,10 +57,7 @@ def make_client(
     for name, value in (security or _process_security).client_kwargs().items():
         kw.setdefault(name, value)
     if use_gevent and "handler" not in kw:
-        # Imported lazily: importing the gevent handler imports gevent.
-        from kazoo.handlers.gevent import SequentialGeventHandler
-
-        kw["handler"] = SequentialGeventHandler()
+        kw["handler"] = _gevent_handler()
     handler = kw.get("handler")
     if handler is not None:
         for name in ("connection_retry", "command_retry"):
@@ -69,6 +66,27 @@ def make_client(
             if isinstance(kw.get(name), dict):
                 kw[name] = {"sleep_func": handler.sleep_func, **kw[name]}
     return KazooClient(hosts=hosts_string(hosts), timeout=timeout, **kw)
+
+
+def _gevent_handler() -> Any:
+    """kazoo's gevent handler, with a cheaper `select` for its connection loop.
+
+    kazoo's own builds, registers and closes a selector on every turn of the loop, which
+    is a tenth of a busy executor's CPU; gevent's `select` does the same wait directly.
+    Imported lazily: importing the handler imports gevent.
+    """
+    import gevent.select
+    from kazoo.handlers.gevent import SequentialGeventHandler
+
+    class GeventHandler(SequentialGeventHandler):
+        def select(self, rlist: list[Any], wlist: list[Any], xlist: list[Any],
+                   timeout: float | None = None) -> tuple[list[Any], list[Any], list[Any]]:
+            try:
+                return gevent.select.select(rlist, wlist, xlist, timeout)
+            except OSError as exc:  # a closed socket: what kazoo's own select raises
+                raise ValueError("Invalid event mask or fd") from exc
+
+    return GeventHandler()
 
 
 def wait_connected(client: KazooClient, timeout: float) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from ..monitoring import LOG_FORMATS, register_secret
+from ..transport import LeanTransport
 from ..zk_security import ZkSecurity
 from .zk_options import pop_zk_security, zk_security_option_list
 
@@ -239,6 +240,7 @@ def make_api(common: CommonConfig, pool_size: int = 10):
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     api.session.mount("http://", adapter)
     api.session.mount("https://", adapter)
+    LeanTransport.install(api.session, pool_size)
     if creds and not cookie_file:
         try:
             response = api.login(api.session.login_params)
