@@ -80,6 +80,7 @@ class Executor:
         self.pool = gevent.pool.Pool(concurrency)
         self._running: dict[gevent.Greenlet, Entry] = {}
         self._stopping = gevent.event.Event()
+        self._slot_freed = gevent.event.Event()
         self._signals = 0
         self._api_failures = 0  # calls to the job API that failed in a row
         self._holding: set[gevent.Greenlet] = set()  # waiting out a hold before a release
@@ -109,7 +110,7 @@ class Executor:
         self.consumer.start()
         log.info("executor %s running up to %d job(s) at once", self.name, self.concurrency)
         while not self._stopping.is_set():
-            self.pool.wait_available()
+            self._wait_for_slot()
             if self._stopping.is_set():
                 break
             entry = self.consumer.take(timeout=1.0)
@@ -124,8 +125,19 @@ class Executor:
         self._drain()
         return 0
 
+    def _wait_for_slot(self) -> None:
+        """Wait for a free slot, or for a stop request (its grace period starts at once)."""
+        while self.pool.full() and not self._stopping.is_set():
+            self._slot_freed.clear()
+            gevent.wait([self._slot_freed, self._stopping], count=1)
+
     def _forget(self, greenlet: gevent.Greenlet) -> None:
         self._running.pop(greenlet, None)
+        self._slot_freed.set()
+
+    def in_flight(self) -> list[str]:
+        """The ids of the jobs running now (for the executor's presence node)."""
+        return [entry.job_id for entry in self._running.values() if entry.job_id]
 
     def stop(self) -> None:
         """Stop taking jobs; a second call also ends the grace period at once."""
@@ -136,7 +148,8 @@ class Executor:
         else:
             log.warning("second stop request: releasing running jobs now")
         self._stopping.set()
-        self.consumer.pause()
+        if self.consumer is not None:
+            self.consumer.pause()
         # Entries held only to delay their release have nothing left to finish.
         for greenlet in list(self._holding):
             greenlet.kill(JobReleased, block=False)
@@ -204,6 +217,7 @@ class Executor:
     def process(self, entry: Entry) -> Outcome:
         """Run the job of one entry: the executor table of engine-behaviour.md."""
         job_id = entry.job_id
+        monitoring.bind_job_context(job_id)  # every line of this greenlet names the job
         if job_id is None:
             log.error("queue entry %s holds no job id (%r): dropped", entry.name,
                       entry.data[:100])
@@ -225,6 +239,7 @@ class Executor:
     def run_job(self, job: Job, entry: Entry | None = None) -> Outcome:
         """Run a fetched job and write its outcome (also the path of pull mode)."""
         job_id, state = job.id, job["state"]
+        monitoring.bind_job_context(job_id, job.get("action"))
         if state in FINAL_STATES:
             log.info("%s: already %s: entry dropped", job_id, state)
             return Outcome("consume")

@@ -127,9 +127,7 @@ def _announce(zk: KazooClient, executor: Executor, name: str, concurrency: int
 
     def follow() -> None:
         while True:
-            # Executor._running maps each job's greenlet to its queue entry.
-            entries = list(executor._running.values())
-            presence.set_in_flight(e.job_id for e in entries if e.job_id)
+            presence.set_in_flight(executor.in_flight())
             gevent.sleep(IN_FLIGHT_POLL)
 
     return presence, gevent.spawn(follow)

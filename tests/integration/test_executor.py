@@ -271,6 +271,21 @@ def test_grace_period_over_releases_leftovers(admin_api: Api, zk: KazooClient,
     assert zk.get(f"{queue.ENTRIES}/{entry}")[0] == job_id.encode()
 
 
+def test_grace_period_starts_at_once_when_every_slot_is_busy(
+        admin_api: Api, zk: KazooClient, start_executor) -> None:
+    # With no free slot the take loop waits for one; a stop request must end that wait,
+    # or shutdown would wait for a job to finish instead of the grace period.
+    process = start_executor("--grace-period", "1", "--concurrency", "2")
+    jobs = [add(admin_api, "test_sleep", payload=json.dumps({"seconds": 60})) for _ in range(2)]
+    for job_id in jobs:
+        wait_state(admin_api, job_id, ("RUNNING",))
+    process.signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0  # the jobs would keep it for 60 s
+    assert "releasing 2 unfinished job(s)" in process.log()
+    assert zk.get_children(queue.TAKEN) == []
+    assert len(zk.get_children(queue.ENTRIES)) == 2
+
+
 def run_pull(job_api: JobApiProcess, job_id: str) -> int:
     """`job-executor --job-id` (no ZooKeeper reachable: pull mode needs none); exit status."""
     process = executor_process("127.0.0.1:1", job_api.endpoint,

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from nuvla.api import Api
 
 from tests.support.processes import EngineProcess
@@ -48,8 +47,6 @@ def wait_final(api: Api, job_id: str, timeout: float = 30.0) -> str:
     return state
 
 
-@pytest.mark.xfail(strict=True, reason="needs nuvla_job/executor.py to enter the job context "
-                                       "(monitoring.bind_job_context): remove once wired")
 def test_lines_logged_inside_a_job_carry_its_id_and_action(
         admin_api: Api, start_executor: Callable[..., EngineProcess], tmp_path: Path) -> None:
     (tmp_path / "probe.py").write_text(PROBE_MODULE)
