@@ -13,7 +13,7 @@ APT_PACKAGES := zookeeper default-jre-headless
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv deps test lint run bench clean distclean
+.PHONY: venv deps test faults lint run bench clean distclean
 
 venv: $(VENV_MARKER)
 
@@ -38,6 +38,11 @@ deps:
 test: deps venv
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+# The fault-injection suite: seven scenarios of 1,000 jobs each (docs/reliability.md, which
+# it rewrites with the table of the run). `make test` runs only its quick subset.
+faults: deps venv
+	$(VENV)/bin/python -m pytest tests/faults -m faults $(PYTEST_ARGS)
+
 # ruff; hadolint for the Dockerfile; the compose file against the compose-spec JSON schema
 # (vendored in check-jsonschema, so no network is needed).
 lint: venv
@@ -48,8 +53,15 @@ lint: venv
 run: deps venv
 	$(VENV)/bin/python -m nuvla_job.cli.demo
 
-bench: deps venv
+# Every benchmark at full size (about 15 minutes). BENCH_ARGS=--publish also rewrites the
+# generated sections of docs/benchmarks.md and the plots in docs/img/; --quick for small sizes.
+bench: deps venv $(VENV)/.bench-installed
 	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+
+# The `bench` extra (matplotlib, for the plots), reinstalled when pyproject.toml changes.
+$(VENV)/.bench-installed: pyproject.toml $(VENV_MARKER)
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	touch $@
 
 clean:
 	rm -rf build dist .pytest_cache .ruff_cache .hypothesis

@@ -14,7 +14,8 @@ In order:
 4. C concurrent ``nuvla.api`` clients (gevent, in separate load processes so the client side is
    not the bottleneck) first GET ``cloud-entry-point`` (the baseline: HTTP + client, no
    database, no auth), then do add / get / edit in equal thirds;
-5. the table goes to stdout, bench/results/api.md and docs/benchmarks-api.md.
+5. the table goes to stdout and bench/results/api.md; with ``--publish`` also to
+   docs/benchmarks-api.md and the api section of docs/benchmarks.md.
 
 Every process started here is stopped by pid on exit, Ctrl-C and SIGTERM included.
 """
@@ -40,6 +41,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench import report as publishing
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -487,7 +490,13 @@ def worker_main() -> None:
         # No proxy/netrc lookups in the environment on every request: they cost requests a
         # third of its CPU per call, and this machine's two cores are shared with the server.
         api.session.trust_env = False
+        deadline = time.monotonic() + 120
         response = api.login_apikey(config["key"], config["secret"])
+        # The job API refuses more than a few logins of one key being verified at once (its
+        # login throttle, 429 + Retry-After): the clients log in all together, so wait.
+        while response.status_code == 429 and time.monotonic() < deadline:
+            gevent.sleep(float(response.headers.get("Retry-After", 1)))
+            response = api.login_apikey(config["key"], config["secret"])
         if response.status_code != 201:
             raise RuntimeError(f"login failed: {response.status_code} {response.text}")
         return _Client(api, config["known_ids"], f"{config['seed']}-{index}")
@@ -877,11 +886,16 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def write_reports(report: Report) -> None:
+def write_reports(report: Report, load_at_start: str, argv: Sequence[str]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     REPORT.write_text(f"# Job API benchmark ({when})\n\n`{command_line(report.args)}`\n\n"
                       + report.markdown())
+    print(f"\nwritten: {REPORT.relative_to(REPO)}")
+    if not report.args.publish:
+        return
+    command = publishing.command_line("bench.api", argv)
+    publishing.publish("api", publishing.section(command, load_at_start, report.markdown()))
     cpu = platform.processor() or platform.machine()
     try:
         for text_line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -928,6 +942,7 @@ def write_reports(report: Report) -> None:
         f"{platform.system()} {platform.release()}\n\n"
         f"## Results ({when})\n\n" + report.markdown()
     )
+    print(f"written: {DOC.relative_to(REPO)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -953,6 +968,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="record the server with py-spy during the mixed phase "
                              "(pip install py-spy); raw stacks in bench/results/api-profile.txt")
+    parser.add_argument("--publish", action="store_true",
+                        help="also write docs/benchmarks-api.md and the api section of "
+                             "docs/benchmarks.md")
     parser.add_argument("--reseed", action="store_true",
                         help="rebuild the cached seeded database")
     args = parser.parse_args(argv)
@@ -1041,6 +1059,7 @@ def run(args: argparse.Namespace) -> Report:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    load_at_start = publishing.load_average()
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupted)
     # Even when started with SIGINT ignored (a shell's background job), Ctrl-C must unwind.
@@ -1053,8 +1072,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     print()
     print(report.text())
-    write_reports(report)
-    print(f"\nwritten: {REPORT.relative_to(REPO)}, {DOC.relative_to(REPO)}")
+    write_reports(report, load_at_start, sys.argv[1:] if argv is None else argv)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Distributor: CPU use and tick jitter of one process running many distributions.
 
     .venv/bin/python -m bench.distributor [--distributions 50] [--seconds 30] [--interval 1]
+        [--publish]
 
 A private ZooKeeper and job API start; a bench-only actions directory (in a temporary folder)
 declares the distributions, each creating one job per tick through the job API and recording
@@ -17,7 +18,9 @@ CPU is the process's user + system time from /proc/<pid>/stat over the window, i
 core. Jitter is |actual start - scheduled start| of each tick, where the scheduled start is
 the tick's grid point (`nuvla_job.distributor.tick_offset`) and the actual start is when the
 generator was called (after the leadership check). The table goes to stdout and
-bench/results/distributor.md. Everything started is stopped by pid, Ctrl-C and SIGTERM included.
+bench/results/distributor.md; ``--publish`` also replaces the distributor section of
+docs/benchmarks.md. A quick run: ``--seconds 10``. Everything started is stopped by pid,
+Ctrl-C and SIGTERM included.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+from bench import report
 from nuvla_job.distributor import tick_offset
 from nuvla_job.localstack.jobapi import JobApiProcess
 from nuvla_job.localstack.processes import EngineProcess
@@ -187,6 +191,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--distributions", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--publish", action="store_true",
+                        help="also update the distributor section of docs/benchmarks.md")
     return parser.parse_args(argv)
 
 
@@ -196,6 +202,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    load_at_start = report.load_average()
     # Unwind through the finally blocks, so every process started is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     folder = Path(tempfile.mkdtemp(prefix="bench-distributor-"))
@@ -234,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text("\n".join([*head, "", *lines, ""]), "utf-8")
     print(f"\nwritten to {REPORT.relative_to(REPO)}")
+    if args.publish:
+        command = report.command_line("bench.distributor", sys.argv[1:] if argv is None
+                                      else argv)
+        setup = "\n".join(head[3:-1])
+        report.publish("distributor", report.section(
+            command, load_at_start, f"{setup}\n\n" + "\n".join(lines)))
     return 0
 
 

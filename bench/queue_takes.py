@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.queue_takes [--depths 1000,100000,1000000] [--takes 2000]
         [--rounds 3] [--concurrency 100] [--baseline-takes 200] [--baseline-seconds 20]
-        [--force-sync no]
+        [--force-sync no] [--publish]
 
 In order:
 
@@ -21,7 +21,12 @@ In order:
    takes / time, extrapolated to any number of takes since every take costs the same listing;
 5. the consumer's memory: another fresh consumer lists the queue under tracemalloc (the Python
    objects it keeps) and the process RSS growth is read from /proc;
-6. the table goes to stdout and bench/results/queue_takes.md.
+6. the table goes to stdout and bench/results/queue_takes.md, the plot (takes/s against depth,
+   log-log) to bench/results/queue-takes.png; ``--publish`` also copies the plot to docs/img/
+   and replaces the queue_takes section of docs/benchmarks.md.
+
+A quick run: ``--depths 1000,10000 --takes 500 --rounds 2 --baseline-takes 50
+--baseline-seconds 5``.
 
 The process is monkey-patched with gevent first, as the executor is. The ZooKeeper process is
 stopped on exit, Ctrl-C and SIGTERM included.
@@ -52,12 +57,14 @@ import gevent
 from kazoo.client import KazooClient
 from kazoo.recipe.queue import LockingQueue
 
+from bench import plots, report
 from nuvla_job.queue import ENTRIES, ROOT, QueueConsumer, put_many
 from nuvla_job.zk import make_client
 from tests.support.zookeeper import ZooKeeperServer
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "bench" / "results" / "queue_takes.md"
+PLOT = REPO / "bench" / "results" / "queue-takes.png"
 GOAL = 1000.0  # takes/s for one process, at every depth
 SESSION_TIMEOUT = 30.0  # listing 1,000,000 names keeps the gevent hub busy for seconds
 TAKE_TIMEOUT = 60.0
@@ -226,11 +233,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--force-sync", choices=("yes", "no"), default="no")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--publish", action="store_true",
+                        help="also copy the plot to docs/img/ and update docs/benchmarks.md")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    load_at_start = report.load_average()
     main_greenlet = gevent.getcurrent()
     # Unwind through the finally blocks below, so ZooKeeper is stopped.
     gevent.signal_handler(signal.SIGTERM, gevent.kill, main_greenlet, KeyboardInterrupt)
@@ -271,11 +281,22 @@ def main(argv: list[str] | None = None) -> int:
             client.close()
         server.close()
     head[2] += f"; load average at the end {load_average()}"
-    report = [*head, "", *table(rows), ""]
+    text = [*head, "", *table(rows), ""]
     print("\n" + "\n".join(table(rows)))
     REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text("\n".join(report), "utf-8")
-    print(f"\nwritten to {REPORT.relative_to(REPO)}")
+    REPORT.write_text("\n".join(text), "utf-8")
+    plot = plots.takes_vs_depth(
+        PLOT, [row.depth for row in rows], [row.ours_rate for row in rows],
+        [(min(row.ours_rates), max(row.ours_rates)) for row in rows],
+        [row.kazoo_rate for row in rows], goal=GOAL)
+    print(f"\nwritten to {REPORT.relative_to(REPO)}, {plot.relative_to(REPO)}")
+    if args.publish:
+        command = report.command_line("bench.queue_takes", sys.argv[1:] if argv is None
+                                      else argv)
+        setup = "\n".join(head[3:])
+        body = report.section(command, load_at_start, f"{setup}\n\n" + "\n".join(table(rows)),
+                              [("takes/s against queue depth", plot)])
+        report.publish("queue_takes", body, [plot])
     return 0
 
 

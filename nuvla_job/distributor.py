@@ -28,7 +28,7 @@ from kazoo.protocol.states import KazooState
 from kazoo.recipe.election import Election
 from nuvla.api import Api
 
-from . import monitoring
+from . import metrics, monitoring
 from .registry import Distribution, JobBody
 from .zk import wait_connected
 
@@ -288,10 +288,12 @@ class Distributor:
         log.info("leader of %s: distributing every %g s", d.name, d.interval)
         loop = gevent.spawn(self._distribute, state)
         state.loop = loop
+        metrics.set_leader(d.name, True)
         try:
             result = loop.get()  # re-raises a crash; GreenletExit comes back as a value
         finally:
             state.loop = None
+            metrics.set_leader(d.name, False)
             loop.kill(Stopping)  # only does something if this greenlet itself was killed
         if isinstance(result, LeadershipLost):
             log.warning("no longer leader of %s: rejoining its election", d.name)

@@ -8,7 +8,9 @@ table ends in exactly one of consume (the entry is done) or release (back to the
 from __future__ import annotations
 
 import logging
+import re
 import signal
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -19,7 +21,7 @@ from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
 from nuvla.api import Api
 
-from . import monitoring
+from . import metrics, monitoring
 from .job import (
     SUPPORTED_VERSION,
     ApiUnavailable,
@@ -35,6 +37,10 @@ from .registry import ActionRegistry
 log = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({"SUCCESS", "FAILED", "CANCELED"})
+# Ids the executor asks the job API for: `job/` and URL-safe characters. Anything else in a
+# queue entry is garbage; asked for, it could fail like an unreachable API and be retried
+# forever.
+_URL_SAFE_JOB_ID = re.compile(r"job/[A-Za-z0-9._~:-]+")
 
 
 class JobLost(gevent.GreenletExit):
@@ -43,6 +49,10 @@ class JobLost(gevent.GreenletExit):
 
 class JobReleased(gevent.GreenletExit):
     """Raised into a job's greenlet when shutdown's grace period is over."""
+
+
+class ActionTimeLimitExceeded(Exception):
+    """What a job FAILED by its time limit reports (``--action-timeout``, ``timeout=``)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,9 @@ class Outcome:
     hold: float = 0.0
 
 
+# Takes in flight at once: each waits a ZooKeeper round trip, and one at a time would cap
+# the executor near a thousand jobs a second on a quiet machine, far less on a busy one.
+TAKERS = 4
 # How long a job for a newer engine stays held before it goes back to the queue.
 NEWER_VERSION_HOLD = 5.0
 # Holds after failed calls to the job API: doubled per failure in a row, up to the cap.
@@ -67,7 +80,7 @@ class Executor:
 
     def __init__(self, api: Api, zk: KazooClient | None, actions: ActionRegistry, *,
                  concurrency: int = 100, grace_period: float = 120.0, name: str = "executor",
-                 nuvlaedge_fs: str | None = None) -> None:
+                 nuvlaedge_fs: str | None = None, action_timeout: float | None = None) -> None:
         self.api = api
         self.zk = zk
         self.actions = actions
@@ -75,12 +88,15 @@ class Executor:
         self.grace_period = grace_period
         self.name = name
         self.nuvlaedge_fs = nuvlaedge_fs
+        # Longest an action may run, in seconds (None: no limit); an action's own wins.
+        self.action_timeout = action_timeout
         # Pull mode (run_one) needs no queue, hence no ZooKeeper.
         self.consumer = QueueConsumer(zk, identifier=name) if zk is not None else None
         self.pool = gevent.pool.Pool(concurrency)
         self._running: dict[gevent.Greenlet, Entry] = {}
         self._stopping = gevent.event.Event()
         self._slot_freed = gevent.event.Event()
+        self._reserved = 0  # slots held by takes in flight
         self._signals = 0
         self._api_failures = 0  # calls to the job API that failed in a row
         self._holding: set[gevent.Greenlet] = set()  # waiting out a hold before a release
@@ -109,25 +125,37 @@ class Executor:
         """Take and run jobs until :meth:`stop`; then drain. Returns the exit status."""
         self.consumer.start()
         log.info("executor %s running up to %d job(s) at once", self.name, self.concurrency)
+        takers = [gevent.spawn(self._take_loop) for _ in range(min(TAKERS, self.concurrency))]
+        gevent.joinall(takers, raise_error=True)
+        self._drain()
+        return 0
+
+    def _take_loop(self) -> None:
+        """Reserve a slot, take an entry, start its job; until stopped."""
         while not self._stopping.is_set():
             self._wait_for_slot()
             if self._stopping.is_set():
                 break
-            entry = self.consumer.take(timeout=1.0)
+            self._reserved += 1
+            try:
+                entry = self.consumer.take(timeout=1.0)
+            finally:
+                self._reserved -= 1
             if entry is None:
                 continue
             if self._stopping.is_set():
                 self.consumer.release(entry)
                 break
+            # The slot was reserved: this spawn never waits.
             greenlet = self.pool.spawn(self._guarded, entry)
             self._running[greenlet] = entry
             greenlet.link(self._forget)
-        self._drain()
-        return 0
 
     def _wait_for_slot(self) -> None:
-        """Wait for a free slot, or for a stop request (its grace period starts at once)."""
-        while self.pool.full() and not self._stopping.is_set():
+        """Wait for a slot no job or take holds, or for a stop request (its grace period
+        starts at once)."""
+        while len(self.pool) + self._reserved >= self.concurrency \
+                and not self._stopping.is_set():
             self._slot_freed.clear()
             gevent.wait([self._slot_freed, self._stopping], count=1)
 
@@ -177,6 +205,17 @@ class Executor:
     # -- one entry --------------------------------------------------------------------------
 
     def _guarded(self, entry: Entry) -> Outcome:
+        """Process one entry, counted in the metrics."""
+        metrics.job_taken()
+        started = time.perf_counter()
+        outcome = self._settle(entry)
+        # process() bound the job's action; only registered names become labels.
+        action = monitoring.current_job_context()[1]
+        metrics.job_done(action if action in self.actions else None, outcome,
+                         time.perf_counter() - started)
+        return outcome
+
+    def _settle(self, entry: Entry) -> Outcome:
         """Process one entry; whatever happens, the entry is consumed, released or lost."""
         try:
             outcome = self.process(entry)
@@ -217,6 +256,8 @@ class Executor:
     def process(self, entry: Entry) -> Outcome:
         """Run the job of one entry: the executor table of engine-behaviour.md."""
         job_id = entry.job_id
+        if job_id is not None and not _URL_SAFE_JOB_ID.fullmatch(job_id):
+            job_id = None  # no id the job API makes (control characters, "?", "#", "%")
         monitoring.bind_job_context(job_id)  # every line of this greenlet names the job
         if job_id is None:
             log.error("queue entry %s holds no job id (%r): dropped", entry.name,
@@ -257,6 +298,10 @@ class Executor:
                 return self._fail(job, f"no action '{job['action']}' is registered in this "
                                        f"engine")
             job.update_job(state="RUNNING")
+            # A process frozen between the take and here would start a job another executor
+            # may run already: ask first (free while the take is recent).
+            if entry is not None and not self.consumer.holds(entry):
+                raise JobLost()
             return self._run_action(job, action_cls, entry)
         except ApiUnavailable as exc:
             return self._api_down(job_id, exc)
@@ -272,13 +317,30 @@ class Executor:
     def _run_action(self, job: Job, action_cls: type, entry: Entry | None) -> Outcome:
         name = job["action"]
         log.info("%s: running %s", job.id, name)
+        limit = self.actions.timeout(name) or self.action_timeout
+        # A gevent.Timeout is a BaseException: an action's "except Exception" cannot eat it.
+        # It interrupts only where the action yields (I/O, sleep), not a CPU-bound loop.
+        timer = gevent.Timeout(limit) if limit else None
         try:
+            if timer is not None:
+                timer.start()
             return_code = action_cls(job).do_work()
             raised = None
         except gevent.GreenletExit:
             raise  # lost or released: handled by the caller
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raised = exc  # a timeout of the action's own that it did not catch
+            else:
+                log.error("%s: %s exceeded its time limit of %g s", job.id, name, limit)
+                raised = ActionTimeLimitExceeded(
+                    f"action {name} exceeded its time limit of {limit:g} s"
+                ).with_traceback(exc.__traceback__)  # where it was stuck
         except BaseException as exc:  # noqa: B036 - an action's SystemExit must not stop us
             raised = exc
+        finally:
+            if timer is not None:
+                timer.close()
         # A process frozen past its session timeout wakes up here believing it still holds
         # the job, while another executor may run it: check before writing any outcome.
         if entry is not None and not self.consumer.holds(entry):

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -211,6 +211,8 @@ class Entry:
 
     name: str
     data: bytes
+    # When the take was sent (time.monotonic()): the session was alive then.
+    taken_at: float = field(default=0.0, compare=False)
 
     @property
     def path(self) -> str:
@@ -443,6 +445,10 @@ class QueueConsumer:
             if self._held.get(name) is not entry:
                 return False
             session = self._session
+        if time.monotonic() - entry.taken_at < self._surely_alive():
+            # The server heard from this session that recently: it cannot have expired
+            # (and our taken node goes only with it, or with an event that drops it above).
+            return True
         for _ in range(_HOLDS_TRIES):
             try:
                 read = self._reads.submit(entry.taken_path).get()
@@ -467,6 +473,7 @@ class QueueConsumer:
     def _take(self, name: str, session: int | None) -> Entry | None:
         """One attempt at `name` (already moved from available to trying)."""
         client = self.client
+        sent = time.monotonic()
         try:
             with self._slots:
                 outcome, data = self._take_on_server(name)
@@ -493,7 +500,7 @@ class QueueConsumer:
                 if name not in self._entries:
                     outcome = "orphan"  # its deletion was reported while we were taking it
                 elif not self._stopped and not self._paused:
-                    entry = self._held[name] = Entry(name, data)
+                    entry = self._held[name] = Entry(name, data, sent)
                     return entry
             if ours and outcome == "unsure":
                 self._unsure.add(name)
@@ -532,6 +539,15 @@ class QueueConsumer:
                 return "orphan", b""  # consumed by someone else right after our take
             return "taken", read[0]
         return ("gone" if isinstance(results[0], NoNodeError) else "busy"), b""
+
+    def _surely_alive(self) -> float:
+        """Seconds after a request within which the session cannot have expired.
+
+        A third of the timeout asked for, at most one second: the server may grant less than
+        asked, but never less than twice its tick (one second for the smallest ticks in use).
+        """
+        asked = getattr(self.client, "_session_timeout", 0) / 1000
+        return min(asked / 3, 1.0)
 
     def _entry_data(self, name: str) -> Any:
         """The async read of `name`'s data, issued with those of the next entries in line."""

@@ -34,9 +34,12 @@ class ActionRegistry:
 
     actions: dict[str, type] = field(default_factory=dict)
     pull_mode: dict[str, bool] = field(default_factory=dict)
+    # Per-action time limits in seconds (the decorator's ``timeout=``); absent: no own limit.
+    timeouts: dict[str, float] = field(default_factory=dict)
     lite: bool = field(default_factory=lambda: os.environ.get("IMAGE_NAME") == LITE_IMAGE)
 
-    def register(self, name: str, cls: type, pull_mode_support: bool = False) -> None:
+    def register(self, name: str, cls: type, pull_mode_support: bool = False,
+                 timeout: float | None = None) -> None:
         if self.lite and not pull_mode_support:
             log.debug("action %s skipped: the lite image runs only pull-mode actions", name)
             return
@@ -46,9 +49,15 @@ class ActionRegistry:
             return
         self.actions[name] = cls
         self.pull_mode[name] = pull_mode_support
+        if timeout is not None:
+            self.timeouts[name] = timeout
 
     def get(self, name: str) -> type | None:
         return self.actions.get(name)
+
+    def timeout(self, name: str) -> float | None:
+        """The action's own time limit in seconds, None when it has none."""
+        return self.timeouts.get(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self.actions
@@ -65,11 +74,21 @@ def _where(cls: type) -> str:
 registry = ActionRegistry()
 
 
-def action(name: str, pull_mode_support: bool = False, **_upstream: Any) -> Callable[[type], type]:
-    """Register the decorated class as the action ``name`` (upstream-compatible)."""
+def action(name: str, pull_mode_support: bool = False, timeout: float | None = None,
+           **_upstream: Any) -> Callable[[type], type]:
+    """Register the decorated class as the action ``name`` (upstream-compatible).
+
+    ``timeout``: the longest ``do_work`` may run, in seconds; it overrides the executor's
+    ``--action-timeout`` for this action. A job over its limit is FAILED.
+    """
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                or not timeout > 0):
+        raise ValueError(f"action {name}: timeout must be a number of seconds > 0, "
+                         f"not {timeout!r}")
 
     def register(cls: type) -> type:
-        registry.register(name, cls, pull_mode_support)
+        registry.register(name, cls, pull_mode_support,
+                          None if timeout is None else float(timeout))
         return cls
 
     return register
@@ -113,7 +132,13 @@ def load_actions(paths: Iterable[str | Path] = (), builtin: bool = True,
     """Import every action module; returns the registry with what they registered."""
     directories = [BUILTIN_ACTIONS] if builtin else []
     directories += [Path(p) for p in paths]
+    seen: set[Path] = set()
     for directory in directories:
+        # The same folder twice (e.g. JOB_ACTIONS_PATH pointing at the built-in one) would
+        # register every action twice, each reported as a duplicate.
+        if directory.resolve() in seen:
+            continue
+        seen.add(directory.resolve())
         if not directory.is_dir():
             if directory != BUILTIN_ACTIONS:
                 log.error("actions path %s is not a directory; skipped", directory)

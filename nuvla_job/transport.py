@@ -20,6 +20,7 @@ import json as jsonlib
 import select
 import socket
 import ssl
+import time
 import urllib.request
 import zlib
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 from requests.structures import CaseInsensitiveDict
+from requests.utils import requote_uri
 
 # Errors from a kept-alive connection the server already closed: the request never reached
 # the application, so it may be sent again on a fresh connection.
@@ -49,6 +51,8 @@ class LeanTransport:
         self.pool_size = pool_size
         self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
         self._ssl_context: ssl.SSLContext | None = None
+        # (scheme, host, path or "/") -> (jar content, Cookie header, valid until)
+        self._cookies: dict[tuple[str, str, str], tuple[tuple, str | None, float]] = {}
 
     @classmethod
     def install(cls, session: requests.Session, pool_size: int = 100) -> LeanTransport:
@@ -67,30 +71,61 @@ class LeanTransport:
             return self.fallback(method, url, params=params, data=data, headers=headers,
                                  json=json, timeout=timeout, allow_redirects=allow_redirects,
                                  **other)
+        # Quoted as requests would (an id with a space or a NUL must not break the line).
+        url = requote_uri(url)
         if params:
-            url = f"{url}{'&' if '?' in url else '?'}{urlencode(params, doseq=True)}"
+            url = f"{url}{'&' if '?' in url else '?'}{_form(params)}"
         all_headers = dict(self.session.headers)
         if headers:
             all_headers.update(headers)
         body = data
-        if json is not None and data is None:
+        if isinstance(data, dict):
+            # A form, as requests encodes it (nuvla.api's search sends its query so).
+            body = _form(data).encode()
+            all_headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        elif json is not None and data is None:
             body = jsonlib.dumps(json, allow_nan=False).encode()
             all_headers.setdefault("Content-Type", "application/json")
         elif isinstance(body, str):
             body = body.encode()
-        cookie_request = urllib.request.Request(url, headers=all_headers, method=method)
-        self.session.cookies.add_cookie_header(cookie_request)
-        all_headers.update(cookie_request.unredirected_hdrs)
+        cookie = self._cookie_header(url)
+        if cookie:
+            all_headers["Cookie"] = cookie
         if body is not None:
             all_headers["Content-Length"] = str(len(body))
         seconds = timeout[1] if isinstance(timeout, tuple) else timeout
-        return self._exchange(method, url, body, all_headers, seconds, cookie_request)
+        return self._exchange(method, url, body, all_headers, seconds)
+
+    def _cookie_header(self, url: str) -> str | None:
+        """The Cookie header for `url`, remembered while the jar and the time allow.
+
+        The jar's own matching costs as much as the rest of a call; its answer only changes
+        with the jar's content, the URL's path for cookies not set on "/", or an expiry.
+        """
+        jar = self.session.cookies
+        content = tuple((c.name, c.value, c.domain, c.path, c.secure, c.expires) for c in jar)
+        parts = urlsplit(url)
+        if any(cookie[3] != "/" for cookie in content):
+            key = (parts.scheme, parts.netloc, parts.path)  # path-specific cookies
+        else:
+            key = (parts.scheme, parts.netloc, "/")
+        cached = self._cookies.get(key)
+        if cached is not None and cached[0] == content and time.time() < cached[2]:
+            return cached[1]
+        request = urllib.request.Request(url)
+        jar.add_cookie_header(request)
+        header = request.unredirected_hdrs.get("Cookie")
+        expires = min((cookie[5] for cookie in content if cookie[5]), default=float("inf"))
+        if len(self._cookies) > 64:
+            self._cookies.clear()
+        self._cookies[key] = (content, header, expires)
+        return header
 
     def _plain(self, url: str, data: Any) -> bool:
         session = self.session
         if session.proxies or session.cert or "/api/session" in url:
             return False
-        return data is None or isinstance(data, (bytes, str))
+        return data is None or isinstance(data, (bytes, str, dict))
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -135,8 +170,7 @@ class LeanTransport:
     # -- one exchange --------------------------------------------------------------------------
 
     def _exchange(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
-                  timeout: float | None, cookie_request: urllib.request.Request,
-                  ) -> requests.Response:
+                  timeout: float | None) -> requests.Response:
         parts = urlsplit(url)
         scheme = parts.scheme
         port = parts.port or (443 if scheme == "https" else 80)
@@ -168,11 +202,11 @@ class LeanTransport:
                 conn.close()
             else:
                 self._put_back(key, conn)
-            return self._response(url, raw, content, cookie_request)
+            return self._response(method, url, raw, content)
         raise AssertionError("unreachable")
 
-    def _response(self, url: str, raw: http.client.HTTPResponse, content: bytes,
-                  cookie_request: urllib.request.Request) -> requests.Response:
+    def _response(self, method: str, url: str, raw: http.client.HTTPResponse,
+                  content: bytes) -> requests.Response:
         response = requests.Response()
         response.status_code = raw.status
         response.reason = raw.reason
@@ -186,8 +220,15 @@ class LeanTransport:
         response._content = content
         response.encoding = "utf-8"
         if "Set-Cookie" in response.headers:
-            self.session.cookies.extract_cookies(raw, cookie_request)  # type: ignore[arg-type]
+            request = urllib.request.Request(url, method=method)
+            self.session.cookies.extract_cookies(raw, request)  # type: ignore[arg-type]
         return response
+
+
+def _form(values: dict[str, Any]) -> str:
+    """URL-encode as requests does: lists give repeated keys, None values are left out."""
+    return urlencode([(key, value) for key, value in values.items() if value is not None],
+                     doseq=True)
 
 
 def _dropped(sock: socket.socket) -> bool:

@@ -16,7 +16,7 @@ import falcon
 import orjson
 
 from ..timeutil import now_iso
-from . import dashboard
+from . import dashboard, metrics_http
 from .errors import ApiError, bad_request, forbidden, not_found
 from .identity import ANONYMOUS, Caller, IdentityStore
 from .jobs import JobService
@@ -36,6 +36,7 @@ class Settings:
     secure_cookie: bool = False
     max_body: int = DEFAULT_MAX_BODY
     login_limits: LoginLimits = field(default_factory=LoginLimits)
+    metrics: bool = True  # GET /metrics (unauthenticated, like /api/health) and counting
 
 
 def _send(resp: falcon.Response, status: int, body: Any) -> None:
@@ -342,6 +343,8 @@ def create_app(jobs: JobService, identities: IdentityStore,
     app.add_route("/api/job/{uuid}", JobItem(ctx))
     app.add_route("/api/job/{uuid}/{op}", JobOperation(ctx))
     dashboard.register(app, ctx)  # /dashboard and /api/dashboard/*
+    if ctx.settings.metrics:
+        metrics_http.register(app, lambda: queue_state() == "CONNECTED")
     # Falcon tries the most specific handler first, so the order of these does not matter.
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(falcon.HTTPError, _http_error)

@@ -11,7 +11,8 @@ is stored before its entry exists, so an executor that takes the entry always fi
 If the server dies between 1 and 3, the mark survives in the database and the next start of
 the server finishes the add (``recover_pending``): it looks for an entry already holding the
 job's id before creating one, so no job is queued twice. So no job can stay ``QUEUED``
-without an entry.
+without an entry. If only step 3 fails (a full disk), the add has happened and is answered
+as such; the mark stays until recovery clears it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from . import acl as acls
 from .errors import ApiError, bad_request, forbidden, not_found
 from .identity import Caller
 from .query import Query, apply_select
-from .schema import FINAL_STATES, STATES
-from .store import Conflict, Doc, JobStore
+from .schema import EXECUTION_MODES, FINAL_STATES, STATES
+from .store import Conflict, Doc, JobStore, StoreError
 from .validation import check_acl, check_attributes
 
 log = logging.getLogger(__name__)
@@ -176,8 +177,16 @@ class JobService:
         except QueueUnavailable as exc:
             self.store.delete(doc["id"])
             raise ApiError(503, f"the job queue is unavailable: {exc}") from exc
-        self.store.mark_enqueued(doc["id"], path)
         doc["tags"] = [*doc.get("tags", []), path]
+        try:
+            self.store.mark_enqueued(doc["id"], path)
+        except StoreError as exc:
+            # The entry exists, so the add has happened: the job is stored and queued, and
+            # an executor may run it already. Answering an error would make the caller add
+            # it again. Only the record of the entry failed (a full disk): the mark stays
+            # and `recover_pending` clears it later.
+            log.warning("%s: queued as %s, but the database could not record it: %s",
+                        doc["id"], path, exc)
 
     def recover_pending(self) -> int:
         """Finish adds that a crash interrupted between storing and queueing (see above)."""
@@ -187,6 +196,11 @@ class JobService:
             if not pending:
                 return done
             for doc in pending:
+                if doc.get("state") != "QUEUED":
+                    # Taken since, so its entry existed: only the mark is left to clear.
+                    self.store.mark_enqueued(doc["id"], None)
+                    done += 1
+                    continue
                 path = self.queue.find(doc["id"], doc.get("priority", DEFAULT_PRIORITY))
                 if path is None:
                     path = self.queue.put(doc["id"], doc.get("priority", DEFAULT_PRIORITY))
@@ -206,6 +220,8 @@ class JobService:
         data.pop("target-resource", None)
         if "state" in data and data["state"] not in STATES:
             raise bad_request(f"'state' must be one of {', '.join(STATES)}")
+        if "execution-mode" in data and data["execution-mode"] not in EXECUTION_MODES:
+            raise bad_request(f"'execution-mode' must be one of {', '.join(EXECUTION_MODES)}")
         if "acl" in data:
             data["acl"] = acls.normalise(check_acl(data["acl"]))
         now = now_iso()

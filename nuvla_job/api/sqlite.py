@@ -236,13 +236,16 @@ class SqliteJobStore:
             _write_doc(conn, job_id, current, new)
             return new
 
-    def mark_enqueued(self, job_id: str, entry_path: str) -> None:
+    def mark_enqueued(self, job_id: str, entry_path: str | None) -> None:
+        """Record the job's entry in its tags and clear the pending mark (None: only clear
+        it, for a job that has left QUEUED since)."""
         with self.db.write() as conn:
             row = conn.execute("SELECT doc FROM job WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return
             doc = orjson.loads(row[0])
-            new = {**doc, "tags": [*doc.get("tags", []), entry_path]}
+            tags = [] if entry_path is None else [entry_path]
+            new = {**doc, "tags": [*doc.get("tags", []), *tags]}
             _write_doc(conn, job_id, doc, new, extra="enqueue_pending = 0")
 
     def pending_enqueue(self, limit: int = 1000) -> list[Doc]:

@@ -41,7 +41,7 @@ class JobStore(Protocol):
         as it is). Returns the stored result, or None when there is no such document.
         """
 
-    def mark_enqueued(self, job_id: str, entry_path: str) -> None:
+    def mark_enqueued(self, job_id: str, entry_path: str | None) -> None:
         """Record the queue entry of a job: add it to ``tags`` and clear the pending mark."""
 
     def pending_enqueue(self, limit: int = 1000) -> list[Doc]:

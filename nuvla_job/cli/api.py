@@ -66,6 +66,10 @@ def main() -> None:
               type=click.FloatRange(0, min_open=True), envvar="JOB_API_LOGIN_WINDOW",
               help="Failures are forgotten this many seconds after the last one; also the "
                    "longest back-off.")
+@click.option("--metrics/--no-metrics", default=True, show_default=True,
+              envvar="JOB_API_METRICS",
+              help="Serve Prometheus metrics at /metrics on the API's port (no login "
+                   "needed: they hold counts and route templates, no ids or names).")
 @click.option("-l", "--log-level", default="INFO", type=LOG_LEVELS, envvar="JOB_LOG_LEVEL",
               show_default=True)
 @log_format_option()

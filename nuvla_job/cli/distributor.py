@@ -18,6 +18,7 @@ import click  # noqa: E402
 from ..distributor import Distributor, SelectionError, select  # noqa: E402
 from ..monitoring import setup_logging, setup_sentry  # noqa: E402
 from ..registry import Distribution, DistributionRegistry, distributions, load_actions  # noqa: E402
+from .metrics_options import MetricsEndpoint, metrics_options  # noqa: E402
 from .options import (  # noqa: E402
     CommonConfig,
     common_options,
@@ -67,9 +68,10 @@ def select_distributions(registry: DistributionRegistry, include: Iterable[str] 
               type=click.Path(file_okay=False),
               help="Extra directory of action and distribution modules (repeatable; the "
                    "variable takes a space-separated list).")
+@metrics_options
 def main(common: CommonConfig, distribution_interval: tuple[str, ...],
          distribution_exclude: tuple[str, ...], distribution_include: tuple[str, ...],
-         actions_path: tuple[str, ...]) -> None:
+         actions_path: tuple[str, ...], metrics: MetricsEndpoint | None = None) -> None:
     """Create the jobs of every distribution this process is elected for, until SIGTERM."""
     setup_logging(common.log_level, common.log_format)
     setup_sentry(common.sentry_dsn, common.name)
@@ -77,7 +79,11 @@ def main(common: CommonConfig, distribution_interval: tuple[str, ...],
     selected = select_distributions(distributions, distribution_include,
                                     distribution_exclude, distribution_interval)
     api = make_api(common, pool_size=len(selected) + 2)
+    if metrics is not None:
+        metrics.start()  # before joining ZooKeeper: a port in use fails cleanly
     zk = connect_zookeeper(common)
+    if metrics is not None:
+        metrics.watch(zk, distributions=[d.name for d in selected])
     distributor = Distributor(api, zk, selected, name=common.name)
     distributor.install_signal_handlers()
     try:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 import click  # noqa: E402
 import gevent  # noqa: E402
 
+from ..blocking import watch_event_loop  # noqa: E402
 from ..monitoring import setup_logging, setup_sentry  # noqa: E402
 from ..presence import ExecutorPresence  # noqa: E402
 from ..timeutil import now_iso  # noqa: E402
@@ -27,6 +28,7 @@ from .distributor import (  # noqa: E402
     distribution_options,
     select_distributions,
 )
+from .metrics_options import MetricsEndpoint, metrics_options  # noqa: E402
 from .options import (  # noqa: E402
     CommonConfig,
     common_options,
@@ -45,6 +47,9 @@ MULTI_VALUE_FLAGS = ("--zk-hosts", "--actions-path", *DISTRIBUTION_FLAGS)
 # How often the executor's running jobs are copied to its presence node (which itself is
 # written at most once a second, and only on change).
 IN_FLIGHT_POLL = 0.5
+# Greenlets are cooperative: an action computing without yielding stalls every other job.
+# Such a stall longer than this is logged as a warning naming the job.
+BLOCKING_WARNING = 1.0
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,6 +60,10 @@ IN_FLIGHT_POLL = 0.5
 @click.option("--grace-period", type=click.FloatRange(0), default=120.0,
               envvar="JOB_GRACE_PERIOD", show_default=True,
               help="Seconds running jobs may take to finish after SIGTERM.")
+@click.option("--action-timeout", type=click.FloatRange(0), default=0.0,
+              envvar="JOB_ACTION_TIMEOUT", show_default=True, metavar="SECONDS",
+              help="Longest an action may run; a job over it is FAILED (0: no limit). An "
+                   "action's own @action(..., timeout=) wins.")
 @click.option("--actions-path", multiple=True, envvar="JOB_ACTIONS_PATH",
               type=click.Path(file_okay=False),
               help="Extra directory of action modules (repeatable; the variable takes a "
@@ -66,10 +75,12 @@ IN_FLIGHT_POLL = 0.5
               help="Also run the distributions in this process (each still elected, as in "
                    "job-distributor).")
 @distribution_options
-def main(common: CommonConfig, concurrency: int, grace_period: float,
+@metrics_options
+def main(common: CommonConfig, concurrency: int, grace_period: float, action_timeout: float,
          actions_path: tuple[str, ...], job_id: str | None, distributions: bool,
          distribution_interval: tuple[str, ...], distribution_exclude: tuple[str, ...],
-         distribution_include: tuple[str, ...]) -> None:
+         distribution_include: tuple[str, ...], metrics: MetricsEndpoint | None = None
+         ) -> None:
     """Run jobs from the queue until SIGTERM; `--job-id` runs one job and exits."""
     setup_logging(common.log_level, common.log_format)
     setup_sentry(common.sentry_dsn, common.name)
@@ -89,12 +100,20 @@ def main(common: CommonConfig, concurrency: int, grace_period: float,
 
     if job_id is not None:
         executor = Executor(api, None, actions, concurrency=1, name=common.name,
-                            nuvlaedge_fs=common.nuvlaedge_fs)
+                            nuvlaedge_fs=common.nuvlaedge_fs,
+                            action_timeout=action_timeout or None)
+        watch_event_loop(BLOCKING_WARNING)
         sys.exit(executor.run_one(job_id))
 
+    if metrics is not None:
+        metrics.start()  # before joining ZooKeeper: a port in use fails cleanly
     zk = connect_zookeeper(common)
     executor = Executor(api, zk, actions, concurrency=concurrency, grace_period=grace_period,
-                        name=common.name, nuvlaedge_fs=common.nuvlaedge_fs)
+                        name=common.name, nuvlaedge_fs=common.nuvlaedge_fs,
+                        action_timeout=action_timeout or None)
+    watch_event_loop(BLOCKING_WARNING, executor._running)
+    if metrics is not None:
+        metrics.watch(zk, executor, [d.name for d in selected])
     presence, follower = _announce(zk, executor, common.name, concurrency)
     distributor = None
     if distributions:

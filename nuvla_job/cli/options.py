@@ -142,7 +142,8 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--sentry-dsn-file", envvar="SENTRY_DSN_FILE",
                      type=click.Path(dir_okay=False), help="Read the Sentry DSN from this file."),
         click.option("--statsd", envvar="JOB_STATSD", default=None,
-                     help="Accepted for compatibility; metrics are not sent to statsd."),
+                     help="Accepted for compatibility and ignored: use --metrics-port "
+                          "(Prometheus)."),
         click.option("--nuvlaedge-fs", envvar="JOB_NUVLAEDGE_FS", default=None,
                      help="Passed to actions as job.nuvlaedge_fs."),
     ]
@@ -177,8 +178,8 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
         set_process_security(common.zk_security)
         if statsd:
-            log.warning("--statsd %s ignored: this engine does not publish statsd gauges "
-                        "(metrics are planned as a Prometheus endpoint)", statsd)
+            log.warning("--statsd %s ignored: this engine does not send statsd metrics; "
+                        "serve Prometheus metrics with --metrics-port instead", statsd)
         return command(common=common, **kwargs)
 
     for option in reversed(options):

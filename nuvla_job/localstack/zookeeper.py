@@ -182,6 +182,8 @@ class ZooKeeperServer:
     """
 
     host = "127.0.0.1"
+    # The JVM entry point; an ensemble member (localstack/ensemble.py) runs QuorumPeerMain.
+    main_class = MAIN_CLASS
 
     def __init__(
         self,
@@ -370,7 +372,7 @@ class ZooKeeperServer:
             "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
             "-cp",
             build_classpath(),
-            MAIN_CLASS,
+            self.main_class,
             str(self.config_path),
         ]
 

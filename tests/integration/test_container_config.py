@@ -289,6 +289,10 @@ def container_env(image: Dockerfile, service: dict[str, Any], root: Path, zk_hos
     if "JOB_API_HOST" in env:
         env["JOB_API_HOST"] = "127.0.0.1"
         env["JOB_API_PORT"] = str(api_port)
+    if "JOB_METRICS_PORT" in env:
+        # Each container has its own 9100; here the services share one host.
+        env["JOB_METRICS_HOST"] = "127.0.0.1"
+        env["JOB_METRICS_PORT"] = str(free_port())
     return env
 
 

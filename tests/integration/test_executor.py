@@ -218,6 +218,16 @@ def test_broken_module_skipped_and_duplicate_logged(admin_api: Api, start_execut
     assert job["return-code"] == 0  # the first definition won
 
 
+def test_the_same_actions_folder_twice_loads_once(admin_api: Api, start_executor) -> None:
+    # JOB_ACTIONS_PATH pointing at the built-in folder (a checkout, or an image's copy).
+    from nuvla_job.registry import BUILTIN_ACTIONS
+
+    process = start_executor("--actions-path", str(BUILTIN_ACTIONS))
+    assert "defined twice" not in process.log().replace("test_ok is defined twice", "")
+    assert wait_state(admin_api, add(admin_api, "sleep", payload='{"seconds": 0}')
+                      )["state"] == "SUCCESS"
+
+
 def test_payload_reaches_the_action(admin_api: Api, start_executor) -> None:
     start_executor()
     payload = {"b": [1, 2], "a": "x"}

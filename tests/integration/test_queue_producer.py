@@ -156,7 +156,9 @@ def test_make_client_with_gevent_handler_can_put(
     client = make_client([zookeeper.hosts], timeout=5.0, connection_retry={"max_tries": 3})
     client.start(timeout=10)
     try:
-        assert type(client.handler).__name__ == "SequentialGeventHandler"
+        from kazoo.handlers.gevent import SequentialGeventHandler
+
+        assert isinstance(client.handler, SequentialGeventHandler)
         the_id = job_id()
         path = queue.put(client, the_id, 1)
     finally:
