@@ -48,12 +48,8 @@ def wipe(client: KazooClient, path: str) -> None:
 @pytest.fixture(scope="session")
 def zookeeper() -> Iterator[ZooKeeperServer]:
     """The session's ZooKeeper server (see tests/support/zookeeper.py for its API)."""
-    server = ZooKeeperServer()
-    try:
-        server.start()
+    with ZooKeeperServer() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 import threading
 import time
-from types import TracebackType
 
+from .lifecycle import Service
 from .ports import free_port
 from .zookeeper import ZooKeeperServer, ZooKeeperStartError
 
@@ -45,7 +45,7 @@ class EnsembleMember(ZooKeeperServer):
         return match.group(1) if match else None
 
 
-class ZooKeeperEnsemble:
+class ZooKeeperEnsemble(Service):
     """`size` members on 127.0.0.1, each with its own client, quorum and election ports."""
 
     host = "127.0.0.1"
@@ -128,14 +128,3 @@ class ZooKeeperEnsemble:
         for member in self.members:
             member.close()
 
-    def __enter__(self) -> ZooKeeperEnsemble:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()

@@ -22,13 +22,14 @@ from pathlib import Path
 import requests
 from nuvla.api import Api
 
+from .lifecycle import Service
 from .ports import free_port
 from .processes import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-class JobApiProcess:
+class JobApiProcess(Service):
     """One `job-api serve` process with its own temporary database."""
 
     host = "127.0.0.1"
@@ -119,17 +120,6 @@ class JobApiProcess:
             self._process.kill()
             self._process.wait()
         self._process = None
-
-    def __enter__(self) -> JobApiProcess:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self.stop()

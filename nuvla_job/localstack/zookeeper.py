@@ -29,8 +29,8 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
+from .lifecycle import Service
 from .ports import free_port
 from .processes import stop_process
 
@@ -173,7 +173,7 @@ def four_letter_word(host: str, port: int, command: str, timeout: float = 2.0) -
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-class ZooKeeperServer:
+class ZooKeeperServer(Service):
     """One standalone ZooKeeper process on 127.0.0.1 with a private temporary directory.
 
     The port and the data directory are fixed at construction and kept across `restart()`,
@@ -299,18 +299,6 @@ class ZooKeeperServer:
         self.stop()
         if remove_files:
             shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> ZooKeeperServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- diagnostics ------------------------------------------------------------------------
 

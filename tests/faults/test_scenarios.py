@@ -32,12 +32,8 @@ FROZEN_AT_LEAST = 8.0  # longer than the session timeout and than any action
 
 @pytest.fixture
 def zookeeper_server() -> Iterator[ZooKeeperServer]:
-    server = ZooKeeperServer()
-    try:
-        server.start()
+    with ZooKeeperServer() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

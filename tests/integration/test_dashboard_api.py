@@ -18,20 +18,12 @@ from nuvla_job.api.dashboard import STATIC_DIR
 from nuvla_job.presence import ROOT, ExecutorPresence
 from tests.conftest import wipe
 from tests.support.jobapi import JobApiProcess
+from tests.support.waiting import wait_for
 
 WAIT = 15.0
 ENDPOINTS = ("queue", "executors", "leaders")
 
 
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def login_key(api: JobApiProcess) -> requests.Session:

@@ -14,6 +14,7 @@ from kazoo.client import KazooClient
 
 from nuvla_job.presence import ROOT, ExecutorPresence, node_name
 from tests.conftest import wipe
+from tests.support import waiting
 
 WAIT = 15.0
 INFO = {"name": "exec-a", "host": "h", "pid": 42, "concurrency": 7,
@@ -21,15 +22,8 @@ INFO = {"name": "exec-a", "host": "h", "pid": 42, "concurrency": 7,
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Poll until `predicate` is truthy; gevent.sleep lets a gevent-handler client work."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        gevent.sleep(0.02)
+    # gevent.sleep lets the gevent-handler client of the test work meanwhile.
+    return waiting.wait_for(predicate, what, timeout, pause=gevent.sleep, interval=0.02)
 
 
 def read(client: KazooClient, path: str) -> dict[str, Any] | None:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from tests.conftest import wipe
 from tests.support.certs import Pki, make_test_pki
 from tests.support.jobapi import JobApiProcess
 from tests.support.processes import EngineProcess, executor_process
+from tests.support.waiting import wait_for
 from tests.support.zookeeper import ZooKeeperServer
 
 PASSWORD = "zk-Pass-7f3a9c"  # noqa: S105 - a test credential, grepped for in the logs
@@ -50,13 +50,9 @@ def secure_zk_server(pki: Pki) -> Iterator[ZooKeeperServer]:
     Not the session's server: a failed test could leave protected nodes that other tests'
     unauthenticated clients could not wipe.
     """
-    server = ZooKeeperServer(tls=ZooKeeperTls(keystore=str(pki.server_keystore),
-                                              truststore=str(pki.ca)))
-    try:
-        server.start()
+    with ZooKeeperServer(tls=ZooKeeperTls(keystore=str(pki.server_keystore),
+                                          truststore=str(pki.ca))) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
@@ -122,15 +118,6 @@ def stack() -> Iterator[Callable[..., Any]]:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def wait_state(api: Api, job_id: str, timeout: float = 30.0) -> dict:
@@ -138,7 +125,7 @@ def wait_state(api: Api, job_id: str, timeout: float = 30.0) -> dict:
         job = api.get(job_id).data
         return job if job["state"] in FINAL else None
 
-    return wait_until(finished, f"{job_id} to finish", timeout)
+    return wait_for(finished, f"{job_id} to finish", timeout)
 
 
 def add(api: Api, action: str = "test_ok") -> str:
@@ -206,7 +193,7 @@ def test_with_auth_other_clients_cannot_read_or_tamper_and_jobs_still_run(
     admin = api.admin_api()
     waiting = add(admin)  # queued before any executor runs: its entry stays in the queue
     engine = clients(SECURITY)
-    entries = wait_until(lambda: engine.get_children(queue.ENTRIES), "the queue entry")
+    entries = wait_for(lambda: engine.get_children(queue.ENTRIES), "the queue entry")
 
     executor = stack.executor(api, hosts, "--zk-auth-file", auth_file(tmp_path),
                               "--zk-timeout", "3", "--distributions",
@@ -218,7 +205,7 @@ def test_with_auth_other_clients_cannot_read_or_tamper_and_jobs_still_run(
     restore = admin.add("job", {"action": "restore_queue",
                                 "payload": json.dumps({"min-age": 0})}).data["resource-id"]
     assert wait_state(admin, restore)["state"] == "SUCCESS", admin.get(restore).data
-    contenders = wait_until(lambda: engine.exists("/election/tick")
+    contenders = wait_for(lambda: engine.exists("/election/tick")
                             and engine.get_children("/election/tick"), "the tick election")
 
     stranger = clients()
@@ -239,10 +226,10 @@ def test_with_auth_other_clients_cannot_read_or_tamper_and_jobs_still_run(
     # The consumed entry is gone; a new one made by the API is just as closed.
     assert not engine.exists(entry)
     executor.stop()
-    assert wait_until(lambda: not engine.exists("/election/tick")
+    assert wait_for(lambda: not engine.exists("/election/tick")
                       or not engine.get_children("/election/tick"), "the election to empty")
     third = add(admin)
-    name = wait_until(lambda: engine.get_children(queue.ENTRIES), "a new entry")[0]
+    name = wait_for(lambda: engine.get_children(queue.ENTRIES), "a new entry")[0]
     with pytest.raises(NoAuthError):
         stranger.get(f"{queue.ENTRIES}/{name}")
     with pytest.raises(NoAuthError):
@@ -271,7 +258,7 @@ def test_existing_open_nodes_are_secured_at_start_and_by_zk_secure(
     # The parents (roots and their children) get the ACL when the API connects...
     parents = {queue.ROOT, queue.ENTRIES, queue.TAKEN, "/election", "/election/tick",
                "/locks", "/locks/restore_queue"}
-    wait_until(lambda: not parents & set(open_nodes(engine)), "the parents to be secured")
+    wait_for(lambda: not parents & set(open_nodes(engine)), "the parents to be secured")
     assert open_nodes(engine) == [old_entry]  # ... not every old entry
     with pytest.raises(NoAuthError):
         before.get_children(queue.ENTRIES)
