@@ -316,7 +316,7 @@ class Executor:
 
     def _run_action(self, job: Job, action_cls: type, entry: Entry | None) -> Outcome:
         name = job["action"]
-        log.info("%s: running %s", job.id, name)
+        log.debug("%s: running %s", job.id, name)  # its outcome is logged at INFO
         limit = self.actions.timeout(name) or self.action_timeout
         # A gevent.Timeout is a BaseException: an action's "except Exception" cannot eat it.
         # It interrupts only where the action yields (I/O, sleep), not a CPU-bound loop.

@@ -35,6 +35,8 @@ from requests.utils import requote_uri
 # the application, so it may be sent again on a fresh connection.
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# Seconds after its last exchange during which an idle connection is reused unchecked.
+_FRESH = 0.5
 
 
 class LeanTransport:
@@ -49,7 +51,8 @@ class LeanTransport:
         self.session = session
         self.fallback = fallback
         self.pool_size = pool_size
-        self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
+        # Idle connections with the time each was last put back.
+        self._idle: dict[tuple[str, str, int], list[tuple[http.client.HTTPConnection, float]]] = {}
         self._ssl_context: ssl.SSLContext | None = None
         # (scheme, host, path or "/") -> (jar content, Cookie header, valid until)
         self._cookies: dict[tuple[str, str, str], tuple[tuple, str | None, float]] = {}
@@ -133,8 +136,11 @@ class LeanTransport:
                     timeout: float | None) -> tuple[http.client.HTTPConnection, bool]:
         idle = self._idle.get((scheme, host, port))
         while idle:
-            conn = idle.pop()
-            if conn.sock is not None and not _dropped(conn.sock):
+            conn, since = idle.pop()
+            # A connection used moments ago is alive (and if the server closed it just
+            # now, the stale-connection retry below covers it): skip the check then.
+            fresh = time.monotonic() - since < _FRESH
+            if conn.sock is not None and (fresh or not _dropped(conn.sock)):
                 conn.sock.settimeout(timeout)
                 return conn, True
             conn.close()
@@ -163,7 +169,7 @@ class LeanTransport:
     def _put_back(self, key: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
         idle = self._idle.setdefault(key, [])
         if len(idle) < self.pool_size:
-            idle.append(conn)
+            idle.append((conn, time.monotonic()))
         else:
             conn.close()
 
