@@ -39,6 +39,10 @@ def hosts_string(hosts: str | Sequence[str]) -> str:
     return ",".join(parts)
 
 
+# Reconnection attempts: for ever, 0.1 s apart at first, never more than 2 s apart.
+RECONNECT = {"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 2.0}
+
+
 def make_client(
     hosts: str | Sequence[str],
     timeout: float = 10.0,
@@ -56,6 +60,9 @@ def make_client(
     """
     for name, value in (security or _process_security).client_kwargs().items():
         kw.setdefault(name, value)
+    # kazoo's default waits up to an hour between reconnection attempts, doubling from
+    # 0.1 s: after a 30 s outage an engine would sit idle for up to 25 s more.
+    kw.setdefault("connection_retry", dict(RECONNECT))
     if use_gevent and "handler" not in kw:
         kw["handler"] = _gevent_handler()
     handler = kw.get("handler")

@@ -203,3 +203,11 @@ def test_zookeeper_crash_keeps_acknowledged_writes(
 
     fresh = zk_factory()
     assert sorted(paths) == [f"{queue.ENTRIES}/{n}" for n in entry_names(fresh)]
+
+
+def test_make_client_reconnects_at_least_every_two_seconds() -> None:
+    # kazoo's own default grows to an hour between attempts; a long outage would then leave
+    # the engines idle long after ZooKeeper is back (see docs/reliability.md, scenario 2).
+    for use_gevent in (True, False):
+        client = make_client("127.0.0.1:1", use_gevent=use_gevent)
+        assert client._conn_retry.max_delay <= 2.0 and client._conn_retry.max_tries == -1
