@@ -8,7 +8,6 @@ table ends in exactly one of consume (the entry is done) or release (back to the
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import time
 import traceback
@@ -37,10 +36,6 @@ from .registry import ActionRegistry
 log = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({"SUCCESS", "FAILED", "CANCELED"})
-# Ids the executor asks the job API for: `job/` and URL-safe characters. Anything else in a
-# queue entry is garbage; asked for, it could fail like an unreachable API and be retried
-# forever.
-_URL_SAFE_JOB_ID = re.compile(r"job/[A-Za-z0-9._~:-]+")
 
 
 class JobLost(gevent.GreenletExit):
@@ -255,9 +250,7 @@ class Executor:
 
     def process(self, entry: Entry) -> Outcome:
         """Run the job of one entry: the executor table of engine-behaviour.md."""
-        job_id = entry.job_id
-        if job_id is not None and not _URL_SAFE_JOB_ID.fullmatch(job_id):
-            job_id = None  # no id the job API makes (control characters, "?", "#", "%")
+        job_id = entry.job_id  # None for anything but an id the job API makes
         monitoring.bind_job_context(job_id)  # every line of this greenlet names the job
         if job_id is None:
             log.error("queue entry %s holds no job id (%r): dropped", entry.name,

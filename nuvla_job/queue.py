@@ -180,7 +180,10 @@ def put_many(
 
 # ZooKeeper formats the sequence with %010d, so past 2**31 changes of /job/entries it is negative.
 _ENTRY_NAME = re.compile(rf"{ENTRY_PREFIX}(\d{{3}})-(\d{{10}}|-\d{{9,10}})")
-_JOB_ID = re.compile(r"job/[^\s/]+")
+# `job/` and URL-safe characters, as the job API makes them. Anything else is garbage: asked
+# of the job API, an id with a control character, "?", "#" or "%" could fail like an
+# unreachable API and be retried for ever.
+_JOB_ID = re.compile(r"job/[A-Za-z0-9._~:-]+")
 
 # Connection errors after which a request may or may not have been applied, and errors that
 # mean the session (and every ephemeral node of it) is gone.
@@ -230,7 +233,7 @@ class Entry:
 
     @property
     def job_id(self) -> str | None:
-        """The job id if the data is one (`job/<id>` in UTF-8), else None."""
+        """The job id if the data is one (`job/<id>`, URL-safe, in UTF-8), else None."""
         try:
             text = self.data.decode("utf-8")
         except UnicodeDecodeError:

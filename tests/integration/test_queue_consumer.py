@@ -100,7 +100,8 @@ def test_entry_properties() -> None:
     assert Entry("entry-999--2147483648", b"").priority == 999
     for name in ("garbage", "entry-1-0000000001", "entry-001-12", "entry-001-0000000001x"):
         assert Entry(name, b"job/x").priority is None
-    for data in (b"", b"\xff\xfe", b"job/", b"nuvlabox/1", b"job/a b", b"job/a\n", b"job/a/b"):
+    for data in (b"", b"\xff\xfe", b"job/", b"nuvlabox/1", b"job/a b", b"job/a\n", b"job/a/b",
+                 b"job/a\x00b", b"job/a?x", b"job/a#x", b"job/a%2fb"):
         assert Entry("entry-001-0000000001", data).job_id is None
 
 
