@@ -25,7 +25,7 @@ import urllib.request
 import zlib
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import SplitResult, urlencode, urlsplit
 
 import requests
 from requests.structures import CaseInsensitiveDict
@@ -91,15 +91,16 @@ class LeanTransport:
             all_headers.setdefault("Content-Type", "application/json")
         elif isinstance(body, str):
             body = body.encode()
-        cookie = self._cookie_header(url)
+        parts = urlsplit(url)
+        cookie = self._cookie_header(url, parts)
         if cookie:
             all_headers["Cookie"] = cookie
         if body is not None:
             all_headers["Content-Length"] = str(len(body))
         seconds = timeout[1] if isinstance(timeout, tuple) else timeout
-        return self._exchange(method, url, body, all_headers, seconds)
+        return self._exchange(method, url, parts, body, all_headers, seconds)
 
-    def _cookie_header(self, url: str) -> str | None:
+    def _cookie_header(self, url: str, parts: SplitResult) -> str | None:
         """The Cookie header for `url`, remembered while the jar and the time allow.
 
         The jar's own matching costs as much as the rest of a call; its answer only changes
@@ -107,7 +108,6 @@ class LeanTransport:
         """
         jar = self.session.cookies
         content = tuple((c.name, c.value, c.domain, c.path, c.secure, c.expires) for c in jar)
-        parts = urlsplit(url)
         if any(cookie[3] != "/" for cookie in content):
             key = (parts.scheme, parts.netloc, parts.path)  # path-specific cookies
         else:
@@ -175,9 +175,8 @@ class LeanTransport:
 
     # -- one exchange --------------------------------------------------------------------------
 
-    def _exchange(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
-                  timeout: float | None) -> requests.Response:
-        parts = urlsplit(url)
+    def _exchange(self, method: str, url: str, parts: SplitResult, body: bytes | None,
+                  headers: dict[str, str], timeout: float | None) -> requests.Response:
         scheme = parts.scheme
         port = parts.port or (443 if scheme == "https" else 80)
         key = (scheme, parts.hostname or "", port)
