@@ -38,13 +38,21 @@ def _thousands(value: float, _position: int = 0) -> str:
     return f"{value:,.0f}" if value >= 1 else f"{value:g}"
 
 
+def _log_log(axes: Any) -> None:
+    """Both axes logarithmic, labelled with plain thousands (1,000 not 10^3)."""
+    from matplotlib.ticker import FuncFormatter
+
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.xaxis.set_major_formatter(FuncFormatter(_thousands))
+    axes.yaxis.set_major_formatter(FuncFormatter(_thousands))
+
+
 def takes_vs_depth(path: Path, depths: Sequence[int], ours: Sequence[float],
                    ours_range: Sequence[tuple[float, float]], kazoo: Sequence[float],
                    goal: float | None = None) -> Path:
     """Takes/s against queue depth, log-log: ours (median, range as error bars) and kazoo's
     LockingQueue."""
-    from matplotlib.ticker import FuncFormatter
-
     figure, axes = _figure()
     low = [max(0.0, median - lo) for median, (lo, _) in zip(ours, ours_range, strict=True)]
     high = [max(0.0, hi - median) for median, (_, hi) in zip(ours, ours_range, strict=True)]
@@ -53,10 +61,7 @@ def takes_vs_depth(path: Path, depths: Sequence[int], ours: Sequence[float],
     axes.plot(depths, kazoo, marker="s", color=BASELINE, label="kazoo LockingQueue")
     if goal is not None:
         axes.axhline(goal, color=GOAL, linestyle="--", linewidth=1, label=f"goal {goal:,.0f}/s")
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.xaxis.set_major_formatter(FuncFormatter(_thousands))
-    axes.yaxis.set_major_formatter(FuncFormatter(_thousands))
+    _log_log(axes)
     axes.set_xlabel("queue depth (entries)")
     axes.set_ylabel("takes/s (take + consume)")
     axes.set_title("Queue takes against depth")
@@ -69,8 +74,6 @@ def throughput_vs_concurrency(path: Path, concurrency: Sequence[int], rates: Seq
                               job_seconds: float, goal: float | None = None) -> Path:
     """Jobs/s against the executor's concurrency, log-log, with the ideal concurrency / job
     duration for comparison."""
-    from matplotlib.ticker import FuncFormatter
-
     figure, axes = _figure()
     axes.plot(concurrency, rates, marker="o", color=OURS, label="job-executor (measured)")
     ideal = [c / job_seconds for c in concurrency]
@@ -81,11 +84,8 @@ def throughput_vs_concurrency(path: Path, concurrency: Sequence[int], rates: Seq
                       textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
     if goal is not None:
         axes.axhline(goal, color=GOAL, linestyle="--", linewidth=1, label=f"goal {goal:,.0f}/s")
-    axes.set_xscale("log")
-    axes.set_yscale("log")
+    _log_log(axes)
     axes.set_xticks(list(concurrency))
-    axes.xaxis.set_major_formatter(FuncFormatter(_thousands))
-    axes.yaxis.set_major_formatter(FuncFormatter(_thousands))
     axes.set_xlabel("--concurrency (jobs in flight per process)")
     axes.set_ylabel("jobs/s")
     axes.set_title("Executor throughput against concurrency")
