@@ -31,6 +31,7 @@ from tests.faults.invariants import (
     check,
     read_executions,
 )
+from tests.support import waiting
 
 EXECUTORS = ("a", "b")
 CONCURRENCY = 100
@@ -51,11 +52,12 @@ def poll(condition: Callable[[], Any], timeout: float, interval: float = 0.2) ->
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str,
              interval: float = 0.2) -> Any:
-    """Poll `condition` until it returns something true; fail after `timeout` seconds."""
-    result = poll(condition, timeout, interval)
-    if not result:
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-    return result
+    """Poll `condition` until it returns something true; fail after `timeout` seconds.
+
+    The tests' shared helper, with the timeout first as the scenarios read best.
+    """
+    return waiting.wait_for(condition, f"{what} ({timeout:.0f} s)", timeout,
+                            interval=interval)
 
 
 @dataclass

@@ -39,6 +39,7 @@ from nuvla_job.queue import (
     put,
     put_many,
 )
+from tests.support import waiting
 from tests.support.zookeeper import ZooKeeperServer
 
 WAIT = 10.0
@@ -46,11 +47,8 @@ WAIT = 10.0
 
 def wait_until(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "") -> None:
     """Poll `predicate` (letting the gevent hub run) until it is true or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        gevent.sleep(0.01)
+    waiting.wait_for(predicate, what or repr(predicate), timeout, pause=gevent.sleep,
+                     interval=0.01)
 
 
 def expire_session(zk_factory: Callable[..., KazooClient], client: KazooClient) -> None:
