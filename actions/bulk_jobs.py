@@ -66,11 +66,22 @@ def assess(api: Api, parent: dict) -> Outcome | None:
     message = f"{total} child job(s): {outcomes}"
     if counts["SUCCESS"] == total:
         return Outcome(100, "SUCCESS", message)
-    unsuccessful = [doc["id"] for doc in api.search(
-        "job", filter=f"{children} and state!='SUCCESS'", select="id", last=FAILED_SHOWN,
-        orderby="created").data.get("resources", [])]
-    return Outcome(100, "FAILED", f"{message}; not successful: {', '.join(unsuccessful)}"
-                                  + (", ..." if total - counts["SUCCESS"] > FAILED_SHOWN else ""))
+    unsuccessful = [
+        doc["id"]
+        for doc in api.search(
+            "job",
+            filter=f"{children} and state!='SUCCESS'",
+            select="id",
+            last=FAILED_SHOWN,
+            orderby="created",
+        ).data.get("resources", [])
+    ]
+    return Outcome(
+        100,
+        "FAILED",
+        f"{message}; not successful: {', '.join(unsuccessful)}"
+        + (", ..." if total - counts["SUCCESS"] > FAILED_SHOWN else ""),
+    )
 
 
 # -- the generic parent ---------------------------------------------------------------------------
@@ -80,7 +91,7 @@ def _child_bodies(payload) -> list[dict] | str:
     """The payload's child bodies, or what is wrong with it."""
     jobs = payload.get("jobs") if isinstance(payload, dict) else None
     if not isinstance(jobs, list):
-        return "payload must be {\"jobs\": [<job body>, ...]}"
+        return 'payload must be {"jobs": [<job body>, ...]}'
     for index, body in enumerate(jobs):
         if not isinstance(body, dict) or not isinstance(body.get("action"), str):
             return f"payload jobs[{index}] is not a job body with an 'action'"
@@ -110,11 +121,17 @@ class BulkJobs:
     def _launch(self, bodies: list[dict]) -> None:
         # A run interrupted part-way (executor crash) resumes: children are created in order,
         # so the ones already there are the first ones of the list.
-        ids = [doc["id"] for doc in iter_jobs(
-            self.api, f"parent-job={quote(self.job.id)}", select="id")]
-        for body in bodies[len(ids):]:
-            child = {"acl": self.job["acl"], "priority": self.job.get("priority", 999), **body,
-                     "parent-job": self.job.id}
+        ids = [
+            doc["id"]
+            for doc in iter_jobs(self.api, f"parent-job={quote(self.job.id)}", select="id")
+        ]
+        for body in bodies[len(ids) :]:
+            child = {
+                "acl": self.job["acl"],
+                "priority": self.job.get("priority", 999),
+                **body,
+                "parent-job": self.job.id,
+            }
             if not isinstance(child.get("payload", ""), str):
                 child["payload"] = json.dumps(child["payload"])  # the job API wants a JSON text
             ids.append(self.api.add("job", child).data["resource-id"])
@@ -152,8 +169,7 @@ class MonitorBulkJobs:
 
     def do_work(self) -> int:
         parents = settled = 0
-        for parent in iter_jobs(self.api, RUNNING_PARENTS,
-                                select="id,state,progress,nested-jobs"):
+        for parent in iter_jobs(self.api, RUNNING_PARENTS, select="id,state,progress,nested-jobs"):
             parents += 1
             try:
                 settled += self._update(parent)
@@ -172,9 +188,14 @@ class MonitorBulkJobs:
             if outcome.progress != parent.get("progress"):
                 self.api.edit(parent["id"], {"progress": outcome.progress})
             return 0
-        self.api.edit(parent["id"], {"state": outcome.state,
-                                     "return-code": 0 if outcome.state == "SUCCESS" else 1,
-                                     "status-message": outcome.message})
+        self.api.edit(
+            parent["id"],
+            {
+                "state": outcome.state,
+                "return-code": 0 if outcome.state == "SUCCESS" else 1,
+                "status-message": outcome.message,
+            },
+        )
         log.info("%s: %s (%s)", parent["id"], outcome.state, outcome.message)
         return 1
 

@@ -32,8 +32,11 @@ DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 3600.0
 DEFAULT_MAX_RESPONSE = 10_000
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-SECRET_NAME = re.compile(r"auth|token|secret|password|passwd|pwd|key|cookie|session|"
-                         r"signature|credential", re.IGNORECASE)
+SECRET_NAME = re.compile(
+    r"auth|token|secret|password|passwd|pwd|key|cookie|session|"
+    r"signature|credential",
+    re.IGNORECASE,
+)
 SECRET_VALUE = re.compile(r"^\s*(bearer|basic|digest|token)\s", re.IGNORECASE)
 
 
@@ -43,8 +46,10 @@ class BadPayload(ValueError):
 
 def masked_headers(headers: dict[str, str]) -> dict[str, str]:
     """The headers as they may be logged: credential-like values masked."""
-    return {name: MASK if SECRET_NAME.search(name) or SECRET_VALUE.match(value) else value
-            for name, value in headers.items()}
+    return {
+        name: MASK if SECRET_NAME.search(name) or SECRET_VALUE.match(value) else value
+        for name, value in headers.items()
+    }
 
 
 def safe_url(url: str) -> str:
@@ -53,9 +58,13 @@ def safe_url(url: str) -> str:
     netloc = parts.netloc
     if parts.password is not None:
         netloc = f"{parts.username}:{MASK}@{netloc.rsplit('@', 1)[1]}"
-    query = urlencode([(name, MASK if SECRET_NAME.search(name) else value)
-                       for name, value in parse_qsl(parts.query, keep_blank_values=True)],
-                      safe="*")
+    query = urlencode(
+        [
+            (name, MASK if SECRET_NAME.search(name) else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="*",
+    )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -81,18 +90,26 @@ def parse_request(payload: object) -> dict:
     if not isinstance(payload, dict):
         raise BadPayload("the payload must be a JSON object with at least 'url'")
     url = payload.get("url")
-    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") \
-            or not urlsplit(url).netloc:
+    if (
+        not isinstance(url, str)
+        or urlsplit(url).scheme not in ("http", "https")
+        or not urlsplit(url).netloc
+    ):
         raise BadPayload("'url' must be an http or https URL")
     method = str(payload.get("method", "GET")).upper()
     if method not in METHODS:
         raise BadPayload(f"'method' must be one of {', '.join(METHODS)}")
     headers = payload.get("headers", {})
     if not isinstance(headers, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
         raise BadPayload("'headers' must be an object of strings")
-    request = {"method": method, "url": url, "headers": headers,
-               "timeout": _number(payload, "timeout", DEFAULT_TIMEOUT, 0, MAX_TIMEOUT)}
+    request = {
+        "method": method,
+        "url": url,
+        "headers": headers,
+        "timeout": _number(payload, "timeout", DEFAULT_TIMEOUT, 0, MAX_TIMEOUT),
+    }
     if "body" in payload:
         body = payload["body"]
         request["data" if isinstance(body, str) else "json"] = body
@@ -138,13 +155,20 @@ class HttpRequest:
             # The exception's text may hold the full URL (and its credentials): not shown.
             self.job.set_status_message(f"{shown}: request failed ({type(exc).__name__})")
             return 1
-        output = {"status": response.status_code, "reason": response.reason,
-                  "content-type": response.headers.get("content-type"),
-                  "body": body, "truncated": truncated}
+        output = {
+            "status": response.status_code,
+            "reason": response.reason,
+            "content-type": response.headers.get("content-type"),
+            "body": body,
+            "truncated": truncated,
+        }
         self.api.edit(self.job.id, {"output": json.dumps(output)})
         expected = spec["expected"]
-        ok = (200 <= response.status_code < 300) if expected is None \
+        ok = (
+            (200 <= response.status_code < 300)
+            if expected is None
             else response.status_code in expected
+        )
         message = f"{shown} -> {response.status_code} {response.reason}"
         if not ok:
             wanted = "a 2xx status" if expected is None else " or ".join(map(str, sorted(expected)))

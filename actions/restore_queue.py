@@ -35,8 +35,7 @@ class RestoreQueue:
         payload = self.job.payload if isinstance(self.job.payload, dict) else {}
         min_age = payload.get("min-age", restore.DEFAULT_MIN_AGE)
         if not isinstance(min_age, int | float) or isinstance(min_age, bool) or min_age < 0:
-            self.job.set_status_message(f"payload 'min-age' must be a number >= 0, "
-                                        f"not {min_age!r}")
+            self.job.set_status_message(f"payload 'min-age' must be a number >= 0, not {min_age!r}")
             return 1
         hosts = restore.process_zk_hosts()
         zk = make_client(hosts)
@@ -44,12 +43,14 @@ class RestoreQueue:
             zk.start(timeout=CONNECT_TIMEOUT)
         except Exception as exc:
             zk.close()
-            self.job.set_status_message(f"cannot connect to ZooKeeper at {hosts}: "
-                                        f"{type(exc).__name__}")
+            self.job.set_status_message(
+                f"cannot connect to ZooKeeper at {hosts}: {type(exc).__name__}"
+            )
             return 1
         try:
-            report = restore.restore(self.api, zk, dry_run=bool(payload.get("dry-run")),
-                                     min_age=min_age)
+            report = restore.restore(
+                self.api, zk, dry_run=bool(payload.get("dry-run")), min_age=min_age
+            )
         except restore.RestoreBusy as exc:
             self.job.set_status_message(f"{exc}; nothing done")
             return 0

@@ -25,21 +25,45 @@ HELPERS = {"plots", "report"}
 QUICK: dict[str, list[str]] = {
     "api": ["--jobs", "10000", "--seconds", "5", "--quiet-wait", "10"],
     "distributor": ["--seconds", "10"],
-    "executor": ["--jobs", "300", "--baseline-jobs", "30", "--samples", "50",
-                 "--in-flight", "200", "--sweep", "1,10,50,100"],
-    "queue_takes": ["--depths", "1000,10000", "--takes", "500", "--rounds", "2",
-                    "--baseline-takes", "50", "--baseline-seconds", "5"],
+    "executor": [
+        "--jobs",
+        "300",
+        "--baseline-jobs",
+        "30",
+        "--samples",
+        "50",
+        "--in-flight",
+        "200",
+        "--sweep",
+        "1,10,50,100",
+    ],
+    "queue_takes": [
+        "--depths",
+        "1000,10000",
+        "--takes",
+        "500",
+        "--rounds",
+        "2",
+        "--baseline-takes",
+        "50",
+        "--baseline-seconds",
+        "5",
+    ],
 }
 
 
 def modules() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules([str(BENCH)])
-                  if not m.name.startswith("_") and not m.ispkg and m.name not in HELPERS)
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules([str(BENCH)])
+        if not m.name.startswith("_") and not m.ispkg and m.name not in HELPERS
+    )
 
 
 def run_one(name: str, args: list[str], env: dict[str, str]) -> int:
-    process = subprocess.Popen([sys.executable, "-m", f"bench.{name}", *args],
-                               cwd=BENCH.parent, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", f"bench.{name}", *args], cwd=BENCH.parent, env=env
+    )
 
     def forward(signum: int, frame: object) -> None:
         process.send_signal(signum)
@@ -59,19 +83,29 @@ def run_one(name: str, args: list[str], env: dict[str, str]) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     known = modules()
-    parser = argparse.ArgumentParser(prog="python -m bench",
-                                     description="Run the benchmarks in turn.")
-    parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"benchmarks to run (default: all of {', '.join(known)})")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes: checks the commands and draws the plots quickly")
-    parser.add_argument("--publish", action="store_true",
-                        help="update docs/benchmarks.md and docs/img/ with the results")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="Run the benchmarks in turn."
+    )
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run (default: all of {', '.join(known)})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes: checks the commands and draws the plots quickly",
+    )
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="update docs/benchmarks.md and docs/img/ with the results",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(known))
     if unknown:
-        parser.error(f"unknown benchmark(s): {', '.join(unknown)} "
-                     f"(known: {', '.join(known)})")
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)} (known: {', '.join(known)})")
     args.names = [name for name in known if name in args.names] or known
     return args
 
@@ -81,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
     failed = []
     for name in options.names:
-        args = [*(QUICK.get(name, []) if options.quick else []),
-                *(["--publish"] if options.publish else [])]
+        args = [
+            *(QUICK.get(name, []) if options.quick else []),
+            *(["--publish"] if options.publish else []),
+        ]
         print(f"==== python -m bench.{name} {' '.join(args)}".rstrip(), flush=True)
         code = run_one(name, args, env)
         if code in (130, -signal.SIGINT, -signal.SIGTERM):

@@ -107,8 +107,15 @@ ACTIONS: tuple[tuple[str, str | None, int], ...] = (
     ("notify_coupon_end", None, 1),
 )
 # What the load's adds create: the actions the distributors and users add most.
-ADD_ACTIONS = ("start_deployment", "stop_deployment", "update_deployment", "deployment_state",
-               "fetch_deployment_log", "reboot_nuvlabox", "check_registry")
+ADD_ACTIONS = (
+    "start_deployment",
+    "stop_deployment",
+    "update_deployment",
+    "deployment_state",
+    "fetch_deployment_log",
+    "reboot_nuvlabox",
+    "check_registry",
+)
 N_USERS = 500
 
 
@@ -184,8 +191,13 @@ def generate_docs(count: int, now_ms: int, rng: random.Random) -> Iterator[dict[
             "priority": priority,
             "created": _iso(created),
             "created-by": "internal" if collection is None else owner,
-            "acl": {"owners": [ADMIN], "view-acl": [owner], "view-data": [owner],
-                    "view-meta": [owner], "manage": [owner]},
+            "acl": {
+                "owners": [ADMIN],
+                "view-acl": [owner],
+                "view-data": [owner],
+                "view-meta": [owner],
+                "manage": [owner],
+            },
         }
         if collection is not None:
             target = {"href": f"{collection}/{_uuid(rng)}"}
@@ -194,11 +206,19 @@ def generate_docs(count: int, now_ms: int, rng: random.Random) -> Iterator[dict[
         roll = rng.random()
         started = created + rng.randrange(50, 30_000)
         if roll < 0.02:
-            doc.update(state="QUEUED", progress=0, updated=doc["created"],
-                       tags=[f"/job/entries/entry-{priority:03d}-{seq:010d}"])
+            doc.update(
+                state="QUEUED",
+                progress=0,
+                updated=doc["created"],
+                tags=[f"/job/entries/entry-{priority:03d}-{seq:010d}"],
+            )
         elif roll < 0.03:
-            doc.update(state="RUNNING", progress=rng.randrange(10, 90), started=_iso(started),
-                       updated=_iso(started + rng.randrange(100, 5000)))
+            doc.update(
+                state="RUNNING",
+                progress=rng.randrange(10, 90),
+                started=_iso(started),
+                updated=_iso(started + rng.randrange(100, 5000)),
+            )
         else:
             duration = rng.randrange(0, 120)
             ended = started + duration * 1000 + rng.randrange(1000)
@@ -210,12 +230,18 @@ def generate_docs(count: int, now_ms: int, rng: random.Random) -> Iterator[dict[
                 doc.update(state="FAILED", **{"return-code": 1})
                 doc["status-message"] = (
                     f"Error while running {action}: connection to the target refused "
-                    f"after {rng.randrange(1, 6)} attempt(s); see the executor log")
+                    f"after {rng.randrange(1, 6)} attempt(s); see the executor log"
+                )
             else:
                 doc.update(state="CANCELED")
                 doc["status-message"] = "cancelled by user"
-            doc.update(progress=100, started=_iso(started), duration=duration,
-                       updated=_iso(ended), **{"time-of-status-change": _iso(ended)})
+            doc.update(
+                progress=100,
+                started=_iso(started),
+                duration=duration,
+                updated=_iso(ended),
+                **{"time-of-status-change": _iso(ended)},
+            )
         yield doc
 
 
@@ -309,8 +335,7 @@ def sample_ids(db_path: Path, jobs: int, count: int) -> list[str]:
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         marks = ",".join("?" * len(rowids))
-        return [r[0] for r in conn.execute(f"SELECT id FROM job WHERE rowid IN ({marks})",
-                                           rowids)]
+        return [r[0] for r in conn.execute(f"SELECT id FROM job WHERE rowid IN ({marks})", rowids)]
     finally:
         conn.close()
 
@@ -339,16 +364,16 @@ def time_calls(call: Callable[[], object], repeat: int, warmup: int) -> list[flo
     return samples
 
 
-def bench_search(api: Any, db_path: Path, calls: int, scan_repeats: int
-                 ) -> tuple[list[Timing], str, int]:
+def bench_search(
+    api: Any, db_path: Path, calls: int, scan_repeats: int
+) -> tuple[list[Timing], str, int]:
     """The search through the API, the same SQL straight in SQLite, and the full scan."""
     import orjson
 
     from nuvla_job.api.query import order_by_sql, parse_query, where_sql
 
     def api_search() -> None:
-        result = api.search("job", filter=SEARCH_FILTER, orderby=SEARCH_ORDER,
-                            last=SEARCH_LAST)
+        result = api.search("job", filter=SEARCH_FILTER, orderby=SEARCH_ORDER, last=SEARCH_LAST)
         states = {r.data["state"] for r in result.resources}
         if states - {"QUEUED"} or len(result.resources) != min(SEARCH_LAST, result.count):
             raise AssertionError(f"unexpected search answer: count {result.count}, {states}")
@@ -356,16 +381,19 @@ def bench_search(api: Any, db_path: Path, calls: int, scan_repeats: int
     api_samples = time_calls(api_search, calls, warmup=10)
     count = api.search("job", filter=SEARCH_FILTER, last=0).count
 
-    query = parse_query({"filter": [SEARCH_FILTER], "orderby": [SEARCH_ORDER],
-                         "last": [str(SEARCH_LAST)]})
+    query = parse_query(
+        {"filter": [SEARCH_FILTER], "orderby": [SEARCH_ORDER], "last": [str(SEARCH_LAST)]}
+    )
     where, params = where_sql(query)
     count_sql = f"SELECT count(*) FROM job WHERE {where}"
     page_sql = f"SELECT doc FROM job WHERE {where} {order_by_sql(query)} LIMIT {SEARCH_LAST}"
     # The baseline: the same answer with no index, the filter and order read from the JSON.
     scan_where = "json_extract(doc, '$.state') = ?"
     scan_count = f"SELECT count(*) FROM job NOT INDEXED WHERE {scan_where}"
-    scan_page = (f"SELECT doc FROM job NOT INDEXED WHERE {scan_where} "
-                 f"ORDER BY json_extract(doc, '$.created'), id LIMIT {SEARCH_LAST}")
+    scan_page = (
+        f"SELECT doc FROM job NOT INDEXED WHERE {scan_where} "
+        f"ORDER BY json_extract(doc, '$.created'), id LIMIT {SEARCH_LAST}"
+    )
 
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
@@ -375,6 +403,7 @@ def bench_search(api: Any, db_path: Path, calls: int, scan_repeats: int
             def call() -> object:
                 conn.execute(count_q, params).fetchone()
                 return [orjson.loads(r[0]) for r in conn.execute(page_q, params)]
+
             return call
 
         indexed = time_calls(run(count_sql, page_sql), calls, warmup=10)
@@ -393,8 +422,9 @@ def bench_search(api: Any, db_path: Path, calls: int, scan_repeats: int
 # Load processes (gevent, monkey-patched before anything else is imported)
 
 # The first thing a load process runs: gevent must patch sockets before requests is imported.
-WORKER_BOOT = ("from gevent import monkey; monkey.patch_all(); "
-               "import bench.api as b; b.worker_main()")
+WORKER_BOOT = (
+    "from gevent import monkey; monkey.patch_all(); import bench.api as b; b.worker_main()"
+)
 KINDS = ("add", "get", "edit")
 HTTP_PER_OP = {"add": 2, "get": 1, "edit": 1, "cloud-entry-point": 1}
 
@@ -426,9 +456,13 @@ class _Window:
                 self.samples.append(f"{kind}: {error}")
 
     def answer(self) -> dict[str, Any]:
-        return {"phase": self.phase, "latencies": self.latencies, "errors": self.errors,
-                "samples": self.samples,
-                "cpu": self.cpu.get("end", 0.0) - self.cpu.get("start", 0.0)}
+        return {
+            "phase": self.phase,
+            "latencies": self.latencies,
+            "errors": self.errors,
+            "samples": self.samples,
+            "cpu": self.cpu.get("end", 0.0) - self.cpu.get("start", 0.0),
+        }
 
 
 class _Client:
@@ -464,9 +498,11 @@ class _Client:
             # Through the client's own request path (headers, status check, JSON decode).
             api._cimi_get(resource_id="cloud-entry-point")
         elif kind == "add":
-            body = {"action": rng.choice(ADD_ACTIONS),
-                    "target-resource": {"href": f"deployment/{_uuid(rng)}"},
-                    "execution-mode": "push"}
+            body = {
+                "action": rng.choice(ADD_ACTIONS),
+                "target-resource": {"href": f"deployment/{_uuid(rng)}"},
+                "execution-mode": "push",
+            }
             self.mine.append(api.add("job", body).data["resource-id"])
         elif kind == "get":
             # Half of the gets read a random seeded job: the whole file is read, not a hot set.
@@ -515,8 +551,10 @@ def worker_main() -> None:
         if command["phase"] == "quit":
             return
         window = _Window(command["phase"], command["start"], command["end"])
-        meters = [gevent.spawn(cpu_at, window, "start", window.start),
-                  gevent.spawn(cpu_at, window, "end", window.end)]
+        meters = [
+            gevent.spawn(cpu_at, window, "start", window.start),
+            gevent.spawn(cpu_at, window, "end", window.end),
+        ]
         running = [gevent.spawn(c.run, window) for c in clients]
         gevent.joinall(running + meters, timeout=window.end - time.time() + 120)
         gevent.killall(running + meters)
@@ -529,8 +567,12 @@ class LoadProcess:
     def __init__(self, config: dict[str, Any]) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.process = subprocess.Popen(
-            [sys.executable, "-c", WORKER_BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            cwd=REPO, env=env, text=True,
+            [sys.executable, "-c", WORKER_BOOT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=REPO,
+            env=env,
+            text=True,
             # Out of the terminal's process group: on Ctrl-C we stop it ourselves, in order.
             start_new_session=True,
         )
@@ -545,8 +587,7 @@ class LoadProcess:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError(f"load process {self.process.pid} exited "
-                               f"({self.process.poll()})")
+            raise RuntimeError(f"load process {self.process.pid} exited ({self.process.poll()})")
         return json.loads(line)
 
     def close(self) -> None:
@@ -634,8 +675,11 @@ def wait_until_quiet(limit: float, threshold: float = 0.3) -> None:
         if busy < threshold:
             return
         if time.monotonic() >= deadline:
-            print(f"warning: the machine is busy ({busy:.2f} cores used by other processes); "
-                  f"the numbers will be lower than on an idle machine", flush=True)
+            print(
+                f"warning: the machine is busy ({busy:.2f} cores used by other processes); "
+                f"the numbers will be lower than on an idle machine",
+                flush=True,
+            )
             return
 
 
@@ -644,8 +688,14 @@ def py_spy() -> str | None:
     return found if os.access(found, os.X_OK) else None
 
 
-def run_phase(loaders: list[LoadProcess], phase: str, pids: tuple[int, int], warmup: float,
-              seconds: float, profile_to: Path | None = None) -> PhaseResult:
+def run_phase(
+    loaders: list[LoadProcess],
+    phase: str,
+    pids: tuple[int, int],
+    warmup: float,
+    seconds: float,
+    profile_to: Path | None = None,
+) -> PhaseResult:
     # A common wall-clock window: every load process warms up, then measures the same span.
     start = time.time() + warmup
     end = start + seconds
@@ -656,10 +706,24 @@ def run_phase(loaders: list[LoadProcess], phase: str, pids: tuple[int, int], war
     if profile_to is not None:
         # --nonblocking: sampling must not pause the server it measures.
         spy = subprocess.Popen(
-            [str(py_spy()), "record", "--pid", str(pids[0]), "--duration",
-             str(max(1, int(seconds))), "--rate", "100", "--nonblocking", "--format", "raw",
-             "--output", str(profile_to)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(py_spy()),
+                "record",
+                "--pid",
+                str(pids[0]),
+                "--duration",
+                str(max(1, int(seconds))),
+                "--rate",
+                "100",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                str(profile_to),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
     try:
@@ -731,9 +795,14 @@ class Report:
 
         def row(label: str, res: PhaseResult, kind: str | None) -> list[str]:
             lat = res.latencies.get(kind, []) if kind else res.all_latencies()
-            return [label, _fmt(res.rate(kind), 0), _fmt(res.http_rate(kind), 0),
-                    _fmt(percentile(lat, 50)), _fmt(percentile(lat, 99)),
-                    str(res.error_count(kind))]
+            return [
+                label,
+                _fmt(res.rate(kind), 0),
+                _fmt(res.http_rate(kind), 0),
+                _fmt(percentile(lat, 50)),
+                _fmt(percentile(lat, 99)),
+                str(res.error_count(kind)),
+            ]
 
         rows.append(row("baseline: GET cloud-entry-point", self.baseline, None))
         rows.append(row("mixed add/get/edit", self.mixed, None))
@@ -743,8 +812,16 @@ class Report:
         return rows
 
     def search_rows(self) -> list[list[str]]:
-        return [[t.name, _fmt(t.pct(50), 2), _fmt(t.pct(95), 2), _fmt(t.pct(99), 2),
-                 str(len(t.samples))] for t in self.search]
+        return [
+            [
+                t.name,
+                _fmt(t.pct(50), 2),
+                _fmt(t.pct(95), 2),
+                _fmt(t.pct(99), 2),
+                str(len(t.samples)),
+            ]
+            for t in self.search
+        ]
 
     def verdicts(self) -> list[str]:
         mixed_ops, base_ops = self.mixed.rate(), self.baseline.rate()
@@ -753,13 +830,23 @@ class Report:
         ops_ok = mixed_ops >= GOAL_OPS and self.mixed.error_count() == 0
         search_ok = api.pct(95) < GOAL_SEARCH_MS
         server_ms = self.mixed.server_cpu * 1000 / mixed_ops if mixed_ops else float("nan")
-        client_ms = (self.mixed.load_cpu + self.mixed.zk_cpu) * 1000 / mixed_ops if mixed_ops \
+        client_ms = (
+            (self.mixed.load_cpu + self.mixed.zk_cpu) * 1000 / mixed_ops
+            if mixed_ops
             else float("nan")
+        )
         others = max(self.baseline.other_cpu, self.mixed.other_cpu)
-        shared = ([f"the machine was shared: other processes used up to {others:.2f} cores "
-                   f"during the load phases, so the rates above are lower than on an idle "
-                   f"machine (the CPU per operation is not)"] if others > 0.3 else [])
-        return [*shared,
+        shared = (
+            [
+                f"the machine was shared: other processes used up to {others:.2f} cores "
+                f"during the load phases, so the rates above are lower than on an idle "
+                f"machine (the CPU per operation is not)"
+            ]
+            if others > 0.3
+            else []
+        )
+        return [
+            *shared,
             f"mixed vs baseline: {mixed_ops / base_ops:.2f}x the operations/s and "
             f"{self.mixed.http_rate() / base_ops:.2f}x the HTTP requests/s of GET "
             f"cloud-entry-point",
@@ -778,21 +865,32 @@ class Report:
 
     def cpu_rows(self) -> list[list[str]]:
         rows = []
-        for label, res in (("baseline: GET cloud-entry-point", self.baseline),
-                           ("mixed add/get/edit", self.mixed)):
+        for label, res in (
+            ("baseline: GET cloud-entry-point", self.baseline),
+            ("mixed add/get/edit", self.mixed),
+        ):
             rate = res.rate()
-            rows.append([
-                label, _fmt(res.server_cpu, 2), _fmt(res.server_cpu * 1000 / rate, 2),
-                _fmt(rate / res.server_cpu if res.server_cpu else float("nan"), 0),
-                _fmt(res.load_cpu, 2), _fmt(res.load_cpu * 1000 / rate, 2),
-                _fmt(res.zk_cpu, 2), _fmt(res.other_cpu, 2),
-            ])
+            rows.append(
+                [
+                    label,
+                    _fmt(res.server_cpu, 2),
+                    _fmt(res.server_cpu * 1000 / rate, 2),
+                    _fmt(rate / res.server_cpu if res.server_cpu else float("nan"), 0),
+                    _fmt(res.load_cpu, 2),
+                    _fmt(res.load_cpu * 1000 / rate, 2),
+                    _fmt(res.zk_cpu, 2),
+                    _fmt(res.other_cpu, 2),
+                ]
+            )
         return rows
 
     def setup_lines(self) -> list[str]:
         seed = self.seed
-        how = (f"cached, seeded on {seed.seeded_at} in {seed.seconds:,.0f} s" if seed.cached
-               else f"seeded in this run in {seed.seconds:,.0f} s")
+        how = (
+            f"cached, seeded on {seed.seeded_at} in {seed.seconds:,.0f} s"
+            if seed.cached
+            else f"seeded in this run in {seed.seconds:,.0f} s"
+        )
         return [
             f"{seed.jobs:,} stored jobs ({how}; {seed.jobs / seed.seconds:,.0f} jobs/s "
             f"with insert_many in batches of {SEED_BATCH:,}); database "
@@ -811,8 +909,11 @@ class Report:
     def profile_lines(self) -> list[str]:
         if not self.profile:
             return []
-        return ["", "server profile during mixed (py-spy, inclusive share of samples):",
-                *(f"  {share:5.1f}%  {frame}" for share, frame in self.profile)]
+        return [
+            "",
+            "server profile during mixed (py-spy, inclusive share of samples):",
+            *(f"  {share:5.1f}%  {frame}" for share, frame in self.profile),
+        ]
 
     def errors_lines(self) -> list[str]:
         samples = self.baseline.samples + self.mixed.samples
@@ -821,11 +922,12 @@ class Report:
     def text(self) -> str:
         lines = [f"Job API benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", ""]
         lines += self.setup_lines() + [""]
-        lines += _text_table(["throughput", "ops/s", "HTTP req/s", "p50 ms", "p99 ms",
-                              "errors"], self.throughput_rows())
+        lines += _text_table(
+            ["throughput", "ops/s", "HTTP req/s", "p50 ms", "p99 ms", "errors"],
+            self.throughput_rows(),
+        )
         lines.append("")
-        lines += _text_table(["search", "p50 ms", "p95 ms", "p99 ms", "calls"],
-                             self.search_rows())
+        lines += _text_table(["search", "p50 ms", "p95 ms", "p99 ms", "calls"], self.search_rows())
         lines.append("")
         lines += _text_table(CPU_HEADER, self.cpu_rows())
         lines.append("")
@@ -833,28 +935,48 @@ class Report:
         return "\n".join(lines)
 
     def markdown(self) -> str:
-        lines = ["| throughput | ops/s | HTTP req/s | p50 ms | p99 ms | errors |",
-                 "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines = [
+            "| throughput | ops/s | HTTP req/s | p50 ms | p99 ms | errors |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         lines += [_md_row(r) for r in self.throughput_rows()]
-        lines += ["", "| search | p50 ms | p95 ms | p99 ms | calls |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "| search | p50 ms | p95 ms | p99 ms | calls |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         lines += [_md_row(r) for r in self.search_rows()]
-        lines += ["", "| " + " | ".join(CPU_HEADER) + " |",
-                  "| --- |" + " ---: |" * (len(CPU_HEADER) - 1)]
+        lines += [
+            "",
+            "| " + " | ".join(CPU_HEADER) + " |",
+            "| --- |" + " ---: |" * (len(CPU_HEADER) - 1),
+        ]
         lines += [_md_row(r) for r in self.cpu_rows()]
         lines.append("")
         lines += [f"- {line}" for line in self.verdicts() + self.errors_lines()]
         lines.append("")
         lines += [f"- {line}" for line in self.setup_lines()]
         if self.profile:
-            lines += ["", "Where the server's time went during the mixed phase (py-spy, share "
-                      "of the samples of the server's thread, inclusive):", ""]
+            lines += [
+                "",
+                "Where the server's time went during the mixed phase (py-spy, share "
+                "of the samples of the server's thread, inclusive):",
+                "",
+            ]
             lines += [f"- {share:5.1f}% `{frame}`" for share, frame in self.profile]
         return "\n".join(lines) + "\n"
 
 
-CPU_HEADER = ["CPU (cores of the machine)", "server", "server ms/op", "1-core ceiling op/s",
-              "load procs", "load ms/op", "ZooKeeper", "others"]
+CPU_HEADER = [
+    "CPU (cores of the machine)",
+    "server",
+    "server ms/op",
+    "1-core ceiling op/s",
+    "load procs",
+    "load ms/op",
+    "ZooKeeper",
+    "others",
+]
 
 
 def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -889,8 +1011,9 @@ def command_line(args: argparse.Namespace) -> str:
 def write_reports(report: Report, load_at_start: str, argv: Sequence[str]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    REPORT.write_text(f"# Job API benchmark ({when})\n\n`{command_line(report.args)}`\n\n"
-                      + report.markdown())
+    REPORT.write_text(
+        f"# Job API benchmark ({when})\n\n`{command_line(report.args)}`\n\n" + report.markdown()
+    )
     print(f"\nwritten: {REPORT.relative_to(REPO)}")
     if not report.args.publish:
         return
@@ -950,29 +1073,42 @@ def write_reports(report: Report, load_at_start: str, argv: Sequence[str]) -> No
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.api",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--jobs", type=int, default=1_000_000, help="stored jobs (1,000,000)")
-    parser.add_argument("--seconds", type=float, default=20.0,
-                        help="measured seconds per load phase (20)")
+    parser.add_argument(
+        "--seconds", type=float, default=20.0, help="measured seconds per load phase (20)"
+    )
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds (3)")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients (50)")
     parser.add_argument("--procs", type=int, default=2, help="load processes (2)")
-    parser.add_argument("--search-calls", type=int, default=200,
-                        help="timed api.search calls (200)")
-    parser.add_argument("--scan-repeats", type=int, default=3,
-                        help="timed full-scan baseline runs (3)")
-    parser.add_argument("--quiet-wait", type=float, default=60.0,
-                        help="seconds to wait for other processes to go idle before each "
-                             "load phase (60)")
-    parser.add_argument("--profile", action="store_true",
-                        help="record the server with py-spy during the mixed phase "
-                             "(pip install py-spy); raw stacks in bench/results/api-profile.txt")
-    parser.add_argument("--publish", action="store_true",
-                        help="also write docs/benchmarks-api.md and the api section of "
-                             "docs/benchmarks.md")
-    parser.add_argument("--reseed", action="store_true",
-                        help="rebuild the cached seeded database")
+    parser.add_argument(
+        "--search-calls", type=int, default=200, help="timed api.search calls (200)"
+    )
+    parser.add_argument(
+        "--scan-repeats", type=int, default=3, help="timed full-scan baseline runs (3)"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for other processes to go idle before each load phase (60)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record the server with py-spy during the mixed phase "
+        "(pip install py-spy); raw stacks in bench/results/api-profile.txt",
+    )
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="also write docs/benchmarks-api.md and the api section of docs/benchmarks.md",
+    )
+    parser.add_argument("--reseed", action="store_true", help="rebuild the cached seeded database")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.clients < 1 or args.procs < 1 or args.seconds <= 0:
         parser.error("--jobs, --clients, --procs and --seconds must be positive")
@@ -987,9 +1123,11 @@ def run(args: argparse.Namespace) -> Report:
     from nuvla_job.localstack.zookeeper import ZooKeeperServer
 
     seed_info = seeded_database(args.jobs, args.reseed)
-    print(f"database: {seed_info.path.relative_to(REPO)} "
-          f"({'cached' if seed_info.cached else 'new'}; seeding took {seed_info.seconds:,.1f} s)",
-          flush=True)
+    print(
+        f"database: {seed_info.path.relative_to(REPO)} "
+        f"({'cached' if seed_info.cached else 'new'}; seeding took {seed_info.seconds:,.1f} s)",
+        flush=True,
+    )
     zookeeper = ZooKeeperServer()
     server: JobApiProcess | None = None
     loaders: list[LoadProcess] = []
@@ -1009,22 +1147,31 @@ def run(args: argparse.Namespace) -> Report:
         server.start()
         pid, zk_pid = server.pid, zookeeper.pid
         assert pid is not None and zk_pid is not None
-        print(f"job API pid {pid} on {server.endpoint}, ZooKeeper pid {zookeeper.pid}",
-              flush=True)
+        print(f"job API pid {pid} on {server.endpoint}, ZooKeeper pid {zookeeper.pid}", flush=True)
 
-        print(f"search: {args.search_calls} api.search calls and the full-scan baseline ...",
-              flush=True)
-        search, plan, queued = bench_search(server.admin_api(), server.db, args.search_calls,
-                                            args.scan_repeats)
+        print(
+            f"search: {args.search_calls} api.search calls and the full-scan baseline ...",
+            flush=True,
+        )
+        search, plan, queued = bench_search(
+            server.admin_api(), server.db, args.search_calls, args.scan_repeats
+        )
 
         creds = server.credentials()
         share, extra = divmod(args.clients, args.procs)
         for index in range(args.procs):
-            loaders.append(LoadProcess({
-                "endpoint": server.endpoint, "key": creds["key"], "secret": creds["secret"],
-                "clients": share + (1 if index < extra else 0), "known_ids": known,
-                "seed": index,
-            }))
+            loaders.append(
+                LoadProcess(
+                    {
+                        "endpoint": server.endpoint,
+                        "key": creds["key"],
+                        "secret": creds["secret"],
+                        "clients": share + (1 if index < extra else 0),
+                        "known_ids": known,
+                        "seed": index,
+                    }
+                )
+            )
         for loader in loaders:
             if not loader.receive().get("ready"):
                 raise RuntimeError("a load process could not log in")
@@ -1033,20 +1180,37 @@ def run(args: argparse.Namespace) -> Report:
         PROFILE.unlink(missing_ok=True)
         for phase in ("cloud-entry-point", "mixed"):
             wait_until_quiet(args.quiet_wait)
-            print(f"load: {phase}, {args.clients} clients, {args.warmup:g} s warm-up + "
-                  f"{args.seconds:g} s ...", flush=True)
+            print(
+                f"load: {phase}, {args.clients} clients, {args.warmup:g} s warm-up + "
+                f"{args.seconds:g} s ...",
+                flush=True,
+            )
             profile_to = PROFILE if args.profile and phase == "mixed" else None
-            phases[phase] = run_phase(loaders, phase, (pid, zk_pid), args.warmup,
-                                      args.seconds, profile_to)
+            phases[phase] = run_phase(
+                loaders, phase, (pid, zk_pid), args.warmup, args.seconds, profile_to
+            )
             if server.pid is None or not zookeeper.running:
-                raise RuntimeError(f"the job API or ZooKeeper stopped during {phase}:\n"
-                                   f"{server.log_tail()}")
+                raise RuntimeError(
+                    f"the job API or ZooKeeper stopped during {phase}:\n{server.log_tail()}"
+                )
             if not phases[phase].ops():
-                raise RuntimeError(f"no {phase} operation completed: "
-                                   f"{phases[phase].samples or 'no error reported'}")
+                raise RuntimeError(
+                    f"no {phase} operation completed: "
+                    f"{phases[phase].samples or 'no error reported'}"
+                )
         profile = summarize_profile(PROFILE) if args.profile and PROFILE.exists() else None
-        return Report(args, seed_info, copy_seconds, db_bytes, search, plan, queued,
-                      phases["cloud-entry-point"], phases["mixed"], profile)
+        return Report(
+            args,
+            seed_info,
+            copy_seconds,
+            db_bytes,
+            search,
+            plan,
+            queued,
+            phases["cloud-entry-point"],
+            phases["mixed"],
+            profile,
+        )
     finally:
         for loader in loaders:
             loader.close()
@@ -1067,8 +1231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = run(args)
     except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"interrupted ({type(exc).__name__} {exc}); everything started was stopped",
-              file=sys.stderr)
+        print(
+            f"interrupted ({type(exc).__name__} {exc}); everything started was stopped",
+            file=sys.stderr,
+        )
         return 130
     print()
     print(report.text())

@@ -52,7 +52,7 @@ WARM_UP = 2.0
 
 # The bench-only distributions: BENCH_COUNT of them, every BENCH_INTERVAL seconds, each
 # appending "<name> <time>" to BENCH_TIMES when called.
-MODULE = '''\
+MODULE = """\
 import os
 import time
 
@@ -75,7 +75,7 @@ def make(name):
 for index in range(int(os.environ["BENCH_COUNT"])):
     name = f"bench_{index:03d}"
     distribution(name, float(os.environ["BENCH_INTERVAL"]))(make(name))
-'''
+"""
 
 
 @dataclass
@@ -104,17 +104,41 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def measure(label: str, zk: ZooKeeperServer, api: JobApiProcess, actions: Path, count: int,
-            jobs: bool, interval: float, seconds: float) -> Row:
+def measure(
+    label: str,
+    zk: ZooKeeperServer,
+    api: JobApiProcess,
+    actions: Path,
+    count: int,
+    jobs: bool,
+    interval: float,
+    seconds: float,
+) -> Row:
     times = actions.parent / f"times-{count}-{int(jobs)}.txt"
     names = [f"bench_{index:03d}" for index in range(count)]
-    env = {"BENCH_TIMES": str(times), "BENCH_COUNT": str(count),
-           "BENCH_YIELD": "1" if jobs else "0",
-           "BENCH_INTERVAL": str(interval), "JOB_DISTRIBUTION_INCLUDE": " ".join(names)}
-    process = EngineProcess("nuvla_job.cli.distributor", [
-        "--zk-hosts", zk.hosts, "--api-url", api.endpoint,
-        "--api-credentials-file", str(api.credentials_path), "--actions-path", str(actions),
-        "--name", f"bench-{count}"], env)
+    env = {
+        "BENCH_TIMES": str(times),
+        "BENCH_COUNT": str(count),
+        "BENCH_YIELD": "1" if jobs else "0",
+        "BENCH_INTERVAL": str(interval),
+        "JOB_DISTRIBUTION_INCLUDE": " ".join(names),
+    }
+    process = EngineProcess(
+        "nuvla_job.cli.distributor",
+        [
+            "--zk-hosts",
+            zk.hosts,
+            "--api-url",
+            api.endpoint,
+            "--api-credentials-file",
+            str(api.credentials_path),
+            "--actions-path",
+            str(actions),
+            "--name",
+            f"bench-{count}",
+        ],
+        env,
+    )
     try:
         process.start()
         for name in names:
@@ -141,29 +165,43 @@ def measure(label: str, zk: ZooKeeperServer, api: JobApiProcess, actions: Path, 
         jitters.append(abs(moment - scheduled) * 1000)
     if not jitters:
         raise RuntimeError("no tick in the measurement window")
-    return Row(label, count, int(jobs), len(jitters), round(count * (ended - started) / interval),
-               (cpu_after - cpu_before) / (ended - started) * 100,
-               statistics.median(jitters), percentile(jitters, 99), max(jitters))
+    return Row(
+        label,
+        count,
+        int(jobs),
+        len(jitters),
+        round(count * (ended - started) / interval),
+        (cpu_after - cpu_before) / (ended - started) * 100,
+        statistics.median(jitters),
+        percentile(jitters, 99),
+        max(jitters),
+    )
 
 
 def table(base: Row, load: Row, bare: Row) -> list[str]:
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.1f}x" if b else "-"
 
-    lines = ["| run | distributions | jobs per tick | ticks (expected) | CPU, % of one core "
-             "| jitter median | jitter p99 | jitter max |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| run | distributions | jobs per tick | ticks (expected) | CPU, % of one core "
+        "| jitter median | jitter p99 | jitter max |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for row in (base, load, bare):
-        lines.append(f"| {row.label} | {row.distributions} | {row.jobs_per_tick} "
-                     f"| {row.ticks} ({row.expected}) "
-                     f"| {row.cpu_percent:.1f}% | {row.jitter_median_ms:.1f} ms "
-                     f"| {row.jitter_p99_ms:.1f} ms | {row.jitter_max_ms:.1f} ms |")
-    lines.append(f"| ratio load / baseline | {ratio(load.distributions, base.distributions)} "
-                 f"| | {ratio(load.ticks, base.ticks)} "
-                 f"| {ratio(load.cpu_percent, base.cpu_percent)} "
-                 f"| {ratio(load.jitter_median_ms, base.jitter_median_ms)} "
-                 f"| {ratio(load.jitter_p99_ms, base.jitter_p99_ms)} "
-                 f"| {ratio(load.jitter_max_ms, base.jitter_max_ms)} |")
+        lines.append(
+            f"| {row.label} | {row.distributions} | {row.jobs_per_tick} "
+            f"| {row.ticks} ({row.expected}) "
+            f"| {row.cpu_percent:.1f}% | {row.jitter_median_ms:.1f} ms "
+            f"| {row.jitter_p99_ms:.1f} ms | {row.jitter_max_ms:.1f} ms |"
+        )
+    lines.append(
+        f"| ratio load / baseline | {ratio(load.distributions, base.distributions)} "
+        f"| | {ratio(load.ticks, base.ticks)} "
+        f"| {ratio(load.cpu_percent, base.cpu_percent)} "
+        f"| {ratio(load.jitter_median_ms, base.jitter_median_ms)} "
+        f"| {ratio(load.jitter_p99_ms, base.jitter_p99_ms)} "
+        f"| {ratio(load.jitter_max_ms, base.jitter_max_ms)} |"
+    )
     return lines
 
 
@@ -191,8 +229,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--distributions", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--interval", type=float, default=1.0)
-    parser.add_argument("--publish", action="store_true",
-                        help="also update the distributor section of docs/benchmarks.md")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="also update the distributor section of docs/benchmarks.md",
+    )
     return parser.parse_args(argv)
 
 
@@ -221,12 +262,21 @@ def main(argv: list[str] | None = None) -> int:
         base = measure("baseline", zk, api, actions, 1, True, args.interval, args.seconds)
         print(f"  {base}", flush=True)
         print(f"load: {args.distributions} distributions", flush=True)
-        load = measure("load", zk, api, actions, args.distributions, True, args.interval,
-                       args.seconds)
+        load = measure(
+            "load", zk, api, actions, args.distributions, True, args.interval, args.seconds
+        )
         print(f"  {load}", flush=True)
         print(f"load without jobs: {args.distributions} distributions", flush=True)
-        bare = measure("load, no jobs", zk, api, actions, args.distributions, False,
-                       args.interval, args.seconds)
+        bare = measure(
+            "load, no jobs",
+            zk,
+            api,
+            actions,
+            args.distributions,
+            False,
+            args.interval,
+            args.seconds,
+        )
         print(f"  {bare}", flush=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -242,11 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     REPORT.write_text("\n".join([*head, "", *lines, ""]), "utf-8")
     print(f"\nwritten to {REPORT.relative_to(REPO)}")
     if args.publish:
-        command = report.command_line("bench.distributor", sys.argv[1:] if argv is None
-                                      else argv)
+        command = report.command_line("bench.distributor", sys.argv[1:] if argv is None else argv)
         setup = "\n".join(head[3:-1])
-        report.publish("distributor", report.section(
-            command, load_at_start, f"{setup}\n\n" + "\n".join(lines)))
+        report.publish(
+            "distributor", report.section(command, load_at_start, f"{setup}\n\n" + "\n".join(lines))
+        )
     return 0
 
 

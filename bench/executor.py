@@ -44,8 +44,13 @@ def _add_many(api: Api, count: int, seconds: float, tag: str) -> None:
 def _jobs(api: Api, tag: str) -> list[dict]:
     found, first = [], 1
     while True:
-        page = api.search("job", filter=f"tags='{tag}'", first=first, last=first + 999,
-                          select="id,state,created,started,updated")
+        page = api.search(
+            "job",
+            filter=f"tags='{tag}'",
+            first=first,
+            last=first + 999,
+            select="id,state,created,started,updated",
+        )
         found += [r.data for r in page.resources]
         if len(found) >= page.count or not page.resources:
             return found
@@ -56,8 +61,7 @@ def _now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
-def _wait_count(api: Api, tag: str, states: str, count: int, timeout: float,
-                since: str) -> None:
+def _wait_count(api: Api, tag: str, states: str, count: int, timeout: float, since: str) -> None:
     """Poll until `count` jobs of `tag` are in `states`.
 
     `created>=since` keeps each poll on the (state, created) index: a filter on the tag
@@ -94,9 +98,14 @@ class Stack:
 
     def executor(self, concurrency: int) -> EngineProcess:
         assert self.api_process is not None
-        process = executor_process(self.zk.hosts, self.api_process.endpoint,
-                                   str(self.api_process.credentials_path),
-                                   "--concurrency", str(concurrency), actions_path=None)
+        process = executor_process(
+            self.zk.hosts,
+            self.api_process.endpoint,
+            str(self.api_process.credentials_path),
+            "--concurrency",
+            str(concurrency),
+            actions_path=None,
+        )
         process.start()
         process.wait_for_log("running up to")
         return process
@@ -110,8 +119,7 @@ def throughput(stack: Stack, jobs: int, concurrency: int, seconds: float) -> flo
     _add_many(api, jobs, seconds, tag)
     process = stack.executor(concurrency)
     try:
-        _wait_count(api, tag, "'SUCCESS'", jobs, timeout=jobs * seconds * 2 + 120,
-                    since=since)
+        _wait_count(api, tag, "'SUCCESS'", jobs, timeout=jobs * seconds * 2 + 120, since=since)
     finally:
         process.stop()
     docs = _jobs(api, tag)
@@ -127,8 +135,9 @@ def dispatch_latency(stack: Stack, samples: int, concurrency: int) -> list[float
     process = stack.executor(concurrency)
     try:
         for _ in range(samples):
-            job_id = api.add("job", {"action": "sleep", "payload": json.dumps({"seconds": 0}),
-                                     "tags": [tag]}).data["resource-id"]
+            job_id = api.add(
+                "job", {"action": "sleep", "payload": json.dumps({"seconds": 0}), "tags": [tag]}
+            ).data["resource-id"]
             # Polled by id (one indexed row), so that polling adds nothing to what is timed.
             deadline = time.monotonic() + 30
             while api.get(job_id, select="state").data["state"] != "SUCCESS":
@@ -184,28 +193,58 @@ def jobs_at(concurrency: int, jobs: int, baseline_jobs: int) -> int:
 
 
 def _md_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(header) + " |",
-             "| --- |" + "".join(" --- |" if h == "goal" else " ---: |" for h in header[1:])]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "| --- |" + "".join(" --- |" if h == "goal" else " ---: |" for h in header[1:]),
+    ]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 @click.command()
-@click.option("--jobs", default=2000, show_default=True,
-              help="Jobs for the throughput run at --concurrency (and the sweep's cap).")
-@click.option("--baseline-jobs", default=200, show_default=True,
-              help="Jobs for the --concurrency 1 baseline (it runs one at a time).")
-@click.option("--concurrency", default=100, show_default=True,
-              help="The executor's concurrency measured against the baseline.")
-@click.option("--sweep", default="1,10,50,100,200", show_default=True,
-              help="Concurrencies of the jobs/s plot (1 and --concurrency are always run).")
-@click.option("--sleep", "seconds", default=0.1, show_default=True,
-              help="Each job's action sleeps this long.")
+@click.option(
+    "--jobs",
+    default=2000,
+    show_default=True,
+    help="Jobs for the throughput run at --concurrency (and the sweep's cap).",
+)
+@click.option(
+    "--baseline-jobs",
+    default=200,
+    show_default=True,
+    help="Jobs for the --concurrency 1 baseline (it runs one at a time).",
+)
+@click.option(
+    "--concurrency",
+    default=100,
+    show_default=True,
+    help="The executor's concurrency measured against the baseline.",
+)
+@click.option(
+    "--sweep",
+    default="1,10,50,100,200",
+    show_default=True,
+    help="Concurrencies of the jobs/s plot (1 and --concurrency are always run).",
+)
+@click.option(
+    "--sleep", "seconds", default=0.1, show_default=True, help="Each job's action sleeps this long."
+)
 @click.option("--samples", default=200, show_default=True, help="Dispatch latency samples.")
 @click.option("--in-flight", default=1000, show_default=True, help="Jobs held for memory.")
-@click.option("--publish", is_flag=True,
-              help="Also copy the plots to docs/img/ and update docs/benchmarks.md.")
-def main(jobs: int, baseline_jobs: int, concurrency: int, sweep: str, seconds: float,
-         samples: int, in_flight: int, publish: bool) -> None:
+@click.option(
+    "--publish",
+    is_flag=True,
+    help="Also copy the plots to docs/img/ and update docs/benchmarks.md.",
+)
+def main(
+    jobs: int,
+    baseline_jobs: int,
+    concurrency: int,
+    sweep: str,
+    seconds: float,
+    samples: int,
+    in_flight: int,
+    publish: bool,
+) -> None:
     """Measure the executor against the one-job-at-a-time baseline; print a table."""
     if min(jobs, baseline_jobs, concurrency, samples, in_flight) < 1 or seconds < 0:
         raise click.UsageError("sizes must be positive and --sleep not negative")
@@ -219,50 +258,86 @@ def main(jobs: int, baseline_jobs: int, concurrency: int, sweep: str, seconds: f
             click.echo(f"concurrency {c}: {count} jobs, {rates[c]:,.1f} jobs/s")
         lat = dispatch_latency(stack, samples, concurrency)
         base_lat = dispatch_latency(stack, max(20, samples // 4), 1)
-        click.echo(f"dispatch latency p50/p99: {pct(lat, 50):.1f}/{pct(lat, 99):.1f} ms "
-                   f"(concurrency 1: {pct(base_lat, 50):.1f}/{pct(base_lat, 99):.1f} ms)")
+        click.echo(
+            f"dispatch latency p50/p99: {pct(lat, 50):.1f}/{pct(lat, 99):.1f} ms "
+            f"(concurrency 1: {pct(base_lat, 50):.1f}/{pct(base_lat, 99):.1f} ms)"
+        )
         idle, busy = memory(stack, in_flight)
     ours, base = rates[concurrency], rates[1]
     rows = [
-        (f"throughput, {jobs} jobs of {seconds * 1000:g} ms (jobs/s)", f"{ours:.0f}",
-         f"{base:.1f} ({baseline_jobs} jobs)", f"{ours / base:.0f}x", "≥ 400 and ≥ 50x"),
-        ("dispatch latency p50 (ms)", f"{pct(lat, 50):.1f}", f"{pct(base_lat, 50):.1f}",
-         f"{pct(base_lat, 50) / pct(lat, 50):.1f}x", ""),
-        ("dispatch latency p99 (ms)", f"{pct(lat, 99):.1f}", f"{pct(base_lat, 99):.1f}",
-         f"{pct(base_lat, 99) / pct(lat, 99):.1f}x", "< 50 ms"),
-        (f"RSS with {in_flight} jobs in flight (MB)", f"{busy:.0f}", f"{idle:.0f} (idle)",
-         f"{busy / idle:.1f}x", "< 250 MB"),
+        (
+            f"throughput, {jobs} jobs of {seconds * 1000:g} ms (jobs/s)",
+            f"{ours:.0f}",
+            f"{base:.1f} ({baseline_jobs} jobs)",
+            f"{ours / base:.0f}x",
+            "≥ 400 and ≥ 50x",
+        ),
+        (
+            "dispatch latency p50 (ms)",
+            f"{pct(lat, 50):.1f}",
+            f"{pct(base_lat, 50):.1f}",
+            f"{pct(base_lat, 50) / pct(lat, 50):.1f}x",
+            "",
+        ),
+        (
+            "dispatch latency p99 (ms)",
+            f"{pct(lat, 99):.1f}",
+            f"{pct(base_lat, 99):.1f}",
+            f"{pct(base_lat, 99) / pct(lat, 99):.1f}x",
+            "< 50 ms",
+        ),
+        (
+            f"RSS with {in_flight} jobs in flight (MB)",
+            f"{busy:.0f}",
+            f"{idle:.0f} (idle)",
+            f"{busy / idle:.1f}x",
+            "< 250 MB",
+        ),
     ]
     main_table = _md_table(
-        ("measure", f"concurrency {concurrency}", "baseline: concurrency 1", "ratio", "goal"),
-        rows)
+        ("measure", f"concurrency {concurrency}", "baseline: concurrency 1", "ratio", "goal"), rows
+    )
     sweep_rows = [
-        (str(c), str(jobs if c == concurrency else jobs_at(c, jobs, baseline_jobs)),
-         f"{rates[c]:,.1f}", f"{c / seconds:,.0f}" if seconds else "-", f"{rates[c] / base:.1f}x")
-        for c in points]
-    sweep_table = _md_table(("concurrency", "jobs", "jobs/s", "ideal jobs/s", "vs concurrency 1"),
-                            sweep_rows)
+        (
+            str(c),
+            str(jobs if c == concurrency else jobs_at(c, jobs, baseline_jobs)),
+            f"{rates[c]:,.1f}",
+            f"{c / seconds:,.0f}" if seconds else "-",
+            f"{rates[c] / base:.1f}x",
+        )
+        for c in points
+    ]
+    sweep_table = _md_table(
+        ("concurrency", "jobs", "jobs/s", "ideal jobs/s", "vs concurrency 1"), sweep_rows
+    )
     tables = f"{main_table}\n\n{sweep_table}\n"
     click.echo(f"\n{tables}")
 
     images = [
-        plots.throughput_vs_concurrency(RESULTS / "executor-concurrency.png", points,
-                                        [rates[c] for c in points], seconds, goal=400),
+        plots.throughput_vs_concurrency(
+            RESULTS / "executor-concurrency.png",
+            points,
+            [rates[c] for c in points],
+            seconds,
+            goal=400,
+        ),
         plots.latency_cdf(
             RESULTS / "executor-latency.png",
             {f"concurrency {concurrency}": lat, "baseline: concurrency 1": base_lat},
-            {"p50": pct(lat, 50), "p99": pct(lat, 99)}, goal_ms=50),
+            {"p50": pct(lat, 50), "p99": pct(lat, 99)},
+            goal_ms=50,
+        ),
     ]
     command = report.command_line("bench.executor", sys.argv[1:])
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "executor.md").write_text(
         f"# Executor benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\n"
-        f"`{command}`\n\n{tables}")
+        f"`{command}`\n\n{tables}"
+    )
     click.echo(f"written: bench/results/executor.md, {', '.join(i.name for i in images)}")
     if publish:
         alts = ("jobs/s against concurrency", "dispatch latency distribution")
-        body = report.section(command, load_at_start, tables, list(zip(alts, images,
-                                                                       strict=True)))
+        body = report.section(command, load_at_start, tables, list(zip(alts, images, strict=True)))
         report.publish("executor", body, images)
 
 

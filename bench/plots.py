@@ -21,8 +21,7 @@ def _figure() -> tuple[Any, Any]:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise SystemExit("the plots need matplotlib: .venv/bin/pip install -e '.[bench]'"
-                         ) from None
+        raise SystemExit("the plots need matplotlib: .venv/bin/pip install -e '.[bench]'") from None
     figure = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
     return figure, figure.subplots()
 
@@ -48,16 +47,28 @@ def _log_log(axes: Any) -> None:
     axes.yaxis.set_major_formatter(FuncFormatter(_thousands))
 
 
-def takes_vs_depth(path: Path, depths: Sequence[int], ours: Sequence[float],
-                   ours_range: Sequence[tuple[float, float]], kazoo: Sequence[float],
-                   goal: float | None = None) -> Path:
+def takes_vs_depth(
+    path: Path,
+    depths: Sequence[int],
+    ours: Sequence[float],
+    ours_range: Sequence[tuple[float, float]],
+    kazoo: Sequence[float],
+    goal: float | None = None,
+) -> Path:
     """Takes/s against queue depth, log-log: ours (median, range as error bars) and kazoo's
     LockingQueue."""
     figure, axes = _figure()
     low = [max(0.0, median - lo) for median, (lo, _) in zip(ours, ours_range, strict=True)]
     high = [max(0.0, hi - median) for median, (_, hi) in zip(ours, ours_range, strict=True)]
-    axes.errorbar(depths, ours, yerr=[low, high], marker="o", color=OURS, capsize=3,
-                  label="QueueConsumer (median of rounds, range)")
+    axes.errorbar(
+        depths,
+        ours,
+        yerr=[low, high],
+        marker="o",
+        color=OURS,
+        capsize=3,
+        label="QueueConsumer (median of rounds, range)",
+    )
     axes.plot(depths, kazoo, marker="s", color=BASELINE, label="kazoo LockingQueue")
     if goal is not None:
         axes.axhline(goal, color=GOAL, linestyle="--", linewidth=1, label=f"goal {goal:,.0f}/s")
@@ -70,18 +81,34 @@ def takes_vs_depth(path: Path, depths: Sequence[int], ours: Sequence[float],
     return _save(figure, path)
 
 
-def throughput_vs_concurrency(path: Path, concurrency: Sequence[int], rates: Sequence[float],
-                              job_seconds: float, goal: float | None = None) -> Path:
+def throughput_vs_concurrency(
+    path: Path,
+    concurrency: Sequence[int],
+    rates: Sequence[float],
+    job_seconds: float,
+    goal: float | None = None,
+) -> Path:
     """Jobs/s against the executor's concurrency, log-log, with the ideal concurrency / job
     duration for comparison."""
     figure, axes = _figure()
     axes.plot(concurrency, rates, marker="o", color=OURS, label="job-executor (measured)")
     ideal = [c / job_seconds for c in concurrency]
-    axes.plot(concurrency, ideal, linestyle=":", color="grey",
-              label=f"ideal: concurrency / {job_seconds * 1000:g} ms")
+    axes.plot(
+        concurrency,
+        ideal,
+        linestyle=":",
+        color="grey",
+        label=f"ideal: concurrency / {job_seconds * 1000:g} ms",
+    )
     for c, rate in zip(concurrency, rates, strict=True):
-        axes.annotate(f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}", (c, rate),
-                      textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+        axes.annotate(
+            f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}",
+            (c, rate),
+            textcoords="offset points",
+            xytext=(0, 7),
+            ha="center",
+            fontsize=8,
+        )
     if goal is not None:
         axes.axhline(goal, color=GOAL, linestyle="--", linewidth=1, label=f"goal {goal:,.0f}/s")
     _log_log(axes)
@@ -94,8 +121,12 @@ def throughput_vs_concurrency(path: Path, concurrency: Sequence[int], rates: Seq
     return _save(figure, path)
 
 
-def latency_cdf(path: Path, series: Mapping[str, Sequence[float]],
-                marks: Mapping[str, float], goal_ms: float | None = None) -> Path:
+def latency_cdf(
+    path: Path,
+    series: Mapping[str, Sequence[float]],
+    marks: Mapping[str, float],
+    goal_ms: float | None = None,
+) -> Path:
     """The distribution of latencies (ms) as cumulative curves, one per series, with
     `marks` (label -> value, e.g. the p50 and p99 shown in the table) as vertical lines."""
     figure, axes = _figure()
@@ -105,14 +136,23 @@ def latency_cdf(path: Path, series: Mapping[str, Sequence[float]],
         if not ordered:
             continue
         fractions = [(i + 1) / len(ordered) for i in range(len(ordered))]
-        axes.step(ordered, fractions, where="post", color=color,
-                  label=f"{label} ({len(ordered)} samples)")
+        axes.step(
+            ordered, fractions, where="post", color=color, label=f"{label} ({len(ordered)} samples)"
+        )
     for (label, value), style in zip(marks.items(), ("--", "-.", ":", "--"), strict=False):
         axes.axvline(value, color=OURS, linestyle=style, linewidth=1)
         # Left of its line, at the bottom: a CDF's lower right is where the curves are not.
-        axes.annotate(f"{label} {value:.1f} ms", (value, 0.02), xytext=(-2, 0),
-                      textcoords="offset points", rotation=90, va="bottom", ha="right",
-                      fontsize=8, color=OURS)
+        axes.annotate(
+            f"{label} {value:.1f} ms",
+            (value, 0.02),
+            xytext=(-2, 0),
+            textcoords="offset points",
+            rotation=90,
+            va="bottom",
+            ha="right",
+            fontsize=8,
+            color=OURS,
+        )
     if goal_ms is not None:
         axes.axvline(goal_ms, color=GOAL, linewidth=1.5, label=f"goal p99 < {goal_ms:g} ms")
     axes.set_ylim(0, 1.02)

@@ -233,8 +233,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--force-sync", choices=("yes", "no"), default="no")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--publish", action="store_true",
-                        help="also copy the plot to docs/img/ and update docs/benchmarks.md")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="also copy the plot to docs/img/ and update docs/benchmarks.md",
+    )
     return parser.parse_args(argv)
 
 
@@ -286,16 +289,23 @@ def main(argv: list[str] | None = None) -> int:
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text("\n".join(text), "utf-8")
     plot = plots.takes_vs_depth(
-        PLOT, [row.depth for row in rows], [row.ours_rate for row in rows],
+        PLOT,
+        [row.depth for row in rows],
+        [row.ours_rate for row in rows],
         [(min(row.ours_rates), max(row.ours_rates)) for row in rows],
-        [row.kazoo_rate for row in rows], goal=GOAL)
+        [row.kazoo_rate for row in rows],
+        goal=GOAL,
+    )
     print(f"\nwritten to {REPORT.relative_to(REPO)}, {plot.relative_to(REPO)}")
     if args.publish:
-        command = report.command_line("bench.queue_takes", sys.argv[1:] if argv is None
-                                      else argv)
+        command = report.command_line("bench.queue_takes", sys.argv[1:] if argv is None else argv)
         setup = "\n".join(head[3:])
-        body = report.section(command, load_at_start, f"{setup}\n\n" + "\n".join(table(rows)),
-                              [("takes/s against queue depth", plot)])
+        body = report.section(
+            command,
+            load_at_start,
+            f"{setup}\n\n" + "\n".join(table(rows)),
+            [("takes/s against queue depth", plot)],
+        )
         report.publish("queue_takes", body, [plot])
     return 0
 

@@ -64,8 +64,10 @@ def load_average() -> str:
 
 def machine() -> str:
     """One line on the machine: CPUs, Python, kernel."""
-    return (f"{os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
+    return (
+        f"{os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
 
 
 def command_line(module: str, argv: Sequence[str]) -> str:
@@ -76,18 +78,22 @@ def command_line(module: str, argv: Sequence[str]) -> str:
 def default_sizes(command: str) -> bool:
     """Whether `command` (see command_line) runs its benchmark with its default options."""
     words = shlex.split(command)
-    options = words[words.index("-m") + 2:] if "-m" in words else words
+    options = words[words.index("-m") + 2 :] if "-m" in words else words
     return all(word == "--publish" for word in options)
 
 
-def section(command: str, load_at_start: str, tables: str,
-            images: Sequence[tuple[str, Path]] = ()) -> str:
+def section(
+    command: str, load_at_start: str, tables: str, images: Sequence[tuple[str, Path]] = ()
+) -> str:
     """The generated block of one benchmark: when, where, how, the tables and the plots
     (`images`: alt text and the PNG's path; linked from docs/img/)."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    sizes = ("default sizes" if default_sizes(command) else
-             "**not the default sizes** (see the command): a check of the method, not figures "
-             "to quote")
+    sizes = (
+        "default sizes"
+        if default_sizes(command)
+        else "**not the default sizes** (see the command): a check of the method, not figures "
+        "to quote"
+    )
     lines = [
         f"Measured {when} on {machine()}; load average {load_at_start} at the start, "
         f"{load_average()} at the end; {sizes}. Command:",
@@ -103,21 +109,25 @@ def section(command: str, load_at_start: str, tables: str,
     return "\n".join(lines)
 
 
-def publish(name: str, body: str, images: Sequence[Path] = (), doc: Path = DOC,
-            image_dir: Path = IMAGES) -> None:
+def publish(
+    name: str, body: str, images: Sequence[Path] = (), doc: Path = DOC, image_dir: Path = IMAGES
+) -> None:
     """Copy `images` into `image_dir` and put `body` in section `name` of `doc`; exits with a
     one-line error, changing nothing, when `doc` has no such section."""
     try:
         updated = replace_section(doc.read_text("utf-8"), name, body)
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"cannot publish to {_shown(doc)}: {exc} (the results are in "
-                         f"{_shown(RESULTS)})") from None
+        raise SystemExit(
+            f"cannot publish to {_shown(doc)}: {exc} (the results are in {_shown(RESULTS)})"
+        ) from None
     image_dir.mkdir(parents=True, exist_ok=True)
     for image in images:
         shutil.copyfile(image, image_dir / image.name)
     doc.write_text(updated, "utf-8")
-    print(f"published: section {name} of {_shown(doc)}"
-          + "".join(f", {_shown(image_dir / image.name)}" for image in images))
+    print(
+        f"published: section {name} of {_shown(doc)}"
+        + "".join(f", {_shown(image_dir / image.name)}" for image in images)
+    )
 
 
 def _shown(path: Path) -> str:

@@ -26,8 +26,7 @@ import gevent.events
 
 log = logging.getLogger(__name__)
 
-_ADVICE = ("other jobs wait meanwhile: run CPU-bound work in a subprocess or in gevent's "
-           "threadpool")
+_ADVICE = "other jobs wait meanwhile: run CPU-bound work in a subprocess or in gevent's threadpool"
 
 
 class _BlockedLoopReporter:
@@ -58,19 +57,30 @@ class _BlockedLoopReporter:
         where = _where(frame)
         seconds = f"{count * self.threshold:g}"
         if job_id is not None:
-            log.warning("%s: action %s blocked the event loop for more than %s s (at %s); %s",
-                        job_id, action or "?", seconds, where, _ADVICE,
-                        extra={"job_id": job_id, "action": action})
+            log.warning(
+                "%s: action %s blocked the event loop for more than %s s (at %s); %s",
+                job_id,
+                action or "?",
+                seconds,
+                where,
+                _ADVICE,
+                extra={"job_id": job_id, "action": action},
+            )
         else:
-            log.warning("the event loop was blocked for more than %s s (at %s, in %s)",
-                        seconds, where, greenlet)
+            log.warning(
+                "the event loop was blocked for more than %s s (at %s, in %s)",
+                seconds,
+                where,
+                greenlet,
+            )
 
 
 def _job_on_stack(frame: FrameType | None) -> tuple[str | None, str | None]:
     """(job id, action) from the executor's ``_run_action`` frame on the stack, if any."""
     while frame is not None:
         if frame.f_code.co_name == "_run_action" and frame.f_code.co_filename.endswith(
-                "executor.py"):
+            "executor.py"
+        ):
             local = frame.f_locals
             job, name = local.get("job"), local.get("name")
             return getattr(job, "id", None), name if isinstance(name, str) else None

@@ -70,8 +70,12 @@ def _names(values: Iterable[str]) -> list[str]:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
-def select(known: Mapping[str, Distribution], include: Iterable[str] = (),
-           exclude: Iterable[str] = (), intervals: Iterable[str] = ()) -> list[Distribution]:
+def select(
+    known: Mapping[str, Distribution],
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    intervals: Iterable[str] = (),
+) -> list[Distribution]:
     """The distributions to run: ``include`` (all when empty) minus ``exclude``, with the
     ``name:seconds`` overrides of ``intervals`` applied.
 
@@ -93,8 +97,9 @@ def select(known: Mapping[str, Distribution], include: Iterable[str] = (),
         try:
             value = int(seconds)
         except ValueError:
-            raise SelectionError(option, f"'{spec}': '{seconds}' is not a whole number of "
-                                         f"seconds") from None
+            raise SelectionError(
+                option, f"'{spec}': '{seconds}' is not a whole number of seconds"
+            ) from None
         if value <= 0:
             raise SelectionError(option, f"'{spec}': the interval must be > 0 seconds")
         overrides[name] = value
@@ -103,10 +108,13 @@ def select(known: Mapping[str, Distribution], include: Iterable[str] = (),
         check(name, "--distribution-include")
     for name in excluded:
         check(name, "--distribution-exclude")
-    selected = [d for d in known.values()
-                if (not included or d.name in included) and d.name not in excluded]
-    return [replace(d, interval=float(overrides[d.name]))
-            if d.name in overrides else d for d in selected]
+    selected = [
+        d for d in known.values() if (not included or d.name in included) and d.name not in excluded
+    ]
+    return [
+        replace(d, interval=float(overrides[d.name])) if d.name in overrides else d
+        for d in selected
+    ]
 
 
 def election_path(name: str) -> str:
@@ -156,9 +164,16 @@ class _State:
 class Distributor:
     """Runs the given distributions, each only while this process is elected for it."""
 
-    def __init__(self, api: Api, zk: KazooClient, distributions: Iterable[Distribution], *,
-                 name: str = "distributor", backoff_base: float = 1.0,
-                 backoff_cap: float = 60.0) -> None:
+    def __init__(
+        self,
+        api: Api,
+        zk: KazooClient,
+        distributions: Iterable[Distribution],
+        *,
+        name: str = "distributor",
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+    ) -> None:
         self.api = api
         self.zk = zk
         self.name = name
@@ -183,8 +198,12 @@ class Distributor:
         self.zk.add_listener(self._on_zk_state)
         for state in self._states.values():
             d = state.distribution
-            log.info("distribution %s every %g s (ticks at +%.3f s in each interval)",
-                     d.name, d.interval, tick_offset(d.name, d.interval))
+            log.info(
+                "distribution %s every %g s (ticks at +%.3f s in each interval)",
+                d.name,
+                d.interval,
+                tick_offset(d.name, d.interval),
+            )
             self._contenders.append(gevent.spawn(self._contend, state))
         if not self._states:
             log.warning("no distribution to run (none registered, or all left out)")
@@ -214,8 +233,7 @@ class Distributor:
         gevent.joinall(self._contenders, timeout=timeout)
         stuck = [g for g in self._contenders if not g.dead]
         if stuck:
-            log.warning("%d contender(s) did not leave within %.0f s: killed", len(stuck),
-                        timeout)
+            log.warning("%d contender(s) did not leave within %.0f s: killed", len(stuck), timeout)
             gevent.killall(stuck, block=True, timeout=2)
         try:
             self.zk.remove_listener(self._on_zk_state)
@@ -235,13 +253,14 @@ class Distributor:
             # The election nodes vanished with the session and another process may
             # already lead: stop distributing now, not at the next tick.
             for s in leading:
-                log.error("leadership of %s lost with the ZooKeeper session",
-                          s.distribution.name)
+                log.error("leadership of %s lost with the ZooKeeper session", s.distribution.name)
                 s.loop.kill(LeadershipLost, block=False)
         elif state == KazooState.SUSPENDED:
             if leading:
-                log.warning("ZooKeeper connection suspended: %d distribution(s) paused until "
-                            "it is back", len(leading))
+                log.warning(
+                    "ZooKeeper connection suspended: %d distribution(s) paused until it is back",
+                    len(leading),
+                )
 
     # -- contending -------------------------------------------------------------------------
 
@@ -263,10 +282,16 @@ class Distributor:
                     break
                 state.loop_failures += 1
                 delay = backoff_delay(state.loop_failures, self.backoff_base, self.backoff_cap)
-                log.error("distribution %s crashed (%d in a row): %s: %s; rejoining in %.0f s",
-                          name, state.loop_failures, type(exc).__name__, exc, delay,
-                          # ZooKeeper trouble is expected operation: no traceback.
-                          exc_info=not isinstance(exc, KazooException))
+                log.error(
+                    "distribution %s crashed (%d in a row): %s: %s; rejoining in %.0f s",
+                    name,
+                    state.loop_failures,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    # ZooKeeper trouble is expected operation: no traceback.
+                    exc_info=not isinstance(exc, KazooException),
+                )
                 monitoring.capture_exception(exc, distribution=name, distributor=self.name)
                 self._stopping.wait(delay)
             finally:
@@ -334,14 +359,21 @@ class Distributor:
                 continue
             except Exception as exc:
                 state.generator_failures += 1
-                wait = backoff_delay(state.generator_failures, self.backoff_base,
-                                     self.backoff_cap)
+                wait = backoff_delay(state.generator_failures, self.backoff_base, self.backoff_cap)
                 # Retries stay on the grid, so a retry never shares an interval with
                 # a tick that created some of its jobs before crashing.
                 tick = next_tick(time.time() + wait, d.interval, offset)
-                log.error("%s: the generator crashed (%d in a row): %s: %s; next attempt "
-                          "in %.1f s (back-off %.0f s)", d.name, state.generator_failures,
-                          type(exc).__name__, exc, tick - time.time(), wait, exc_info=True)
+                log.error(
+                    "%s: the generator crashed (%d in a row): %s: %s; next attempt "
+                    "in %.1f s (back-off %.0f s)",
+                    d.name,
+                    state.generator_failures,
+                    type(exc).__name__,
+                    exc,
+                    tick - time.time(),
+                    wait,
+                    exc_info=True,
+                )
                 monitoring.capture_exception(exc, distribution=d.name, distributor=self.name)
                 continue
             state.generator_failures = 0
@@ -358,8 +390,9 @@ class Distributor:
                 # The tick outlasted its interval: skip the slots already gone, never
                 # run two ticks back to back.
                 missed = math.ceil((now - tick) / d.interval)
-                log.warning("%s: the tick took longer than the interval; %d tick(s) skipped",
-                            d.name, missed)
+                log.warning(
+                    "%s: the tick took longer than the interval; %d tick(s) skipped", d.name, missed
+                )
                 tick = next_tick(now, d.interval, offset)
 
     def _check(self, state: _State) -> bool:
@@ -367,12 +400,13 @@ class Distributor:
         gone; False (skip this tick) when ZooKeeper cannot answer now."""
         confirmed = self._confirm(state)
         if confirmed is False:
-            log.error("%s: the election node is gone: leadership lost",
-                      state.distribution.name)
+            log.error("%s: the election node is gone: leadership lost", state.distribution.name)
             raise LeadershipLost()
         if confirmed is None:
-            log.warning("%s: tick skipped: ZooKeeper cannot confirm the leadership now",
-                        state.distribution.name)
+            log.warning(
+                "%s: tick skipped: ZooKeeper cannot confirm the leadership now",
+                state.distribution.name,
+            )
             return False
         return True
 
@@ -406,8 +440,11 @@ class Distributor:
             if self.zk.state != KazooState.CONNECTED:
                 raise _Suspended()
             if not isinstance(body, dict):
-                log.error("%s: the generator yielded %s instead of a job body: skipped",
-                          d.name, type(body).__name__)
+                log.error(
+                    "%s: the generator yielded %s instead of a job body: skipped",
+                    d.name,
+                    type(body).__name__,
+                )
                 failed += 1
                 continue
             try:
@@ -415,12 +452,16 @@ class Distributor:
                 created += 1
             except Exception as exc:  # one failed add must not stop the loop
                 failed += 1
-                log.error("%s: adding a %s job failed: %s: %s", d.name, body.get("action"),
-                          type(exc).__name__, exc)
+                log.error(
+                    "%s: adding a %s job failed: %s: %s",
+                    d.name,
+                    body.get("action"),
+                    type(exc).__name__,
+                    exc,
+                )
         return created, failed
 
     def _tagged(self, body: JobBody, distribution: str) -> JobBody:
         # Who created a job, and for which distribution, can be read back from the job API.
         tags = [t for t in body.get("tags", []) if isinstance(t, str)]
-        return {**body, "tags": [*tags, f"distributor:{self.name}",
-                                 f"distribution:{distribution}"]}
+        return {**body, "tags": [*tags, f"distributor:{self.name}", f"distribution:{distribution}"]}

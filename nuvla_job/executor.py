@@ -73,9 +73,18 @@ API_RETRY_FIRST, API_RETRY_MAX = 0.5, 30.0
 class Executor:
     """Takes entries from the queue and runs their jobs, ``concurrency`` at a time."""
 
-    def __init__(self, api: Api, zk: KazooClient | None, actions: ActionRegistry, *,
-                 concurrency: int = 100, grace_period: float = 120.0, name: str = "executor",
-                 nuvlaedge_fs: str | None = None, action_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        api: Api,
+        zk: KazooClient | None,
+        actions: ActionRegistry,
+        *,
+        concurrency: int = 100,
+        grace_period: float = 120.0,
+        name: str = "executor",
+        nuvlaedge_fs: str | None = None,
+        action_timeout: float | None = None,
+    ) -> None:
         self.api = api
         self.zk = zk
         self.actions = actions
@@ -149,8 +158,7 @@ class Executor:
     def _wait_for_slot(self) -> None:
         """Wait for a slot no job or take holds, or for a stop request (its grace period
         starts at once)."""
-        while len(self.pool) + self._reserved >= self.concurrency \
-                and not self._stopping.is_set():
+        while len(self.pool) + self._reserved >= self.concurrency and not self._stopping.is_set():
             self._slot_freed.clear()
             gevent.wait([self._slot_freed, self._stopping], count=1)
 
@@ -166,8 +174,11 @@ class Executor:
         """Stop taking jobs; a second call also ends the grace period at once."""
         self._signals += 1
         if self._signals == 1:
-            log.info("stopping: no new jobs; %d running may finish within %.0f s",
-                     len(self._running), self.grace_period)
+            log.info(
+                "stopping: no new jobs; %d running may finish within %.0f s",
+                len(self._running),
+                self.grace_period,
+            )
         else:
             log.warning("second stop request: releasing running jobs now")
         self._stopping.set()
@@ -206,8 +217,9 @@ class Executor:
         outcome = self._settle(entry)
         # process() bound the job's action; only registered names become labels.
         action = monitoring.current_job_context()[1]
-        metrics.job_done(action if action in self.actions else None, outcome,
-                         time.perf_counter() - started)
+        metrics.job_done(
+            action if action in self.actions else None, outcome, time.perf_counter() - started
+        )
         return outcome
 
     def _settle(self, entry: Entry) -> Outcome:
@@ -253,12 +265,12 @@ class Executor:
         job_id = entry.job_id  # None for anything but an id the job API makes
         monitoring.bind_job_context(job_id)  # every line of this greenlet names the job
         if job_id is None:
-            log.error("queue entry %s holds no job id (%r): dropped", entry.name,
-                      entry.data[:100])
+            log.error("queue entry %s holds no job id (%r): dropped", entry.name, entry.data[:100])
             return Outcome("consume")
         try:
-            job = Job.fetch(self.api, job_id, nuvlaedge_fs=self.nuvlaedge_fs,
-                            executor_name=self.name)
+            job = Job.fetch(
+                self.api, job_id, nuvlaedge_fs=self.nuvlaedge_fs, executor_name=self.name
+            )
         except JobNotFound:
             log.warning("%s: not found in the job API: entry dropped", job_id)
             return Outcome("consume")
@@ -279,17 +291,23 @@ class Executor:
             return Outcome("consume")
         version = job.get("version", SUPPORTED_VERSION)
         if version > SUPPORTED_VERSION:
-            log.info("%s: version %s is newer than this engine's %s: left for a newer engine",
-                     job_id, version, SUPPORTED_VERSION)
+            log.info(
+                "%s: version %s is newer than this engine's %s: left for a newer engine",
+                job_id,
+                version,
+                SUPPORTED_VERSION,
+            )
             return Outcome("release", hold=NEWER_VERSION_HOLD)
         try:
             if version < SUPPORTED_VERSION:
-                return self._fail(job, f"job version {version} is older than the version "
-                                       f"{SUPPORTED_VERSION} this engine supports")
+                return self._fail(
+                    job,
+                    f"job version {version} is older than the version "
+                    f"{SUPPORTED_VERSION} this engine supports",
+                )
             action_cls = self.actions.get(job["action"])
             if action_cls is None:
-                return self._fail(job, f"no action '{job['action']}' is registered in this "
-                                       f"engine")
+                return self._fail(job, f"no action '{job['action']}' is registered in this engine")
             job.update_job(state="RUNNING")
             # A process frozen between the take and here would start a job another executor
             # may run already: ask first (free while the take is recent).
@@ -345,15 +363,22 @@ class Executor:
             monitoring.capture_exception(exc, job_id=job.id, action=name, executor=self.name)
             if job.get("execution-mode") == "mixed":
                 log.warning("%s: %s failed; it will re-run in pull mode", job.id, name)
-                job.update_job(state="QUEUED", execution_mode="pull",
-                               status_message=f"{message}\n"
-                                              f"The job failed in push mode and will be "
-                                              f"re-run in pull mode.")
+                job.update_job(
+                    state="QUEUED",
+                    execution_mode="pull",
+                    status_message=f"{message}\n"
+                    f"The job failed in push mode and will be "
+                    f"re-run in pull mode.",
+                )
                 return Outcome("consume", "QUEUED")
             log.error("%s: %s raised %s", job.id, name, type(exc).__name__)
-            job.update_job(state="FAILED", return_code=1,
-                           status_message=monitoring.redact(
-                               f"{message}\n{''.join(traceback.format_exception(exc))}"))
+            job.update_job(
+                state="FAILED",
+                return_code=1,
+                status_message=monitoring.redact(
+                    f"{message}\n{''.join(traceback.format_exception(exc))}"
+                ),
+            )
             return Outcome("consume", "FAILED")
         return self._write_outcome(job, name, return_code)
 
@@ -362,21 +387,23 @@ class Executor:
             job.update_job(state="SUCCESS", return_code=0)
             log.info("%s: %s succeeded", job.id, name)
             return Outcome("consume", "SUCCESS")
-        if isinstance(return_code, int) and not isinstance(return_code, bool) \
-                and return_code > 0:
+        if isinstance(return_code, int) and not isinstance(return_code, bool) and return_code > 0:
             job.update_job(state="FAILED", return_code=return_code)
             log.info("%s: %s failed with return code %d", job.id, name, return_code)
             return Outcome("consume", "FAILED")
-        return self._fail(job, f"action {name} returned {return_code!r} instead of an int "
-                               f"return code (0 for success)")
+        return self._fail(
+            job,
+            f"action {name} returned {return_code!r} instead of an int return code (0 for success)",
+        )
 
     # -- pull mode --------------------------------------------------------------------------
 
     def run_one(self, job_id: str) -> int:
         """Pull mode: run exactly this job and return 0 when it succeeded."""
         try:
-            job = Job.fetch(self.api, job_id, nuvlaedge_fs=self.nuvlaedge_fs,
-                            executor_name=self.name)
+            job = Job.fetch(
+                self.api, job_id, nuvlaedge_fs=self.nuvlaedge_fs, executor_name=self.name
+            )
         except JobError as exc:
             log.error("%s: cannot run it: %s", job_id, exc)
             return 1

@@ -71,8 +71,13 @@ def _check_document(job_id: str, data: Any) -> dict[str, Any]:
 class Job(dict):
     """A job document as a read-only dict, with the update methods actions use."""
 
-    def __init__(self, api: Api, data: dict[str, Any], nuvlaedge_fs: str | None = None,
-                 executor_name: str | None = None) -> None:
+    def __init__(
+        self,
+        api: Api,
+        data: dict[str, Any],
+        nuvlaedge_fs: str | None = None,
+        executor_name: str | None = None,
+    ) -> None:
         super().__init__(data)
         self.api = api
         self.nuvlaedge_fs = nuvlaedge_fs
@@ -147,9 +152,15 @@ class Job(dict):
         except (NuvlaError, requests.RequestException, OSError) as exc:
             raise _classify(exc, self.id) from exc
 
-    def update_job(self, state: str | None = None, return_code: int | None = None,
-                   status_message: str | None = None, progress: int | None = None,
-                   execution_mode: str | None = None, tags: list[str] | None = None) -> None:
+    def update_job(
+        self,
+        state: str | None = None,
+        return_code: int | None = None,
+        status_message: str | None = None,
+        progress: int | None = None,
+        execution_mode: str | None = None,
+        tags: list[str] | None = None,
+    ) -> None:
         """Write the given attributes of the job in one edit."""
         data: dict[str, Any] = {}
         if state is not None:

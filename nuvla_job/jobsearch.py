@@ -37,8 +37,9 @@ def any_of(values: list[str] | tuple[str, ...]) -> str:
     return "[" + ",".join(quote(v) for v in values) + "]"
 
 
-def _pages(api: Api, filter: str, select: str | None, page_size: int
-           ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+def _pages(
+    api: Api, filter: str, select: str | None, page_size: int
+) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     """(count of the matches, page of documents) for every page, with a cursor on
     (created, id)."""
     cursor: tuple[str, str] | None = None
@@ -47,8 +48,11 @@ def _pages(api: Api, filter: str, select: str | None, page_size: int
         if cursor is not None:
             created, job_id = quote(cursor[0]), quote(cursor[1])
             page_filter += f" and created>={created} and (created!={created} or id>{job_id})"
-        params: dict[str, Any] = {"filter": page_filter, "orderby": "created:asc,id:asc",
-                                  "last": page_size}
+        params: dict[str, Any] = {
+            "filter": page_filter,
+            "orderby": "created:asc,id:asc",
+            "last": page_size,
+        }
         if select:
             params["select"] = select
         answer = api.search("job", **params).data
@@ -65,8 +69,9 @@ def _created_bound(api: Api, filter: str, order: str) -> tuple[int, datetime | N
     return int(answer.get("count", 0)), parse_time(docs[0]["created"]) if docs else None
 
 
-def iter_jobs(api: Api, filter: str, select: str | None = None,
-              page_size: int = DEFAULT_PAGE_SIZE) -> Iterator[dict[str, Any]]:
+def iter_jobs(
+    api: Api, filter: str, select: str | None = None, page_size: int = DEFAULT_PAGE_SIZE
+) -> Iterator[dict[str, Any]]:
     """Every job matching `filter`, oldest first, fetched `page_size` at a time.
 
     `select` (a comma list) is extended with `id` and `created`, which the cursor needs.
@@ -88,8 +93,10 @@ def iter_jobs(api: Api, filter: str, select: str | None = None,
         width = max((newest - oldest) * page_size / total, MIN_WINDOW)
         while start <= newest:
             end = start + width
-            window = (f"({filter}) and created>={quote(format_time(start))} and "
-                      f"created<{quote(format_time(end))}")
+            window = (
+                f"({filter}) and created>={quote(format_time(start))} and "
+                f"created<{quote(format_time(end))}"
+            )
             population = None
             for count, docs in _pages(api, window, select, page_size):
                 population = count if population is None else population

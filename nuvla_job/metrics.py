@@ -25,43 +25,84 @@ PREFIX = "nuvla_job_"
 UNKNOWN_ACTION = "unknown"
 
 # Actions run from milliseconds (a quick API call) to an hour (a bulk job).
-JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-               120.0, 300.0, 600.0, 1800.0, 3600.0)
+JOB_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # -- executor -----------------------------------------------------------------------------
 
-JOBS = Counter(f"{PREFIX}jobs_processed", "Queue entries processed, by job action and outcome.",
-               ["action", "outcome"], registry=None)
-JOB_DURATION = Histogram(f"{PREFIX}job_duration_seconds",
-                         "Seconds from taking an entry to its job's end (entries consumed "
-                         "only), by action.", ["action"], buckets=JOB_BUCKETS, registry=None)
+JOBS = Counter(
+    f"{PREFIX}jobs_processed",
+    "Queue entries processed, by job action and outcome.",
+    ["action", "outcome"],
+    registry=None,
+)
+JOB_DURATION = Histogram(
+    f"{PREFIX}job_duration_seconds",
+    "Seconds from taking an entry to its job's end (entries consumed only), by action.",
+    ["action"],
+    buckets=JOB_BUCKETS,
+    registry=None,
+)
 TAKES = Counter(f"{PREFIX}queue_takes", "Entries taken from the queue.", registry=None)
-RELEASES = Counter(f"{PREFIX}queue_releases", "Taken entries released back to the queue.",
-                   registry=None)
-IN_FLIGHT = Gauge(f"{PREFIX}jobs_in_flight", "Jobs this executor is processing now.",
-                  registry=None)
-QUEUE_DEPTH = Gauge(f"{PREFIX}queue_depth",
-                    "Queue entries this executor sees available to take (not taken).",
-                    registry=None)
+RELEASES = Counter(
+    f"{PREFIX}queue_releases", "Taken entries released back to the queue.", registry=None
+)
+IN_FLIGHT = Gauge(f"{PREFIX}jobs_in_flight", "Jobs this executor is processing now.", registry=None)
+QUEUE_DEPTH = Gauge(
+    f"{PREFIX}queue_depth",
+    "Queue entries this executor sees available to take (not taken).",
+    registry=None,
+)
 
 # -- distributor --------------------------------------------------------------------------
 
-LEADER = Gauge(f"{PREFIX}leader", "1 while this process leads the distribution, else 0.",
-               ["distribution"], registry=None)
+LEADER = Gauge(
+    f"{PREFIX}leader",
+    "1 while this process leads the distribution, else 0.",
+    ["distribution"],
+    registry=None,
+)
 
 # -- ZooKeeper ----------------------------------------------------------------------------
 
-ZK_CONNECTED = Gauge(f"{PREFIX}zookeeper_connected",
-                     "1 while the ZooKeeper connection is up, else 0.", registry=None)
+ZK_CONNECTED = Gauge(
+    f"{PREFIX}zookeeper_connected", "1 while the ZooKeeper connection is up, else 0.", registry=None
+)
 
 # -- job API ------------------------------------------------------------------------------
 
-HTTP_REQUESTS = Counter(f"{PREFIX}http_requests", "HTTP requests answered, by method, route "
-                        "template and status.", ["method", "route", "status"], registry=None)
-HTTP_DURATION = Histogram(f"{PREFIX}http_request_duration_seconds",
-                          "Seconds to answer an HTTP request, by method and route template.",
-                          ["method", "route"], buckets=HTTP_BUCKETS, registry=None)
+HTTP_REQUESTS = Counter(
+    f"{PREFIX}http_requests",
+    "HTTP requests answered, by method, route template and status.",
+    ["method", "route", "status"],
+    registry=None,
+)
+HTTP_DURATION = Histogram(
+    f"{PREFIX}http_request_duration_seconds",
+    "Seconds to answer an HTTP request, by method and route template.",
+    ["method", "route"],
+    buckets=HTTP_BUCKETS,
+    registry=None,
+)
 
 # The `outcome` label of a processed entry, from the executor's (queue decision, state).
 _OUTCOMES = {
@@ -82,8 +123,10 @@ class _Outcome(Protocol):
 
 def outcome_label(queue: str, state: str | None) -> str:
     """The ``outcome`` label for an executor outcome (unknown pairs are named after them)."""
-    return _OUTCOMES.get((queue, state if queue == "consume" else None)) or \
-        f"{queue}_{state or 'none'}".lower()
+    return (
+        _OUTCOMES.get((queue, state if queue == "consume" else None))
+        or f"{queue}_{state or 'none'}".lower()
+    )
 
 
 _registered: set[int] = set()
@@ -187,7 +230,8 @@ def wsgi_app() -> Callable:
 def serve(host: str, port: int) -> WSGIServer:
     """Serve /metrics on ``host:port`` from greenlets of this process (a gevent WSGI server:
     no thread, fine under monkey-patching). Raises OSError when the address is taken."""
-    server = WSGIServer((host, port), wsgi_app(), log=None,
-                        error_log=logging.getLogger("nuvla_job.metrics.http"))
+    server = WSGIServer(
+        (host, port), wsgi_app(), log=None, error_log=logging.getLogger("nuvla_job.metrics.http")
+    )
     server.start()
     return server

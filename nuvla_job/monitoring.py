@@ -26,7 +26,8 @@ MASK = "********"
 
 # (job id, action) of the job the current greenlet is processing, if any.
 _job: contextvars.ContextVar[tuple[str | None, str | None] | None] = contextvars.ContextVar(
-    "nuvla_job_context", default=None)
+    "nuvla_job_context", default=None
+)
 
 _secrets: set[str] = set()
 
@@ -113,8 +114,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds").replace("+00:00", "Z"),
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
             "message": redact(record.getMessage()),

@@ -46,8 +46,9 @@ class ExecutorPresence:
     node. Works with kazoo's gevent and threading handlers (the writer runs on the handler).
     """
 
-    def __init__(self, min_interval: float = MIN_WRITE_INTERVAL,
-                 check_interval: float = CHECK_INTERVAL) -> None:
+    def __init__(
+        self, min_interval: float = MIN_WRITE_INTERVAL, check_interval: float = CHECK_INTERVAL
+    ) -> None:
         self.min_interval = min_interval
         self.check_interval = check_interval
         self.path: str | None = None  # the node of the current session, once created

@@ -38,14 +38,19 @@ class ActionRegistry:
     timeouts: dict[str, float] = field(default_factory=dict)
     lite: bool = field(default_factory=lambda: os.environ.get("IMAGE_NAME") == LITE_IMAGE)
 
-    def register(self, name: str, cls: type, pull_mode_support: bool = False,
-                 timeout: float | None = None) -> None:
+    def register(
+        self, name: str, cls: type, pull_mode_support: bool = False, timeout: float | None = None
+    ) -> None:
         if self.lite and not pull_mode_support:
             log.debug("action %s skipped: the lite image runs only pull-mode actions", name)
             return
         if name in self.actions:
-            log.error("action %s is defined twice (%s and %s); keeping the first", name,
-                      _where(self.actions[name]), _where(cls))
+            log.error(
+                "action %s is defined twice (%s and %s); keeping the first",
+                name,
+                _where(self.actions[name]),
+                _where(cls),
+            )
             return
         self.actions[name] = cls
         self.pull_mode[name] = pull_mode_support
@@ -74,21 +79,21 @@ def _where(cls: type) -> str:
 registry = ActionRegistry()
 
 
-def action(name: str, pull_mode_support: bool = False, timeout: float | None = None,
-           **_upstream: Any) -> Callable[[type], type]:
+def action(
+    name: str, pull_mode_support: bool = False, timeout: float | None = None, **_upstream: Any
+) -> Callable[[type], type]:
     """Register the decorated class as the action ``name`` (upstream-compatible).
 
     ``timeout``: the longest ``do_work`` may run, in seconds; it overrides the executor's
     ``--action-timeout`` for this action. A job over its limit is FAILED.
     """
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
-                                or not timeout > 0):
-        raise ValueError(f"action {name}: timeout must be a number of seconds > 0, "
-                         f"not {timeout!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
+        raise ValueError(f"action {name}: timeout must be a number of seconds > 0, not {timeout!r}")
 
     def register(cls: type) -> type:
-        registry.register(name, cls, pull_mode_support,
-                          None if timeout is None else float(timeout))
+        registry.register(name, cls, pull_mode_support, None if timeout is None else float(timeout))
         return cls
 
     return register
@@ -127,8 +132,9 @@ def _candidates(directory: Path) -> list[Path]:
     return found
 
 
-def load_actions(paths: Iterable[str | Path] = (), builtin: bool = True,
-                 use_entry_points: bool = True) -> ActionRegistry:
+def load_actions(
+    paths: Iterable[str | Path] = (), builtin: bool = True, use_entry_points: bool = True
+) -> ActionRegistry:
     """Import every action module; returns the registry with what they registered."""
     directories = [BUILTIN_ACTIONS] if builtin else []
     directories += [Path(p) for p in paths]
@@ -147,15 +153,23 @@ def load_actions(paths: Iterable[str | Path] = (), builtin: bool = True,
             try:
                 _import_file(path)
             except Exception as exc:  # a broken plugin must not stop the engine
-                log.error("action module %s failed to import and is skipped: %s: %s",
-                          path, type(exc).__name__, exc)
+                log.error(
+                    "action module %s failed to import and is skipped: %s: %s",
+                    path,
+                    type(exc).__name__,
+                    exc,
+                )
     if use_entry_points:
         for point in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 point.load()
             except Exception as exc:
-                log.error("action entry point %s failed to load and is skipped: %s: %s",
-                          point.name, type(exc).__name__, exc)
+                log.error(
+                    "action entry point %s failed to load and is skipped: %s: %s",
+                    point.name,
+                    type(exc).__name__,
+                    exc,
+                )
     log.info("%d action(s) loaded: %s", len(registry), ", ".join(sorted(registry.actions)))
     return registry
 

@@ -61,16 +61,19 @@ class RestoreReport:
 
     def summary(self) -> str:
         verb = "would queue" if self.dry_run else "queued"
-        return (f"{verb} {len(self.missing)} job(s) that had no queue entry "
-                f"({self.scanned} QUEUED push/mixed job(s) checked, {self.entries} "
-                f"entries in the queue)")
+        return (
+            f"{verb} {len(self.missing)} job(s) that had no queue entry "
+            f"({self.scanned} QUEUED push/mixed job(s) checked, {self.entries} "
+            f"entries in the queue)"
+        )
 
 
 # -- reading the queue --------------------------------------------------------------------------
 
 
-def read_nodes(zk: KazooClient, paths: Iterable[str], batch: int = READ_BATCH
-               ) -> Iterator[tuple[str, bytes | None]]:
+def read_nodes(
+    zk: KazooClient, paths: Iterable[str], batch: int = READ_BATCH
+) -> Iterator[tuple[str, bytes | None]]:
     """(path, data) for each path; data is None for a node that is gone. Async, in batches."""
     pending: list[tuple[str, object]] = []
 
@@ -122,9 +125,11 @@ def _still_queued(api: Api, candidates: dict[str, str], page_size: int) -> dict[
     ids would scan the whole collection each time)."""
     oldest, newest = min(candidates.values()), max(candidates.values())
     filter = f"{queued_filter(0)} and created>={quote(oldest)} and created<={quote(newest)}"
-    return {doc["id"]: _priority(doc) for doc in iter_jobs(api, filter, select="id,priority",
-                                                          page_size=page_size)
-            if doc["id"] in candidates}
+    return {
+        doc["id"]: _priority(doc)
+        for doc in iter_jobs(api, filter, select="id,priority", page_size=page_size)
+        if doc["id"] in candidates
+    }
 
 
 def _priority(doc: dict) -> int:
@@ -134,9 +139,13 @@ def _priority(doc: dict) -> int:
     return queue.DEFAULT_PRIORITY
 
 
-def restore(api: Api, zk: KazooClient, dry_run: bool = False,
-            min_age: float = DEFAULT_MIN_AGE, page_size: int = DEFAULT_PAGE_SIZE
-            ) -> RestoreReport:
+def restore(
+    api: Api,
+    zk: KazooClient,
+    dry_run: bool = False,
+    min_age: float = DEFAULT_MIN_AGE,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> RestoreReport:
     """Queue again every QUEUED push/mixed job without an entry (see the module doc)."""
     if dry_run:
         return _restore(api, zk, True, min_age, page_size)
@@ -149,8 +158,9 @@ def restore(api: Api, zk: KazooClient, dry_run: bool = False,
         lock.release()
 
 
-def _restore(api: Api, zk: KazooClient, dry_run: bool, min_age: float,
-             page_size: int) -> RestoreReport:
+def _restore(
+    api: Api, zk: KazooClient, dry_run: bool, min_age: float, page_size: int
+) -> RestoreReport:
     report = RestoreReport(dry_run=dry_run)
     names = entry_names(zk)
     report.entries = len(names)
@@ -171,16 +181,18 @@ def _restore(api: Api, zk: KazooClient, dry_run: bool, min_age: float,
     report.missing = sorted(still.items(), key=lambda item: (item[1], item[0]))
     if report.missing and not dry_run:
         report.queued = queue.put_many(zk, report.missing)
-        log.info("restore: queued %d job(s) again, e.g. %s", len(report.queued),
-                 ", ".join(job_id for job_id, _ in report.missing[:5]))
+        log.info(
+            "restore: queued %d job(s) again, e.g. %s",
+            len(report.queued),
+            ", ".join(job_id for job_id, _ in report.missing[:5]),
+        )
     return report
 
 
 # -- where the executor's ZooKeeper is ----------------------------------------------------------
 
 
-def process_zk_hosts(argv: list[str] | None = None, environ: dict[str, str] | None = None
-                     ) -> str:
+def process_zk_hosts(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> str:
     """The ZooKeeper hosts of the engine process this code runs in, resolved as its command
     line resolves them: `--zk-hosts` (a comma list, several values, or `--zk-hosts=...`),
     else the ZK_HOSTS variable, else the default.
@@ -203,4 +215,3 @@ def process_zk_hosts(argv: list[str] | None = None, environ: dict[str, str] | No
         return hosts_string(values)
     # click splits a multiple option's variable on whitespace.
     return hosts_string((environ.get("ZK_HOSTS") or DEFAULT_ZK_HOSTS).split())
-

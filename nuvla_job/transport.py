@@ -46,8 +46,12 @@ class LeanTransport:
     own connection from the pool for the duration of one exchange).
     """
 
-    def __init__(self, session: requests.Session, fallback: Callable[..., requests.Response],
-                 pool_size: int = 100) -> None:
+    def __init__(
+        self,
+        session: requests.Session,
+        fallback: Callable[..., requests.Response],
+        pool_size: int = 100,
+    ) -> None:
         self.session = session
         self.fallback = fallback
         self.pool_size = pool_size
@@ -66,14 +70,30 @@ class LeanTransport:
 
     # -- the session's `_request` -------------------------------------------------------------
 
-    def request(self, method: str, url: str, params: Any = None, data: Any = None,
-                headers: dict[str, str] | None = None, json: Any = None,
-                timeout: Any = None, allow_redirects: bool = True,
-                **other: Any) -> requests.Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        params: Any = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        json: Any = None,
+        timeout: Any = None,
+        allow_redirects: bool = True,
+        **other: Any,
+    ) -> requests.Response:
         if other or not self._plain(url, data):
-            return self.fallback(method, url, params=params, data=data, headers=headers,
-                                 json=json, timeout=timeout, allow_redirects=allow_redirects,
-                                 **other)
+            return self.fallback(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                json=json,
+                timeout=timeout,
+                allow_redirects=allow_redirects,
+                **other,
+            )
         # Quoted as requests would (an id with a space or a NUL must not break the line).
         url = requote_uri(url)
         if params:
@@ -132,8 +152,9 @@ class LeanTransport:
 
     # -- connections ---------------------------------------------------------------------------
 
-    def _connection(self, scheme: str, host: str, port: int,
-                    timeout: float | None) -> tuple[http.client.HTTPConnection, bool]:
+    def _connection(
+        self, scheme: str, host: str, port: int, timeout: float | None
+    ) -> tuple[http.client.HTTPConnection, bool]:
         idle = self._idle.get((scheme, host, port))
         while idle:
             conn, since = idle.pop()
@@ -145,8 +166,7 @@ class LeanTransport:
                 return conn, True
             conn.close()
         if scheme == "https":
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout,
-                                               context=self._context())
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._context())
         else:
             conn = http.client.HTTPConnection(host, port, timeout=timeout)
         conn.connect()
@@ -175,8 +195,15 @@ class LeanTransport:
 
     # -- one exchange --------------------------------------------------------------------------
 
-    def _exchange(self, method: str, url: str, parts: SplitResult, body: bytes | None,
-                  headers: dict[str, str], timeout: float | None) -> requests.Response:
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        parts: SplitResult,
+        body: bytes | None,
+        headers: dict[str, str],
+        timeout: float | None,
+    ) -> requests.Response:
         scheme = parts.scheme
         port = parts.port or (443 if scheme == "https" else 80)
         key = (scheme, parts.hostname or "", port)
@@ -210,8 +237,9 @@ class LeanTransport:
             return self._response(method, url, raw, content)
         raise AssertionError("unreachable")
 
-    def _response(self, method: str, url: str, raw: http.client.HTTPResponse,
-                  content: bytes) -> requests.Response:
+    def _response(
+        self, method: str, url: str, raw: http.client.HTTPResponse, content: bytes
+    ) -> requests.Response:
         response = requests.Response()
         response.status_code = raw.status
         response.reason = raw.reason
@@ -232,8 +260,9 @@ class LeanTransport:
 
 def _form(values: dict[str, Any]) -> str:
     """URL-encode as requests does: lists give repeated keys, None values are left out."""
-    return urlencode([(key, value) for key, value in values.items() if value is not None],
-                     doseq=True)
+    return urlencode(
+        [(key, value) for key, value in values.items() if value is not None], doseq=True
+    )
 
 
 def _dropped(sock: socket.socket) -> bool:

@@ -86,8 +86,9 @@ def _gevent_handler() -> Any:
     from kazoo.handlers.gevent import SequentialGeventHandler
 
     class GeventHandler(SequentialGeventHandler):
-        def select(self, rlist: list[Any], wlist: list[Any], xlist: list[Any],
-                   timeout: float | None = None) -> tuple[list[Any], list[Any], list[Any]]:
+        def select(
+            self, rlist: list[Any], wlist: list[Any], xlist: list[Any], timeout: float | None = None
+        ) -> tuple[list[Any], list[Any], list[Any]]:
             try:
                 return gevent.select.select(rlist, wlist, xlist, timeout)
             except OSError as exc:  # a closed socket: what kazoo's own select raises

@@ -47,8 +47,9 @@ def read_auth_file(path: str | os.PathLike[str]) -> str:
         with open(path, encoding="utf-8") as handle:
             first = handle.readline()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read the ZooKeeper auth file {path}: "
-                         f"{type(exc).__name__}") from None
+        raise ValueError(
+            f"cannot read the ZooKeeper auth file {path}: {type(exc).__name__}"
+        ) from None
     return parse_auth(first)
 
 
@@ -82,9 +83,14 @@ class ZkSecurity:
             kw["auth_data"] = [("digest", self.auth)]
             kw["default_acl"] = self.acl
         if self.tls:
-            kw.update(use_ssl=True, ca=self.tls_ca, certfile=self.tls_cert,
-                      keyfile=self.tls_key, verify_certs=True,
-                      check_hostname=self.tls_check_hostname)
+            kw.update(
+                use_ssl=True,
+                ca=self.tls_ca,
+                certfile=self.tls_cert,
+                keyfile=self.tls_key,
+                verify_certs=True,
+                check_hostname=self.tls_check_hostname,
+            )
         return kw
 
 
@@ -93,15 +99,18 @@ def _acl_key(acls: Iterable[ACL]) -> set[tuple[int, str, str]]:
 
 
 def _denied(what: str, node: str) -> ZkAccessDenied:
-    return ZkAccessDenied(f"ZooKeeper refuses to {what} {node}: it is protected by other "
-                          f"credentials (check --zk-auth)")
+    return ZkAccessDenied(
+        f"ZooKeeper refuses to {what} {node}: it is protected by other "
+        f"credentials (check --zk-auth)"
+    )
 
 
-def _pipelined(nodes: list[str], call: Callable[[str], Any]
-               ) -> Iterator[tuple[str, Any, BaseException | None]]:
+def _pipelined(
+    nodes: list[str], call: Callable[[str], Any]
+) -> Iterator[tuple[str, Any, BaseException | None]]:
     """`call(node)` for every node, BATCH requests in flight at a time: (node, value, error)."""
     for start in range(0, len(nodes), BATCH):
-        pending = [(node, call(node)) for node in nodes[start:start + BATCH]]
+        pending = [(node, call(node)) for node in nodes[start : start + BATCH]]
         for node, result in pending:
             try:
                 yield node, result.get(), None
@@ -109,8 +118,7 @@ def _pipelined(nodes: list[str], call: Callable[[str], Any]
                 yield node, None, exc
 
 
-def _levels(client: KazooClient, roots: Iterable[str], depth: int | None
-            ) -> Iterator[list[str]]:
+def _levels(client: KazooClient, roots: Iterable[str], depth: int | None) -> Iterator[list[str]]:
     """The nodes under `roots` level by level, `depth` levels below them (all with None).
 
     Listed levels hold existing nodes only; the last level is not listed (an entries node
@@ -135,8 +143,12 @@ def _levels(client: KazooClient, roots: Iterable[str], depth: int | None
         level = below
 
 
-def secure_tree(client: KazooClient, security: ZkSecurity,
-                roots: Iterable[str] = ENGINE_ROOTS, depth: int | None = 1) -> list[str]:
+def secure_tree(
+    client: KazooClient,
+    security: ZkSecurity,
+    roots: Iterable[str] = ENGINE_ROOTS,
+    depth: int | None = 1,
+) -> list[str]:
     """Give the existing nodes under `roots` (down to `depth` levels below them, all with
     None) the ACL of `security`; return the paths changed.
 

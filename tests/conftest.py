@@ -118,14 +118,16 @@ def admin_api(job_api: JobApiProcess, zookeeper: ZooKeeperServer) -> Api:
 
 
 @pytest.fixture
-def start_executor(zookeeper: ZooKeeperServer, job_api: JobApiProcess, zk: KazooClient
-                   ) -> Iterator[Callable[..., EngineProcess]]:
+def start_executor(
+    zookeeper: ZooKeeperServer, job_api: JobApiProcess, zk: KazooClient
+) -> Iterator[Callable[..., EngineProcess]]:
     """Start executor processes on the test stack (test actions loaded); stopped after."""
     started: list[EngineProcess] = []
 
     def start(*extra: str, env: dict[str, str] | None = None) -> EngineProcess:
-        process = executor_process(zookeeper.hosts, job_api.endpoint,
-                                   str(job_api.credentials_path), *extra, env=env)
+        process = executor_process(
+            zookeeper.hosts, job_api.endpoint, str(job_api.credentials_path), *extra, env=env
+        )
         started.append(process.start())
         process.wait_for_log("running up to")
         return process

@@ -10,8 +10,15 @@ from .identity import ADMIN_GROUP, Caller
 # the stronger edit rights imply the weaker ones and viewing).
 GRANTED_BY: dict[str, tuple[str, ...]] = {
     "view": (
-        "owners", "view-meta", "view-data", "view-acl",
-        "edit-meta", "edit-data", "edit-acl", "manage", "delete",
+        "owners",
+        "view-meta",
+        "view-data",
+        "view-acl",
+        "edit-meta",
+        "edit-data",
+        "edit-acl",
+        "manage",
+        "delete",
     ),
     "edit": ("owners", "edit-meta", "edit-data", "edit-acl"),
     "edit-acl": ("owners", "edit-acl"),

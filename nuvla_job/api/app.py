@@ -114,14 +114,18 @@ class CloudEntryPoint:
         self.created = now_iso()
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _send(resp, 200, {
-            "id": "cloud-entry-point",
-            "resource-type": "cloud-entry-point",
-            "base-uri": f"{req.prefix}/api/",
-            "created": self.created,
-            "updated": self.created,
-            "collections": {"job": {"href": "job"}, "session": {"href": "session"}},
-        })
+        _send(
+            resp,
+            200,
+            {
+                "id": "cloud-entry-point",
+                "resource-type": "cloud-entry-point",
+                "base-uri": f"{req.prefix}/api/",
+                "created": self.created,
+                "updated": self.created,
+                "collections": {"job": {"href": "job"}, "session": {"href": "session"}},
+            },
+        )
 
 
 class Health:
@@ -135,8 +139,11 @@ class Health:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         state = self.queue_state()
-        _send(resp, 200 if state == "CONNECTED" else 503,
-              {"status": "ok" if state == "CONNECTED" else "degraded", "zookeeper": state})
+        _send(
+            resp,
+            200 if state == "CONNECTED" else 503,
+            {"status": "ok" if state == "CONNECTED" else "degraded", "zookeeper": state},
+        )
 
 
 class Sessions:
@@ -163,9 +170,17 @@ class Sessions:
             doc = self._doc(caller.session_id)
             if doc is not None:
                 docs.append(doc)
-        _send(resp, 200, {"count": len(docs), "resources": docs, "id": "session",
-                          "resource-type": "session-collection",
-                          "operations": [{"rel": "add", "href": "session"}]})
+        _send(
+            resp,
+            200,
+            {
+                "count": len(docs),
+                "resources": docs,
+                "id": "session",
+                "resource-type": "session-collection",
+                "operations": [{"rel": "add", "href": "session"}],
+            },
+        )
 
     on_get = on_put
 
@@ -180,20 +195,30 @@ class Sessions:
         elif href == "session-template/password":
             kind, name, secret = "user", template.get("username"), template.get("password")
         else:
-            raise bad_request("unknown session template; use session-template/api-key or "
-                              "session-template/password")
+            raise bad_request(
+                "unknown session template; use session-template/api-key or "
+                "session-template/password"
+            )
         if not isinstance(name, str) or not isinstance(secret, str):
             raise bad_request("the session template needs string credentials")
         caller = self._check(req, kind, name, secret)
         if caller is None:
             raise ApiError(403, "invalid credentials")
         session_id, token = self.ctx.identities.open_session(caller)
-        resp.set_cookie(COOKIE, token, path="/", secure=self.ctx.settings.secure_cookie,
-                        http_only=True, same_site="Strict")
+        resp.set_cookie(
+            COOKIE,
+            token,
+            path="/",
+            secure=self.ctx.settings.secure_cookie,
+            http_only=True,
+            same_site="Strict",
+        )
         resp.location = f"/api/{session_id}"
-        _send(resp, 201, {"status": 201, "message": f"created {session_id}",
-                          "resource-id": session_id})
-
+        _send(
+            resp,
+            201,
+            {"status": 201, "message": f"created {session_id}", "resource-id": session_id},
+        )
 
     def _check(self, req: falcon.Request, kind: str, name: str, secret: str) -> Caller | None:
         """The credentials' caller, or None; 429 while this name or address is backing off."""
@@ -201,8 +226,9 @@ class Sessions:
         try:
             throttle.begin(name, address)
         except TooManyFailures as exc:
-            raise falcon.HTTPTooManyRequests(description=str(exc),
-                                             retry_after=exc.retry_after) from None
+            raise falcon.HTTPTooManyRequests(
+                description=str(exc), retry_after=exc.retry_after
+            ) from None
         outcome: bool | None = None
         try:
             caller = self.ctx.identities.check(kind, name, secret)
@@ -235,8 +261,11 @@ class Session:
         session_id = self._owned(req, uuid)
         self.ctx.identities.close_session(session_id)
         resp.unset_cookie(COOKIE, path="/")
-        _send(resp, 200, {"status": 200, "message": f"{session_id} deleted",
-                          "resource-id": session_id})
+        _send(
+            resp,
+            200,
+            {"status": 200, "message": f"{session_id} deleted", "resource-id": session_id},
+        )
 
 
 class JobCollection:
@@ -253,8 +282,9 @@ class JobCollection:
         caller = self.ctx.caller(req)
         doc = self.ctx.jobs.add(self.ctx.json(req), caller)
         resp.location = f"/api/{doc['id']}"
-        _send(resp, 201, {"status": 201, "message": f"{doc['id']} created",
-                          "resource-id": doc["id"]})
+        _send(
+            resp, 201, {"status": 201, "message": f"{doc['id']} created", "resource-id": doc["id"]}
+        )
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
         if (req.get_header("bulk") or "").lower() != "yes":
@@ -280,14 +310,14 @@ class JobItem:
         if "json-patch" in content_type:
             raise ApiError(415, "JSON patch edits are not supported by this server")
         body = self.ctx.json(req)
-        _send(resp, 200, self.ctx.jobs.edit(f"job/{uuid}", body, _select(req),
-                                            self.ctx.caller(req)))
+        _send(
+            resp, 200, self.ctx.jobs.edit(f"job/{uuid}", body, _select(req), self.ctx.caller(req))
+        )
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, uuid: str) -> None:
         job_id = f"job/{uuid}"
         self.ctx.jobs.delete(job_id, self.ctx.caller(req))
-        _send(resp, 200, {"status": 200, "message": f"{job_id} deleted",
-                          "resource-id": job_id})
+        _send(resp, 200, {"status": 200, "message": f"{job_id} deleted", "resource-id": job_id})
 
 
 class JobOperation:
@@ -309,8 +339,7 @@ def _store_error(req: falcon.Request, resp: falcon.Response, exc: StoreError, pa
     _send(resp, 503, {"status": 503, "message": str(exc)})
 
 
-def _http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError,
-                params) -> None:
+def _http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params) -> None:
     status = exc.status_code
     message = exc.description or exc.title or "error"
     if status == 404:
@@ -327,9 +356,12 @@ def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, para
     _send(resp, 500, {"status": 500, "message": "internal server error"})
 
 
-def create_app(jobs: JobService, identities: IdentityStore,
-               settings: Settings | None = None,
-               queue_state: Callable[[], str] = lambda: "CONNECTED") -> falcon.App:
+def create_app(
+    jobs: JobService,
+    identities: IdentityStore,
+    settings: Settings | None = None,
+    queue_state: Callable[[], str] = lambda: "CONNECTED",
+) -> falcon.App:
     """The WSGI application serving the job API under ``/api``."""
     ctx = Context(jobs, identities, settings or Settings())
     app = falcon.App(cors_enable=False)

@@ -49,8 +49,10 @@ ZK_TIMEOUT = 5.0
 # kazoo's lock (and so election) node names: "<uuid hex>__lock__<sequence>".
 _CONTENDER = re.compile(r"__lock__(-?\d{10})$")
 # Everything the page loads comes from this server: say so to the browser.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
 def _send(resp: falcon.Response, body: Any) -> None:
@@ -97,14 +99,18 @@ class ZooKeeperView:
 
     def queue_depth(self) -> dict[str, int]:
         """Children of ``/job/entries`` (queued, taken ones included) and ``/job/taken``."""
+
         def read(zk: KazooClient) -> dict[str, int]:
-            pending = {name: zk.exists_async(path) for name, path in
-                       (("entries", queue.ENTRIES), ("taken", queue.TAKEN))}
+            pending = {
+                name: zk.exists_async(path)
+                for name, path in (("entries", queue.ENTRIES), ("taken", queue.TAKEN))
+            }
             counts = {}
             for name, result in pending.items():
                 stat = result.get(timeout=self.timeout)
                 counts[name] = stat.numChildren if stat is not None else 0
             return counts
+
         return self._guarded(read)
 
     def executors(self) -> list[dict[str, Any]]:
@@ -121,6 +127,7 @@ class ZooKeeperView:
                 doc["node"] = path.rsplit("/", 1)[1]
                 docs.append(doc)
             return sorted(docs, key=lambda d: (str(d.get("name", "")), d["node"]))
+
         return self._guarded(read)
 
     def leaders(self) -> list[dict[str, Any]]:
@@ -134,23 +141,31 @@ class ZooKeeperView:
                 except NoNodeError:
                     children = []
                 # Ordered as kazoo orders contenders: by the sequence suffix.
-                matches = sorted((m.group(1), child) for child in children
-                                 if (m := _CONTENDER.search(child)))
+                matches = sorted(
+                    (m.group(1), child) for child in children if (m := _CONTENDER.search(child))
+                )
                 paths = [f"{ELECTION_ROOT}/{name}/{child}" for _, child in matches]
-                contenders = [data.decode("utf-8", "replace")
-                              for _, data in self._get_all(zk, paths)]
-                result.append({"distribution": name,
-                               "leader": contenders[0] if contenders else None,
-                               "contenders": contenders})
+                contenders = [
+                    data.decode("utf-8", "replace") for _, data in self._get_all(zk, paths)
+                ]
+                result.append(
+                    {
+                        "distribution": name,
+                        "leader": contenders[0] if contenders else None,
+                        "contenders": contenders,
+                    }
+                )
             return result
+
         return self._guarded(read)
 
 
 class QueueDepthSampler:
     """Samples the queue depth every ``interval`` seconds into a ring buffer (a greenlet)."""
 
-    def __init__(self, view: ZooKeeperView, interval: float = SAMPLE_INTERVAL,
-                 size: int = SAMPLE_COUNT) -> None:
+    def __init__(
+        self, view: ZooKeeperView, interval: float = SAMPLE_INTERVAL, size: int = SAMPLE_COUNT
+    ) -> None:
         self.view = view
         self.interval = interval
         self.samples: deque[dict[str, Any]] = deque(maxlen=size)
@@ -183,8 +198,9 @@ class QueueDepthSampler:
 def _require_admin(ctx: Context, req: falcon.Request) -> None:
     caller = ctx.caller(req)
     if caller.is_anonymous:
-        raise ApiError(401, "authentication required: log in with POST /api/session "
-                            "(password or API key)")
+        raise ApiError(
+            401, "authentication required: log in with POST /api/session (password or API key)"
+        )
     if not caller.is_admin:
         raise ApiError(403, "the dashboard's cluster views are for administrators")
 
@@ -196,8 +212,7 @@ class QueueDepth:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         _require_admin(self.ctx, req)
-        _send(resp, {"interval": self.sampler.interval,
-                     "samples": list(self.sampler.samples)})
+        _send(resp, {"interval": self.sampler.interval, "samples": list(self.sampler.samples)})
 
 
 class Executors:

@@ -15,8 +15,12 @@ from typing import Any
 
 import gevent.event
 
-_BODY = json.dumps({"status": 503, "message": "the job API is shutting down; retry on another "
-                    "instance or after its restart"}).encode()
+_BODY = json.dumps(
+    {
+        "status": 503,
+        "message": "the job API is shutting down; retry on another instance or after its restart",
+    }
+).encode()
 
 
 class Draining:
@@ -29,12 +33,18 @@ class Draining:
         self._idle = gevent.event.Event()
         self._idle.set()
 
-    def __call__(self, environ: dict[str, Any],
-                 start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         if self.draining:
-            start_response("503 Service Unavailable", [
-                ("Content-Type", "application/json"), ("Content-Length", str(len(_BODY))),
-                ("Connection", "close")])
+            start_response(
+                "503 Service Unavailable",
+                [
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", str(len(_BODY))),
+                    ("Connection", "close"),
+                ],
+            )
             return [_BODY]
         self._running += 1
         self._idle.clear()

@@ -206,13 +206,16 @@ class IdentityStore:
         if not rows:
             return None
         sid, identity, claims, created, expiry = rows[0]
-        return {"id": sid, "identity": identity, "roles": " ".join(orjson.loads(claims)),
-                "created": created, "expiry": expiry}
+        return {
+            "id": sid,
+            "identity": identity,
+            "roles": " ".join(orjson.loads(claims)),
+            "created": created,
+            "expiry": expiry,
+        }
 
     def close_session(self, session_id: str) -> bool:
         with self.db.write() as conn:
             deleted = conn.execute("DELETE FROM session WHERE id = ?", (session_id,)).rowcount
-        self._sessions = {
-            k: v for k, v in self._sessions.items() if v[0].session_id != session_id
-        }
+        self._sessions = {k: v for k, v in self._sessions.items() if v[0].session_id != session_id}
         return deleted > 0

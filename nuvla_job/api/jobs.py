@@ -34,11 +34,24 @@ from .validation import check_acl, check_attributes
 
 log = logging.getLogger(__name__)
 
-SERVER_SET = frozenset({"id", "resource-type", "created", "updated", "operations",
-                        "created-by", "updated-by"})
+SERVER_SET = frozenset(
+    {"id", "resource-type", "created", "updated", "operations", "created-by", "updated-by"}
+)
 # Attributes an edit may never remove through ``select``.
-REQUIRED = frozenset({"id", "resource-type", "state", "action", "progress", "execution-mode",
-                      "version", "created", "updated", "acl"})
+REQUIRED = frozenset(
+    {
+        "id",
+        "resource-type",
+        "state",
+        "action",
+        "progress",
+        "execution-mode",
+        "version",
+        "created",
+        "updated",
+        "acl",
+    }
+)
 DEFAULT_PRIORITY = 999
 JOB_VERSION = 2
 
@@ -185,8 +198,9 @@ class JobService:
             # an executor may run it already. Answering an error would make the caller add
             # it again. Only the record of the entry failed (a full disk): the mark stays
             # and `recover_pending` clears it later.
-            log.warning("%s: queued as %s, but the database could not record it: %s",
-                        doc["id"], path, exc)
+            log.warning(
+                "%s: queued as %s, but the database could not record it: %s", doc["id"], path, exc
+            )
 
     def recover_pending(self) -> int:
         """Finish adds that a crash interrupted between storing and queueing (see above)."""
@@ -232,8 +246,7 @@ class JobService:
             if "acl" in data and not acls.can(current, caller, "edit-acl"):
                 raise forbidden(job_id)
             if current.get("state") in FINAL_STATES:
-                raise ApiError(409, f"{job_id} is in a final state and cannot be edited",
-                               job_id)
+                raise ApiError(409, f"{job_id} is in a final state and cannot be edited", job_id)
             doc = {**current, **data}
             for name in select:
                 if name not in data and name not in REQUIRED:
@@ -252,9 +265,7 @@ class JobService:
         doc["updated-by"] = caller.identity
         if doc.get("state") == "RUNNING" and "started" not in current:
             doc["started"] = now
-        if "status-message" in doc and doc.get("status-message") != current.get(
-            "status-message"
-        ):
+        if "status-message" in doc and doc.get("status-message") != current.get("status-message"):
             doc["time-of-status-change"] = now
         if doc.get("state") in FINAL_STATES:
             doc["progress"] = 100
@@ -274,8 +285,14 @@ class JobService:
         if query.filter is None:
             raise bad_request("a bulk delete needs a non-empty filter")
         deleted = self.store.delete_matching(query, None)
-        return {"status": 200, "message": f"{deleted} job(s) deleted", "deleted": deleted,
-                "timed_out": False, "total": deleted, "failures": []}
+        return {
+            "status": 200,
+            "message": f"{deleted} job(s) deleted",
+            "deleted": deleted,
+            "timed_out": False,
+            "total": deleted,
+            "failures": [],
+        }
 
     # -- operations -----------------------------------------------------------------------
 
@@ -290,8 +307,9 @@ class JobService:
             raise ApiError(404, f"unknown operation '{name}' on {job_id}", job_id)
         return handler(job_id, caller)
 
-    def _finish(self, job_id: str, caller: Caller, allowed: tuple[str, ...],
-                right: str, message: str) -> Doc:
+    def _finish(
+        self, job_id: str, caller: Caller, allowed: tuple[str, ...], right: str, message: str
+    ) -> Doc:
         now = now_iso()
 
         def change(current: Doc) -> Doc:
@@ -301,8 +319,9 @@ class JobService:
             elif not acls.can(current, caller, right):
                 raise forbidden(job_id)
             if current.get("state") not in allowed:
-                raise ApiError(409, f"{job_id} is {current.get('state')}: operation not "
-                               f"allowed", job_id)
+                raise ApiError(
+                    409, f"{job_id} is {current.get('state')}: operation not allowed", job_id
+                )
             doc = {**current, "state": "CANCELED", "status-message": message}
             return self._transition(current, doc, now, caller)
 

@@ -25,8 +25,9 @@ class RequestMetrics:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.metrics_started = time.perf_counter()
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
-                         req_succeeded: bool) -> None:
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
         started = getattr(req.context, "metrics_started", None)
         if started is None:
             return

@@ -81,4 +81,3 @@ INDEXED_COLUMNS: dict[str, tuple[str, str]] = {
     "parent-job": ("parent_job", "TEXT"),
     "execution-mode": ("execution_mode", "TEXT"),
 }
-

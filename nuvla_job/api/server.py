@@ -62,12 +62,21 @@ class LeanHandler(WSGIHandler):
         if self.response_length:
             self.close_connection = True
             return
-        body = orjson.dumps({"status": error_code, "message": _PROTOCOL_ERRORS.get(
-            error_code, "internal server error")})
+        body = orjson.dumps(
+            {
+                "status": error_code,
+                "message": _PROTOCOL_ERRORS.get(error_code, "internal server error"),
+            }
+        )
         try:
-            self.start_response(f"{error_code} {HTTPStatus(error_code).phrase}", [
-                ("Content-Type", "application/json"), ("Connection", "close"),
-                ("Content-Length", str(len(body)))])
+            self.start_response(
+                f"{error_code} {HTTPStatus(error_code).phrase}",
+                [
+                    ("Content-Type", "application/json"),
+                    ("Connection", "close"),
+                    ("Content-Length", str(len(body))),
+                ],
+            )
             self.write(body)
         except OSError:
             self.close_connection = True
@@ -81,9 +90,12 @@ _PROTOCOL_ERRORS = {
 
 def _raw_json_error(status: int, message: str) -> bytes:
     body = orjson.dumps({"status": status, "message": message})
-    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode("latin-1") + body
+
 
 ADMIN_IDENTITY = "user/admin"
 
@@ -128,9 +140,10 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     try:
         context.load_cert_chain(cert, key)
     except (ssl.SSLError, OSError) as exc:
-        raise TlsConfigError(f"cannot load TLS certificate {cert} with key {key}: "
-                             f"{getattr(exc, 'reason', None) or exc.strerror or exc}"
-                             ) from None
+        raise TlsConfigError(
+            f"cannot load TLS certificate {cert} with key {key}: "
+            f"{getattr(exc, 'reason', None) or exc.strerror or exc}"
+        ) from None
     return context
 
 
@@ -193,14 +206,14 @@ class JobApiServer:
         # First, so that a bad certificate fails before anything is created.
         ssl_args = {}
         if self.config.tls_cert:
-            ssl_args = {"ssl_context": tls_context(self.config.tls_cert,
-                                                   self.config.tls_key or "")}
+            ssl_args = {"ssl_context": tls_context(self.config.tls_cert, self.config.tls_key or "")}
         Path(self.config.db).parent.mkdir(parents=True, exist_ok=True)
         self.db = Database(self.config.db)
         self.identities = IdentityStore(self.db)
         ensure_admin_key(self.identities, self.config.admin_credentials, self.config.endpoint)
-        self.zk: KazooClient = make_client(self.config.zk_hosts, use_gevent=True,
-                                           security=self.config.zk_security)
+        self.zk: KazooClient = make_client(
+            self.config.zk_hosts, use_gevent=True, security=self.config.zk_security
+        )
         self.zk.add_listener(self._on_zk_state)
         self.jobs = JobService(SqliteJobStore(self.db), ZooKeeperJobQueue(self.zk))
         settings = Settings(
@@ -215,8 +228,9 @@ class JobApiServer:
                 window=self.config.login_window,
             ),
         )
-        self.app = create_app(self.jobs, self.identities, settings,
-                              queue_state=lambda: str(self.zk.state))
+        self.app = create_app(
+            self.jobs, self.identities, settings, queue_state=lambda: str(self.zk.state)
+        )
         self.draining = Draining(self.app)
         self.http = NoDelayWSGIServer(
             (self.config.host, self.config.port),
@@ -249,20 +263,21 @@ class JobApiServer:
         except ZkAccessDenied as exc:
             log.error("%s", exc)
         except KazooException as exc:
-            log.warning("could not check the ACL of the engine's nodes: %s",
-                        type(exc).__name__)
+            log.warning("could not check the ACL of the engine's nodes: %s", type(exc).__name__)
         else:
             if changed:
-                log.warning("ZooKeeper: set the engine's ACL on %d existing node(s): %s",
-                            len(changed), ", ".join(changed[:10]))
+                log.warning(
+                    "ZooKeeper: set the engine's ACL on %d existing node(s): %s",
+                    len(changed),
+                    ", ".join(changed[:10]),
+                )
 
     def start(self) -> None:
         # Connecting in the background lets the API answer (reads, pull jobs) while
         # ZooKeeper is still unreachable; queued adds answer 503 until it is connected.
         self.zk.start_async()
         self.http.start()
-        log.info("job API listening on %s (database %s)", self.config.endpoint,
-                 self.config.db)
+        log.info("job API listening on %s (database %s)", self.config.endpoint, self.config.db)
 
     def stop(self, timeout: float = 5.0) -> None:
         # Stop accepting, let running requests finish, then drop the idle connections.

@@ -34,9 +34,7 @@ STORED_COLUMNS = {path: spec for path, spec in INDEXED_COLUMNS.items() if path !
 
 
 def _schema_sql() -> list[str]:
-    columns = ",\n".join(
-        f"  {column} {sql_type}" for column, sql_type in STORED_COLUMNS.values()
-    )
+    columns = ",\n".join(f"  {column} {sql_type}" for column, sql_type in STORED_COLUMNS.values())
     return [
         f"""CREATE TABLE IF NOT EXISTS job (
   id TEXT PRIMARY KEY,
@@ -88,8 +86,7 @@ _INSERT = (
 )
 
 
-def _write_doc(conn: sqlite3.Connection, job_id: str, old: Doc, new: Doc,
-               extra: str = "") -> None:
+def _write_doc(conn: sqlite3.Connection, job_id: str, old: Doc, new: Doc, extra: str = "") -> None:
     """Rewrite a document, setting only the indexed columns whose value changed.
 
     SQLite rewrites the entries of every index on a column named in SET: naming only the
@@ -209,8 +206,9 @@ class SqliteJobStore:
     def insert(self, doc: Doc, enqueue_pending: bool = False) -> None:
         try:
             with self.db.write() as conn:
-                conn.execute(_INSERT, (doc["id"], _dumps(doc), int(enqueue_pending),
-                                       *_columns(doc)))
+                conn.execute(
+                    _INSERT, (doc["id"], _dumps(doc), int(enqueue_pending), *_columns(doc))
+                )
                 conn.execute("UPDATE job_total SET n = n + 1")
         except StoreError as exc:
             if "UNIQUE" in str(exc):

@@ -51,8 +51,7 @@ class TooManyFailures(Exception):
 class LoginThrottle:
     """Failed-login counters, in memory (a restart forgets them)."""
 
-    def __init__(self, limits: LoginLimits, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+    def __init__(self, limits: LoginLimits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.clock = clock
         self._counters: dict[str, _Counter] = {}
@@ -68,8 +67,11 @@ class LoginThrottle:
 
     def _counter(self, key: str, now: float) -> _Counter:
         counter = self._counters.get(key)
-        if counter is not None and not counter.pending and \
-                now - counter.last_failure >= self.limits.window:
+        if (
+            counter is not None
+            and not counter.pending
+            and now - counter.last_failure >= self.limits.window
+        ):
             counter = None  # forgotten
         if counter is None:
             counter = self._counters[key] = _Counter()
@@ -123,7 +125,8 @@ class LoginThrottle:
     def _prune(self, now: float) -> None:
         window = self.limits.window
         self._counters = {
-            key: c for key, c in self._counters.items()
+            key: c
+            for key, c in self._counters.items()
             if c.pending or (c.failures and now - c.last_failure < window)
         }
         # Under a spray of fresh names most counters are live: do not prune on every login.

@@ -16,9 +16,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_href(name: str, value: Any) -> dict[str, str]:
-    if not isinstance(value, dict) or set(value) != {"href"} or not isinstance(
-        value["href"], str
-    ):
+    if not isinstance(value, dict) or set(value) != {"href"} or not isinstance(value["href"], str):
         raise bad_request(f"'{name}' must be a map with one string attribute 'href'")
     return {"href": value["href"]}
 

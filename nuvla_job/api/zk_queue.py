@@ -46,9 +46,7 @@ class ZooKeeperJobQueue(JobQueue):
             return None
         prefix = queue.entry_prefix(priority).rsplit("/", 1)[1]
         candidates = [n for n in names if n.startswith(prefix)]
-        pending = [
-            (name, self.client.get_async(f"{queue.ENTRIES}/{name}")) for name in candidates
-        ]
+        pending = [(name, self.client.get_async(f"{queue.ENTRIES}/{name}")) for name in candidates]
         wanted = job_id.encode()
         for name, result in pending:
             try:

@@ -29,49 +29,116 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="JOB_API_HOST",
-              help="Address to listen on.")
-@click.option("--port", default=8200, show_default=True, type=click.IntRange(1, 65535),
-              envvar="JOB_API_PORT", help="Port to listen on.")
-@click.option("--db", default="", envvar="JOB_API_DB",
-              help="SQLite database file [default: ~/.local/share/nuvla-job/jobs.sqlite].")
-@click.option("--zk-hosts", default="127.0.0.1:2181", show_default=True, envvar="ZK_HOSTS",
-              help="ZooKeeper hosts, comma-separated.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="JOB_API_HOST",
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    default=8200,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    envvar="JOB_API_PORT",
+    help="Port to listen on.",
+)
+@click.option(
+    "--db",
+    default="",
+    envvar="JOB_API_DB",
+    help="SQLite database file [default: ~/.local/share/nuvla-job/jobs.sqlite].",
+)
+@click.option(
+    "--zk-hosts",
+    default="127.0.0.1:2181",
+    show_default=True,
+    envvar="ZK_HOSTS",
+    help="ZooKeeper hosts, comma-separated.",
+)
 @zk_security_options
-@click.option("--admin-credentials", default="", envvar="JOB_API_ADMIN_CREDENTIALS",
-              help="Where the first admin API key is written (mode 0600) "
-                   "[default: admin-credentials.json beside the database].")
-@click.option("--trust-authn-header", is_flag=True, envvar="JOB_API_TRUST_AUTHN_HEADER",
-              help="Honour the nuvla-authn-info header. Only behind a trusted proxy: "
-                   "anyone who can reach the port can then claim any identity.")
-@click.option("--max-body", default=4 * 1024 * 1024, show_default=True,
-              type=click.IntRange(1024), envvar="JOB_API_MAX_BODY",
-              help="Largest request body accepted, in bytes.")
-@click.option("--tls-cert", default=None, envvar="JOB_API_TLS_CERT",
-              type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this cert.")
-@click.option("--tls-key", default=None, envvar="JOB_API_TLS_KEY",
-              type=click.Path(exists=True, dir_okay=False), help="Private key of --tls-cert.")
-@click.option("--login-max-failures", default=5, show_default=True, type=click.IntRange(0),
-              envvar="JOB_API_LOGIN_MAX_FAILURES",
-              help="Failed logins per user name or key before back-off (0: no limit).")
-@click.option("--login-max-failures-per-address", default=50, show_default=True,
-              type=click.IntRange(0), envvar="JOB_API_LOGIN_MAX_FAILURES_PER_ADDRESS",
-              help="Failed logins per client address before back-off (0: no limit; use 0 "
-                   "behind a reverse proxy).")
-@click.option("--login-backoff", default=30.0, show_default=True,
-              type=click.FloatRange(0, min_open=True), envvar="JOB_API_LOGIN_BACKOFF",
-              help="Seconds logins are refused (429) once a limit is reached; doubles with "
-                   "each further failure.")
-@click.option("--login-window", default=900.0, show_default=True,
-              type=click.FloatRange(0, min_open=True), envvar="JOB_API_LOGIN_WINDOW",
-              help="Failures are forgotten this many seconds after the last one; also the "
-                   "longest back-off.")
-@click.option("--metrics/--no-metrics", default=True, show_default=True,
-              envvar="JOB_API_METRICS",
-              help="Serve Prometheus metrics at /metrics on the API's port (no login "
-                   "needed: they hold counts and route templates, no ids or names).")
-@click.option("-l", "--log-level", default="INFO", type=LOG_LEVELS, envvar="JOB_LOG_LEVEL",
-              show_default=True)
+@click.option(
+    "--admin-credentials",
+    default="",
+    envvar="JOB_API_ADMIN_CREDENTIALS",
+    help="Where the first admin API key is written (mode 0600) "
+    "[default: admin-credentials.json beside the database].",
+)
+@click.option(
+    "--trust-authn-header",
+    is_flag=True,
+    envvar="JOB_API_TRUST_AUTHN_HEADER",
+    help="Honour the nuvla-authn-info header. Only behind a trusted proxy: "
+    "anyone who can reach the port can then claim any identity.",
+)
+@click.option(
+    "--max-body",
+    default=4 * 1024 * 1024,
+    show_default=True,
+    type=click.IntRange(1024),
+    envvar="JOB_API_MAX_BODY",
+    help="Largest request body accepted, in bytes.",
+)
+@click.option(
+    "--tls-cert",
+    default=None,
+    envvar="JOB_API_TLS_CERT",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serve HTTPS with this cert.",
+)
+@click.option(
+    "--tls-key",
+    default=None,
+    envvar="JOB_API_TLS_KEY",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Private key of --tls-cert.",
+)
+@click.option(
+    "--login-max-failures",
+    default=5,
+    show_default=True,
+    type=click.IntRange(0),
+    envvar="JOB_API_LOGIN_MAX_FAILURES",
+    help="Failed logins per user name or key before back-off (0: no limit).",
+)
+@click.option(
+    "--login-max-failures-per-address",
+    default=50,
+    show_default=True,
+    type=click.IntRange(0),
+    envvar="JOB_API_LOGIN_MAX_FAILURES_PER_ADDRESS",
+    help="Failed logins per client address before back-off (0: no limit; use 0 "
+    "behind a reverse proxy).",
+)
+@click.option(
+    "--login-backoff",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    envvar="JOB_API_LOGIN_BACKOFF",
+    help="Seconds logins are refused (429) once a limit is reached; doubles with "
+    "each further failure.",
+)
+@click.option(
+    "--login-window",
+    default=900.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    envvar="JOB_API_LOGIN_WINDOW",
+    help="Failures are forgotten this many seconds after the last one; also the longest back-off.",
+)
+@click.option(
+    "--metrics/--no-metrics",
+    default=True,
+    show_default=True,
+    envvar="JOB_API_METRICS",
+    help="Serve Prometheus metrics at /metrics on the API's port (no login "
+    "needed: they hold counts and route templates, no ids or names).",
+)
+@click.option(
+    "-l", "--log-level", default="INFO", type=LOG_LEVELS, envvar="JOB_LOG_LEVEL", show_default=True
+)
 @log_format_option()
 def serve(log_level: str, log_format: str, **options) -> None:
     """Run the job API server until SIGTERM or SIGINT."""
@@ -88,8 +155,9 @@ def serve(log_level: str, log_format: str, **options) -> None:
     try:
         server.serve_forever()
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {options['host']}:{options['port']}: "
-                                   f"{exc.strerror or exc}") from None
+        raise click.ClickException(
+            f"cannot listen on {options['host']}:{options['port']}: {exc.strerror or exc}"
+        ) from None
 
 
 def _identities(db: str):
@@ -106,16 +174,29 @@ def _identities(db: str):
 
 @main.command("add-user")
 @click.argument("username")
-@click.option("--password", envvar="JOB_API_NEW_PASSWORD",
-              help="Read from --password-file or a prompt when not given (prefer those, or "
-                   "the environment: the command line is visible to other users).")
-@click.option("--password-file", envvar="JOB_API_NEW_PASSWORD_FILE",
-              type=click.Path(dir_okay=False), help="Read the password from this file.")
+@click.option(
+    "--password",
+    envvar="JOB_API_NEW_PASSWORD",
+    help="Read from --password-file or a prompt when not given (prefer those, or "
+    "the environment: the command line is visible to other users).",
+)
+@click.option(
+    "--password-file",
+    envvar="JOB_API_NEW_PASSWORD_FILE",
+    type=click.Path(dir_okay=False),
+    help="Read the password from this file.",
+)
 @click.option("--admin", is_flag=True, help="Make the user an administrator.")
 @click.option("--group", "groups", multiple=True, help="Extra group claims (repeatable).")
 @click.option("--db", default="", envvar="JOB_API_DB")
-def add_user(username: str, password: str | None, password_file: str | None, admin: bool,
-             groups: tuple[str, ...], db: str) -> None:
+def add_user(
+    username: str,
+    password: str | None,
+    password_file: str | None,
+    admin: bool,
+    groups: tuple[str, ...],
+    db: str,
+) -> None:
     """Create a user who logs in with USERNAME and a password."""
     from ..api.identity import ADMIN_GROUP
     from .options import read_secret_file

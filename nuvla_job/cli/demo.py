@@ -28,10 +28,16 @@ def _submit(api, count: int, seconds: float, failing: float, batch: str) -> list
     rng = random.Random(7)
     ids = []
     for i in range(count):
-        payload = {"seconds": round(rng.uniform(seconds / 4, seconds), 2),
-                   "fail": rng.random() < failing}
-        body = {"action": "sleep", "payload": json.dumps(payload), "tags": [batch],
-                "priority": 100 if i % 10 == 0 else 500}
+        payload = {
+            "seconds": round(rng.uniform(seconds / 4, seconds), 2),
+            "fail": rng.random() < failing,
+        }
+        body = {
+            "action": "sleep",
+            "payload": json.dumps(payload),
+            "tags": [batch],
+            "priority": 100 if i % 10 == 0 else 500,
+        }
         ids.append(api.add("job", body).data["resource-id"])
     return ids
 
@@ -43,13 +49,28 @@ def _states(api, batch: str) -> dict[str, int]:
 
 
 @click.command()
-@click.option("--jobs", default=300, show_default=True, type=click.IntRange(1, 100_000),
-              help="How many demo jobs to submit.")
-@click.option("--seconds", default=2.0, show_default=True, type=click.FloatRange(0, 60),
-              help="Longest sleep of a demo job.")
+@click.option(
+    "--jobs",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="How many demo jobs to submit.",
+)
+@click.option(
+    "--seconds",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0, 60),
+    help="Longest sleep of a demo job.",
+)
 @click.option("--concurrency", default=100, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--failing", default=0.05, show_default=True, type=click.FloatRange(0, 1),
-              help="Share of demo jobs that fail on purpose.")
+@click.option(
+    "--failing",
+    default=0.05,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of demo jobs that fail on purpose.",
+)
 def main(jobs: int, seconds: float, concurrency: int, failing: float) -> None:
     """Run ZooKeeper, the job API and an executor locally and push demo jobs through."""
     console = Console()
@@ -62,18 +83,30 @@ def main(jobs: int, seconds: float, concurrency: int, failing: float) -> None:
             job_api = JobApiProcess(zookeeper.hosts)
             job_api.start()
             executor = executor_process(
-                zookeeper.hosts, job_api.endpoint, str(job_api.credentials_path),
-                "--concurrency", str(concurrency), "--name", "demo-executor",
+                zookeeper.hosts,
+                job_api.endpoint,
+                str(job_api.credentials_path),
+                "--concurrency",
+                str(concurrency),
+                "--name",
+                "demo-executor",
                 actions_path=None,
             ).start()
             executor.wait_for_log("running up to")
-        console.print(f"ZooKeeper [bold]{zookeeper.hosts}[/]  job API [bold]{job_api.endpoint}"
-                      f"[/]  executor pid {executor.pid} (concurrency {concurrency})")
+        console.print(
+            f"ZooKeeper [bold]{zookeeper.hosts}[/]  job API [bold]{job_api.endpoint}"
+            f"[/]  executor pid {executor.pid} (concurrency {concurrency})"
+        )
         api = job_api.admin_api()
         batch = f"demo-{int(time.time())}"
         started = time.monotonic()
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[states]}"), TimeElapsedColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[states]}"),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("submitting", total=jobs, states="")
             _submit(api, jobs, seconds, failing, batch)
@@ -87,17 +120,21 @@ def main(jobs: int, seconds: float, concurrency: int, failing: float) -> None:
                     break
                 time.sleep(0.2)
         elapsed = time.monotonic() - started
-        console.print(f"{jobs} demo jobs through the engine in {elapsed:.1f} s "
-                      f"({jobs / elapsed:.0f} jobs/s, submitting included)")
+        console.print(
+            f"{jobs} demo jobs through the engine in {elapsed:.1f} s "
+            f"({jobs / elapsed:.0f} jobs/s, submitting included)"
+        )
         table = Table()
         table.add_column("outcome")
         table.add_column("jobs", justify="right")
         for state, count in sorted(_states(api, batch).items()):
             table.add_row(state, str(count))
         console.print(table)
-        console.print("Submit your own while a stack runs: "
-                      "[bold]api.add('job', {'action': 'sleep', 'payload': '{\"seconds\": 1}'})"
-                      "[/] with nuvla.api.Api logged in with the admin key the job API writes.")
+        console.print(
+            "Submit your own while a stack runs: "
+            "[bold]api.add('job', {'action': 'sleep', 'payload': '{\"seconds\": 1}'})"
+            "[/] with nuvla.api.Api logged in with the admin key the job API writes."
+        )
     except ZooKeeperNotAvailable as exc:
         console.print(f"[red]{exc}[/]")
         sys.exit(1)

@@ -27,33 +27,50 @@ from .options import (  # noqa: E402
     make_api,
 )
 
-DISTRIBUTION_FLAGS = ("--distribution-interval", "--distribution-exclude",
-                      "--distribution-include")
+DISTRIBUTION_FLAGS = ("--distribution-interval", "--distribution-exclude", "--distribution-include")
 MULTI_VALUE_FLAGS = ("--zk-hosts", "--actions-path", *DISTRIBUTION_FLAGS)
 
 
 def distribution_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add --distribution-interval/-exclude/-include (repeatable, env as space-separated)."""
     options = [
-        click.option("--distribution-interval", "distribution_interval", multiple=True,
-                     envvar="JOB_DISTRIBUTION_INTERVAL", metavar="NAME:SECONDS",
-                     help="Run the distribution NAME every SECONDS instead of its default "
-                          "(repeatable, or several values after the flag)."),
-        click.option("--distribution-exclude", "distribution_exclude", multiple=True,
-                     envvar="JOB_DISTRIBUTION_EXCLUDE", metavar="NAME",
-                     help="Do not run this distribution (repeatable)."),
-        click.option("--distribution-include", "distribution_include", multiple=True,
-                     envvar="JOB_DISTRIBUTION_INCLUDE", metavar="NAME",
-                     help="Run only these distributions (repeatable) [default: all]."),
+        click.option(
+            "--distribution-interval",
+            "distribution_interval",
+            multiple=True,
+            envvar="JOB_DISTRIBUTION_INTERVAL",
+            metavar="NAME:SECONDS",
+            help="Run the distribution NAME every SECONDS instead of its default "
+            "(repeatable, or several values after the flag).",
+        ),
+        click.option(
+            "--distribution-exclude",
+            "distribution_exclude",
+            multiple=True,
+            envvar="JOB_DISTRIBUTION_EXCLUDE",
+            metavar="NAME",
+            help="Do not run this distribution (repeatable).",
+        ),
+        click.option(
+            "--distribution-include",
+            "distribution_include",
+            multiple=True,
+            envvar="JOB_DISTRIBUTION_INCLUDE",
+            metavar="NAME",
+            help="Run only these distributions (repeatable) [default: all].",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def select_distributions(registry: DistributionRegistry, include: Iterable[str] = (),
-                         exclude: Iterable[str] = (), intervals: Iterable[str] = ()
-                         ) -> list[Distribution]:
+def select_distributions(
+    registry: DistributionRegistry,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    intervals: Iterable[str] = (),
+) -> list[Distribution]:
     """The distributions to run; a bad name or interval is a usage error naming it."""
     try:
         return select(registry.distributions, include, exclude, intervals)
@@ -64,20 +81,30 @@ def select_distributions(registry: DistributionRegistry, include: Iterable[str] 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @common_options
 @distribution_options
-@click.option("--actions-path", multiple=True, envvar="JOB_ACTIONS_PATH",
-              type=click.Path(file_okay=False),
-              help="Extra directory of action and distribution modules (repeatable; the "
-                   "variable takes a space-separated list).")
+@click.option(
+    "--actions-path",
+    multiple=True,
+    envvar="JOB_ACTIONS_PATH",
+    type=click.Path(file_okay=False),
+    help="Extra directory of action and distribution modules (repeatable; the "
+    "variable takes a space-separated list).",
+)
 @metrics_options
-def main(common: CommonConfig, distribution_interval: tuple[str, ...],
-         distribution_exclude: tuple[str, ...], distribution_include: tuple[str, ...],
-         actions_path: tuple[str, ...], metrics: MetricsEndpoint | None = None) -> None:
+def main(
+    common: CommonConfig,
+    distribution_interval: tuple[str, ...],
+    distribution_exclude: tuple[str, ...],
+    distribution_include: tuple[str, ...],
+    actions_path: tuple[str, ...],
+    metrics: MetricsEndpoint | None = None,
+) -> None:
     """Create the jobs of every distribution this process is elected for, until SIGTERM."""
     setup_logging(common.log_level, common.log_format)
     setup_sentry(common.sentry_dsn, common.name)
     load_actions(actions_path)
-    selected = select_distributions(distributions, distribution_include,
-                                    distribution_exclude, distribution_interval)
+    selected = select_distributions(
+        distributions, distribution_include, distribution_exclude, distribution_interval
+    )
     api = make_api(common, pool_size=len(selected) + 2)
     if metrics is not None:
         metrics.start()  # before joining ZooKeeper: a port in use fails cleanly
@@ -97,8 +124,10 @@ def main(common: CommonConfig, distribution_interval: tuple[str, ...],
 
 def run() -> None:
     """Console-script entry point: accepts upstream's multi-value flags."""
-    main(args=expand_multi_values(sys.argv[1:], MULTI_VALUE_FLAGS),
-         prog_name=os.path.basename(sys.argv[0]))
+    main(
+        args=expand_multi_values(sys.argv[1:], MULTI_VALUE_FLAGS),
+        prog_name=os.path.basename(sys.argv[0]),
+    )
 
 
 if __name__ == "__main__":

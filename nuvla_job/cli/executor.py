@@ -54,33 +54,68 @@ BLOCKING_WARNING = 1.0
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @common_options
-@click.option("--concurrency", type=click.IntRange(1, 10_000), default=100,
-              envvar="JOB_CONCURRENCY", show_default=True,
-              help="Jobs run at once, each in its own greenlet.")
-@click.option("--grace-period", type=click.FloatRange(0), default=120.0,
-              envvar="JOB_GRACE_PERIOD", show_default=True,
-              help="Seconds running jobs may take to finish after SIGTERM.")
-@click.option("--action-timeout", type=click.FloatRange(0), default=0.0,
-              envvar="JOB_ACTION_TIMEOUT", show_default=True, metavar="SECONDS",
-              help="Longest an action may run; a job over it is FAILED (0: no limit). An "
-                   "action's own @action(..., timeout=) wins.")
-@click.option("--actions-path", multiple=True, envvar="JOB_ACTIONS_PATH",
-              type=click.Path(file_okay=False),
-              help="Extra directory of action modules (repeatable; the variable takes a "
-                   "space-separated list).")
-@click.option("--job-id", envvar="JOB_ID", default=None,
-              help="Pull mode: run only this job (job/<uuid>) and exit with its outcome.")
-@click.option("--distributions/--no-distributions", default=False,
-              envvar="JOB_EXECUTOR_DISTRIBUTIONS", show_default=True,
-              help="Also run the distributions in this process (each still elected, as in "
-                   "job-distributor).")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    envvar="JOB_CONCURRENCY",
+    show_default=True,
+    help="Jobs run at once, each in its own greenlet.",
+)
+@click.option(
+    "--grace-period",
+    type=click.FloatRange(0),
+    default=120.0,
+    envvar="JOB_GRACE_PERIOD",
+    show_default=True,
+    help="Seconds running jobs may take to finish after SIGTERM.",
+)
+@click.option(
+    "--action-timeout",
+    type=click.FloatRange(0),
+    default=0.0,
+    envvar="JOB_ACTION_TIMEOUT",
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest an action may run; a job over it is FAILED (0: no limit). An "
+    "action's own @action(..., timeout=) wins.",
+)
+@click.option(
+    "--actions-path",
+    multiple=True,
+    envvar="JOB_ACTIONS_PATH",
+    type=click.Path(file_okay=False),
+    help="Extra directory of action modules (repeatable; the variable takes a "
+    "space-separated list).",
+)
+@click.option(
+    "--job-id",
+    envvar="JOB_ID",
+    default=None,
+    help="Pull mode: run only this job (job/<uuid>) and exit with its outcome.",
+)
+@click.option(
+    "--distributions/--no-distributions",
+    default=False,
+    envvar="JOB_EXECUTOR_DISTRIBUTIONS",
+    show_default=True,
+    help="Also run the distributions in this process (each still elected, as in job-distributor).",
+)
 @distribution_options
 @metrics_options
-def main(common: CommonConfig, concurrency: int, grace_period: float, action_timeout: float,
-         actions_path: tuple[str, ...], job_id: str | None, distributions: bool,
-         distribution_interval: tuple[str, ...], distribution_exclude: tuple[str, ...],
-         distribution_include: tuple[str, ...], metrics: MetricsEndpoint | None = None
-         ) -> None:
+def main(
+    common: CommonConfig,
+    concurrency: int,
+    grace_period: float,
+    action_timeout: float,
+    actions_path: tuple[str, ...],
+    job_id: str | None,
+    distributions: bool,
+    distribution_interval: tuple[str, ...],
+    distribution_exclude: tuple[str, ...],
+    distribution_include: tuple[str, ...],
+    metrics: MetricsEndpoint | None = None,
+) -> None:
     """Run jobs from the queue until SIGTERM; `--job-id` runs one job and exits."""
     setup_logging(common.log_level, common.log_format)
     setup_sentry(common.sentry_dsn, common.name)
@@ -91,26 +126,40 @@ def main(common: CommonConfig, concurrency: int, grace_period: float, action_tim
 
     actions = load_actions(actions_path)
     # Checked even when distributions are off, so a typo is found before it matters.
-    selected = select_distributions(registered, distribution_include, distribution_exclude,
-                                    distribution_interval)
+    selected = select_distributions(
+        registered, distribution_include, distribution_exclude, distribution_interval
+    )
     if not distributions or job_id is not None:
         selected = []
     api = make_api(common, pool_size=concurrency + len(selected) + 10)
     from ..executor import Executor
 
     if job_id is not None:
-        executor = Executor(api, None, actions, concurrency=1, name=common.name,
-                            nuvlaedge_fs=common.nuvlaedge_fs,
-                            action_timeout=action_timeout or None)
+        executor = Executor(
+            api,
+            None,
+            actions,
+            concurrency=1,
+            name=common.name,
+            nuvlaedge_fs=common.nuvlaedge_fs,
+            action_timeout=action_timeout or None,
+        )
         watch_event_loop(BLOCKING_WARNING)
         sys.exit(executor.run_one(job_id))
 
     if metrics is not None:
         metrics.start()  # before joining ZooKeeper: a port in use fails cleanly
     zk = connect_zookeeper(common)
-    executor = Executor(api, zk, actions, concurrency=concurrency, grace_period=grace_period,
-                        name=common.name, nuvlaedge_fs=common.nuvlaedge_fs,
-                        action_timeout=action_timeout or None)
+    executor = Executor(
+        api,
+        zk,
+        actions,
+        concurrency=concurrency,
+        grace_period=grace_period,
+        name=common.name,
+        nuvlaedge_fs=common.nuvlaedge_fs,
+        action_timeout=action_timeout or None,
+    )
     watch_event_loop(BLOCKING_WARNING, executor._running)
     if metrics is not None:
         metrics.watch(zk, executor, [d.name for d in selected])
@@ -137,12 +186,21 @@ def main(common: CommonConfig, concurrency: int, grace_period: float, action_tim
     sys.exit(code)
 
 
-def _announce(zk: KazooClient, executor: Executor, name: str, concurrency: int
-              ) -> tuple[ExecutorPresence, gevent.Greenlet]:
+def _announce(
+    zk: KazooClient, executor: Executor, name: str, concurrency: int
+) -> tuple[ExecutorPresence, gevent.Greenlet]:
     """Announce this executor under /executors and keep its in-flight job ids there."""
     presence = ExecutorPresence()
-    presence.start(zk, {"name": name, "host": socket.gethostname(), "pid": os.getpid(),
-                        "concurrency": concurrency, "started": now_iso()})
+    presence.start(
+        zk,
+        {
+            "name": name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "concurrency": concurrency,
+            "started": now_iso(),
+        },
+    )
 
     def follow() -> None:
         while True:
@@ -164,8 +222,10 @@ def _stop_both_on_signals(executor: Executor, distributor: Distributor) -> None:
 
 def run() -> None:
     """Console-script entry point: accepts upstream's multi-value flags."""
-    main(args=expand_multi_values(sys.argv[1:], MULTI_VALUE_FLAGS),
-         prog_name=os.path.basename(sys.argv[0]))
+    main(
+        args=expand_multi_values(sys.argv[1:], MULTI_VALUE_FLAGS),
+        prog_name=os.path.basename(sys.argv[0]),
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ class MetricsEndpoint:
         try:
             server = serve(self.host, self.port)
         except OSError as exc:
-            raise click.ClickException(f"cannot serve metrics on {self.host}:{self.port}: "
-                                       f"{exc.strerror or exc}") from None
+            raise click.ClickException(
+                f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from None
         log.info("Prometheus metrics on http://%s:%d/metrics", self.host, self.port)
         return server
 
@@ -53,11 +54,16 @@ def metrics_options(command: Callable[..., Any]) -> Callable[..., Any]:
         return command(metrics=endpoint, **kwargs)
 
     wrapper = click.option(
-        "--metrics-host", default="127.0.0.1", envvar="JOB_METRICS_HOST", show_default=True,
-        help="Address of the metrics endpoint (0.0.0.0 to let a Prometheus elsewhere "
-             "scrape it).")(wrapper)
+        "--metrics-host",
+        default="127.0.0.1",
+        envvar="JOB_METRICS_HOST",
+        show_default=True,
+        help="Address of the metrics endpoint (0.0.0.0 to let a Prometheus elsewhere scrape it).",
+    )(wrapper)
     wrapper = click.option(
-        "--metrics-port", type=click.IntRange(0, 65535), default=None,
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        default=None,
         envvar="JOB_METRICS_PORT",
         help="Serve Prometheus metrics at http://HOST:PORT/metrics [default: off; 0: off].",
     )(wrapper)

@@ -74,9 +74,17 @@ class CliError(click.ClickException):
 
 
 def _has_credentials(common: CommonConfig) -> bool:
-    return any((common.api_key, common.api_secret, common.api_user, common.api_pass,
-                common.api_authn_header, common.api_credentials_file,
-                os.environ.get("JOB_COOKIES")))
+    return any(
+        (
+            common.api_key,
+            common.api_secret,
+            common.api_user,
+            common.api_pass,
+            common.api_authn_header,
+            common.api_credentials_file,
+            os.environ.get("JOB_COOKIES"),
+        )
+    )
 
 
 def _default_credentials_file() -> Path:
@@ -122,15 +130,20 @@ class Session:
         if self._zk is None:
             from ..zk import make_client
 
-            client = make_client(self.common.zk_hosts, timeout=self.common.zk_timeout,
-                                 use_gevent=False, security=self.common.zk_security)
+            client = make_client(
+                self.common.zk_hosts,
+                timeout=self.common.zk_timeout,
+                use_gevent=False,
+                security=self.common.zk_security,
+            )
             try:
                 client.start(timeout=self.common.zk_timeout)
             except Exception as exc:
                 client.close()
-                raise CliError(f"cannot connect to ZooKeeper at "
-                               f"{','.join(self.common.zk_hosts)}: {type(exc).__name__}"
-                               ) from None
+                raise CliError(
+                    f"cannot connect to ZooKeeper at "
+                    f"{','.join(self.common.zk_hosts)}: {type(exc).__name__}"
+                ) from None
             self._zk = client
         return self._zk
 
@@ -164,15 +177,20 @@ def _table(headers: list[str], rows: list[list[str]]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for index, header in enumerate(headers):
         width = max([len(header), *(len(row[index]) for row in rows)])
-        table.add_column(header, no_wrap=True, overflow="ellipsis",
-                         min_width=None if index == len(headers) - 1 else width)
+        table.add_column(
+            header,
+            no_wrap=True,
+            overflow="ellipsis",
+            min_width=None if index == len(headers) - 1 else width,
+        )
     for row in rows:
         table.add_row(*(escape(cell) for cell in row))
     return table
 
 
-json_option = click.option("--json", "as_json", is_flag=True,
-                           help="Print JSON for scripts instead of text for humans.")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text for humans."
+)
 pass_session = click.make_pass_decorator(Session)
 
 
@@ -241,8 +259,7 @@ def _api_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _submit_many(session: Session, source: IO[str], defaults: dict[str, Any],
-                 as_json: bool) -> int:
+def _submit_many(session: Session, source: IO[str], defaults: dict[str, Any], as_json: bool) -> int:
     import requests
     from nuvla.api import NuvlaError
 
@@ -250,8 +267,14 @@ def _submit_many(session: Session, source: IO[str], defaults: dict[str, Any],
     api = session.api
     created: list[str] = []
     failed: list[dict[str, Any]] = []
-    progress = Progress(TextColumn("submitting"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err, transient=as_json)
+    progress = Progress(
+        TextColumn("submitting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=as_json,
+    )
     with progress:
         task = progress.add_task("submit", total=len(lines))
         for number, line in lines:
@@ -262,8 +285,10 @@ def _submit_many(session: Session, source: IO[str], defaults: dict[str, Any],
                 reason = str(exc) if isinstance(exc, ValueError) else _api_error(exc)
                 failed.append({"line": number, "error": reason})
             except requests.RequestException as exc:
-                raise CliError(f"cannot reach the job API ({type(exc).__name__}) after "
-                               f"creating {len(created)} job(s)") from None
+                raise CliError(
+                    f"cannot reach the job API ({type(exc).__name__}) after "
+                    f"creating {len(created)} job(s)"
+                ) from None
             progress.advance(task)
     if as_json:
         _print_json({"created": created, "failed": failed})
@@ -279,16 +304,28 @@ def _submit_many(session: Session, source: IO[str], defaults: dict[str, Any],
 @click.option("--target", help="The target resource's href (e.g. deployment/123).")
 @click.option("--payload", help="The payload, a JSON text.")
 @click.option("--priority", type=click.IntRange(0, 999), help="0 runs first [API: 999].")
-@click.option("--mode", type=click.Choice(["push", "pull", "mixed"]),
-              help="Execution mode [API: push].")
-@click.option("--from", "source", type=click.File("r"),
-              help="Submit every job body of a JSON-lines file ('-' for stdin); --priority "
-                   "and --mode apply to lines that do not set them.")
+@click.option(
+    "--mode", type=click.Choice(["push", "pull", "mixed"]), help="Execution mode [API: push]."
+)
+@click.option(
+    "--from",
+    "source",
+    type=click.File("r"),
+    help="Submit every job body of a JSON-lines file ('-' for stdin); --priority "
+    "and --mode apply to lines that do not set them.",
+)
 @json_option
 @pass_session
-def submit(session: Session, action: str | None, target: str | None, payload: str | None,
-           priority: int | None, mode: str | None, source: IO[str] | None,
-           as_json: bool) -> int:
+def submit(
+    session: Session,
+    action: str | None,
+    target: str | None,
+    payload: str | None,
+    priority: int | None,
+    mode: str | None,
+    source: IO[str] | None,
+    as_json: bool,
+) -> int:
     """Submit a job for ACTION, or many with --from."""
     defaults: dict[str, Any] = {}
     if priority is not None:
@@ -319,16 +356,29 @@ def submit(session: Session, action: str | None, target: str | None, payload: st
 
 @cli.command("list")
 @click.option("--filter", "filters", multiple=True, help="A CIMI filter (repeatable: and).")
-@click.option("--state", "states", multiple=True,
-              type=click.Choice(STATES, case_sensitive=False), help="Repeatable: any of.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(STATES, case_sensitive=False),
+    help="Repeatable: any of.",
+)
 @click.option("--action", help="Only jobs of this action.")
-@click.option("--last", default=20, show_default=True, type=click.IntRange(0),
-              help="How many jobs to show.")
+@click.option(
+    "--last", default=20, show_default=True, type=click.IntRange(0), help="How many jobs to show."
+)
 @click.option("--orderby", default="created:desc", show_default=True)
 @json_option
 @pass_session
-def list_jobs(session: Session, filters: tuple[str, ...], states: tuple[str, ...],
-              action: str | None, last: int, orderby: str, as_json: bool) -> int:
+def list_jobs(
+    session: Session,
+    filters: tuple[str, ...],
+    states: tuple[str, ...],
+    action: str | None,
+    last: int,
+    orderby: str,
+    as_json: bool,
+) -> int:
     """List jobs, newest first."""
     parts = [f"({f})" for f in filters]
     if states:
@@ -347,10 +397,18 @@ def list_jobs(session: Session, filters: tuple[str, ...], states: tuple[str, ...
         _print_json({"count": answer.get("count", 0), "jobs": jobs})
         return EXIT_OK
     out.print(f"{len(jobs)} of {answer.get('count', 0)} job(s)")
-    rows = [[doc["id"], str(doc.get("action", "")), str(doc.get("state", "")),
-             str(doc.get("progress", "")), str(doc.get("priority", "")),
-             str(doc.get("created", ""))[:19], _first_line(doc.get("status-message"))]
-            for doc in jobs]
+    rows = [
+        [
+            doc["id"],
+            str(doc.get("action", "")),
+            str(doc.get("state", "")),
+            str(doc.get("progress", "")),
+            str(doc.get("priority", "")),
+            str(doc.get("created", ""))[:19],
+            _first_line(doc.get("status-message")),
+        ]
+        for doc in jobs
+    ]
     table = _table(["ID", "ACTION", "STATE", "%", "PRIO", "CREATED", "MESSAGE"], rows)
     out.print(table)
     return EXIT_OK
@@ -402,8 +460,7 @@ def cancel(session: Session, job: str, as_json: bool) -> int:
 # -- watch --------------------------------------------------------------------------------------
 
 
-def _poll(session: Session, target: str, interval: float, timeout: float | None
-          ) -> Iterator[dict]:
+def _poll(session: Session, target: str, interval: float, timeout: float | None) -> Iterator[dict]:
     """The job's document every `interval` seconds, until it is final."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -418,13 +475,17 @@ def _poll(session: Session, target: str, interval: float, timeout: float | None
 
 @cli.command()
 @click.argument("job")
-@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.05, 60),
-              help="Seconds between two looks at the job.")
+@click.option(
+    "--interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.05, 60),
+    help="Seconds between two looks at the job.",
+)
 @click.option("--timeout", type=click.FloatRange(0), help="Give up (exit 3) after so long.")
 @json_option
 @pass_session
-def watch(session: Session, job: str, interval: float, timeout: float | None,
-          as_json: bool) -> int:
+def watch(session: Session, job: str, interval: float, timeout: float | None, as_json: bool) -> int:
     """Follow JOB until it is final; exit 0 SUCCESS, 1 FAILED, 2 CANCELED."""
     target = job_id(job)
     doc: dict = {}
@@ -432,14 +493,23 @@ def watch(session: Session, job: str, interval: float, timeout: float | None,
         doc = deque(_poll(session, target, interval, timeout), maxlen=1)[0]
         _print_json(_without_operations(doc))
     else:
-        progress = Progress(TextColumn("{task.fields[state]:<8}"), BarColumn(),
-                            TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                            TextColumn("{task.fields[message]}"), console=out)
+        progress = Progress(
+            TextColumn("{task.fields[state]:<8}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[message]}"),
+            console=out,
+        )
         with progress:
             task = progress.add_task(target, total=100, state="", message="")
             for doc in _poll(session, target, interval, timeout):
-                progress.update(task, completed=doc.get("progress", 0), state=doc["state"],
-                                message=escape(_first_line(doc.get("status-message"), 50)))
+                progress.update(
+                    task,
+                    completed=doc.get("progress", 0),
+                    state=doc["state"],
+                    message=escape(_first_line(doc.get("status-message"), 50)),
+                )
         line = f"{target} {doc['state']}"
         if "return-code" in doc:
             line += f" (return code {doc['return-code']})"
@@ -484,17 +554,28 @@ def queue_status(zk) -> dict[str, Any]:
     def text(data: bytes | None) -> str | None:
         return None if data is None else data.decode("utf-8", "replace")
 
-    held = [{"entry": name, "taker": text(takers.get(f"{queue.TAKEN}/{name}")),
-             "job": text(jobs.get(f"{queue.ENTRIES}/{name}"))} for name in sorted(taken)]
-    status: dict[str, Any] = {"entries": len(names), "by_priority": dict(sorted(
-        by_priority.items())), "taken": held, "oldest": None}
+    held = [
+        {
+            "entry": name,
+            "taker": text(takers.get(f"{queue.TAKEN}/{name}")),
+            "job": text(jobs.get(f"{queue.ENTRIES}/{name}")),
+        }
+        for name in sorted(taken)
+    ]
+    status: dict[str, Any] = {
+        "entries": len(names),
+        "by_priority": dict(sorted(by_priority.items())),
+        "taken": held,
+        "oldest": None,
+    }
     if oldest is not None:
         stat = zk.exists(f"{queue.ENTRIES}/{oldest}")
         if stat is not None:
-            status["oldest"] = {"entry": oldest, "job": text(jobs.get(f"{queue.ENTRIES}/"
-                                                                        f"{oldest}")),
-                                "age_seconds": round(max(0.0, time.time() - stat.ctime / 1000),
-                                                     3)}
+            status["oldest"] = {
+                "entry": oldest,
+                "job": text(jobs.get(f"{queue.ENTRIES}/{oldest}")),
+                "age_seconds": round(max(0.0, time.time() - stat.ctime / 1000), 3),
+            }
     return status
 
 
@@ -503,8 +584,12 @@ def _duration(seconds: float) -> str:
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
-    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "",
-             f"{minutes}m" if minutes else "", f"{secs}s"]
+    parts = [
+        f"{days}d" if days else "",
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s",
+    ]
     return " ".join(p for p in parts if p)
 
 
@@ -517,26 +602,37 @@ def queue_command(session: Session, as_json: bool) -> int:
     if as_json:
         _print_json(status)
         return EXIT_OK
-    out.print(f"{status['entries']} entr{'y' if status['entries'] == 1 else 'ies'} queued, "
-              f"{len(status['taken'])} taken")
+    out.print(
+        f"{status['entries']} entr{'y' if status['entries'] == 1 else 'ies'} queued, "
+        f"{len(status['taken'])} taken"
+    )
     if status["by_priority"]:
         out.print("\ndepth by priority")
-        out.print(_table(["PRIORITY", "ENTRIES"],
-                         [[p, str(n)] for p, n in status["by_priority"].items()]))
+        out.print(
+            _table(["PRIORITY", "ENTRIES"], [[p, str(n)] for p, n in status["by_priority"].items()])
+        )
     if status["taken"]:
         by_taker = Counter(str(item["taker"]) for item in status["taken"])
         out.print("taken entries by taker")
         out.print(_table(["TAKER", "TAKEN"], [[t, str(n)] for t, n in by_taker.most_common()]))
         out.print("taken entries")
-        out.print(_table(["ENTRY", "JOB", "TAKER"], [
-            [item["entry"], str(item["job"]), str(item["taker"])]
-            for item in status["taken"][:SHOWN_ROWS]]))
+        out.print(
+            _table(
+                ["ENTRY", "JOB", "TAKER"],
+                [
+                    [item["entry"], str(item["job"]), str(item["taker"])]
+                    for item in status["taken"][:SHOWN_ROWS]
+                ],
+            )
+        )
         if len(status["taken"]) > SHOWN_ROWS:
             out.print(f"... and {len(status['taken']) - SHOWN_ROWS} more (--json lists all)")
     oldest = status["oldest"]
     if oldest:
-        out.print(f"oldest entry: {oldest['entry']} ({oldest['job']}), queued "
-                  f"{_duration(oldest['age_seconds'])} ago")
+        out.print(
+            f"oldest entry: {oldest['entry']} ({oldest['job']}), queued "
+            f"{_duration(oldest['age_seconds'])} ago"
+        )
     return EXIT_OK
 
 
@@ -545,32 +641,54 @@ def queue_command(session: Session, as_json: bool) -> int:
 
 @cli.command("restore")
 @click.option("--dry-run", is_flag=True, help="Only show what would be queued.")
-@click.option("--min-age", default=60, show_default=True, type=click.FloatRange(0),
-              help="Leave jobs younger than this (seconds): their add may be in flight.")
-@click.option("--page-size", default=1000, show_default=True, type=click.IntRange(1, 10_000),
-              help="Jobs read from the job API per request.")
+@click.option(
+    "--min-age",
+    default=60,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Leave jobs younger than this (seconds): their add may be in flight.",
+)
+@click.option(
+    "--page-size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Jobs read from the job API per request.",
+)
 @json_option
 @pass_session
-def restore_command(session: Session, dry_run: bool, min_age: float, page_size: int,
-                    as_json: bool) -> int:
+def restore_command(
+    session: Session, dry_run: bool, min_age: float, page_size: int, as_json: bool
+) -> int:
     """Queue again the QUEUED push/mixed jobs that have no entry in the queue."""
     from ..restore import RestoreBusy, restore
 
     try:
-        report = restore(session.api, session.zk, dry_run=dry_run, min_age=min_age,
-                         page_size=page_size)
+        report = restore(
+            session.api, session.zk, dry_run=dry_run, min_age=min_age, page_size=page_size
+        )
     except RestoreBusy as exc:
         raise CliError(str(exc)) from None
     if as_json:
-        _print_json({"dry_run": report.dry_run, "entries": report.entries,
-                     "scanned": report.scanned, "queued": report.queued,
-                     "missing": [{"id": i, "priority": p} for i, p in report.missing]})
+        _print_json(
+            {
+                "dry_run": report.dry_run,
+                "entries": report.entries,
+                "scanned": report.scanned,
+                "queued": report.queued,
+                "missing": [{"id": i, "priority": p} for i, p in report.missing],
+            }
+        )
         return EXIT_OK
     out.print(report.summary())
     if report.missing:
         out.print("would be queued:" if dry_run else "queued:")
-        out.print(_table(["JOB", "PRIORITY"], [[job, str(priority)] for job, priority
-                                               in report.missing[:SHOWN_ROWS]]))
+        out.print(
+            _table(
+                ["JOB", "PRIORITY"],
+                [[job, str(priority)] for job, priority in report.missing[:SHOWN_ROWS]],
+            )
+        )
         if len(report.missing) > SHOWN_ROWS:
             out.print(f"... and {len(report.missing) - SHOWN_ROWS} more (--json lists all)")
     return EXIT_OK
@@ -617,8 +735,9 @@ def run(argv: list[str]) -> int:
     # No library may print a traceback or a warning of its own on our stderr.
     logging.getLogger().addHandler(logging.NullHandler())
     try:
-        result = cli.main(args=expand_multi_values(argv, ("--zk-hosts",)), prog_name="job",
-                          standalone_mode=False)
+        result = cli.main(
+            args=expand_multi_values(argv, ("--zk-hosts",)), prog_name="job", standalone_mode=False
+        )
         return result if isinstance(result, int) else EXIT_OK
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -632,8 +751,10 @@ def run(argv: list[str]) -> int:
     except requests.RequestException as exc:
         message = f"cannot reach the job API: {type(exc).__name__}"
     except NoAuthError:
-        message = ("ZooKeeper: NoAuthError: the engine's nodes are protected by other "
-                   "credentials (check --zk-auth)")
+        message = (
+            "ZooKeeper: NoAuthError: the engine's nodes are protected by other "
+            "credentials (check --zk-auth)"
+        )
     except (KazooException, KazooTimeoutError) as exc:
         message = f"ZooKeeper: {type(exc).__name__} {exc}".strip()
     except OSError as exc:

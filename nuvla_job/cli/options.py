@@ -27,8 +27,7 @@ from .zk_options import pop_zk_security, zk_security_option_list
 
 log = logging.getLogger(__name__)
 
-LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-                          case_sensitive=False)
+LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False)
 LOG_FORMAT_CHOICE = click.Choice(LOG_FORMATS, case_sensitive=False)
 DEFAULT_API_URL = "http://127.0.0.1:8200"
 
@@ -70,9 +69,14 @@ class CommonConfig:
 
 def log_format_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--log-format text|json`` (JOB_LOG_FORMAT): JSON is one object per line for shippers."""
-    return click.option("--log-format", type=LOG_FORMAT_CHOICE, default="text",
-                        envvar="JOB_LOG_FORMAT", show_default=True,
-                        help="text for humans, json for log shippers (one object per line).")
+    return click.option(
+        "--log-format",
+        type=LOG_FORMAT_CHOICE,
+        default="text",
+        envvar="JOB_LOG_FORMAT",
+        show_default=True,
+        help="text for humans, json for log shippers (one object per line).",
+    )
 
 
 def read_secret_file(path: str, option: str) -> str:
@@ -102,50 +106,109 @@ def _secret(kwargs: dict[str, Any], name: str) -> str | None:
 def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add the common options; the command receives them as one ``common`` CommonConfig."""
     options = [
-        click.option("--zk-hosts", multiple=True, envvar="ZK_HOSTS",
-                     default=("127.0.0.1:2181",), show_default=True,
-                     help="ZooKeeper hosts: a comma list, or several values after the flag."),
-        click.option("--zk-timeout", type=click.FloatRange(1, 600), default=10.0,
-                     envvar="ZK_TIMEOUT", show_default=True,
-                     help="ZooKeeper session timeout in seconds: how long a dead process "
-                          "keeps its jobs and leaderships."),
+        click.option(
+            "--zk-hosts",
+            multiple=True,
+            envvar="ZK_HOSTS",
+            default=("127.0.0.1:2181",),
+            show_default=True,
+            help="ZooKeeper hosts: a comma list, or several values after the flag.",
+        ),
+        click.option(
+            "--zk-timeout",
+            type=click.FloatRange(1, 600),
+            default=10.0,
+            envvar="ZK_TIMEOUT",
+            show_default=True,
+            help="ZooKeeper session timeout in seconds: how long a dead process "
+            "keeps its jobs and leaderships.",
+        ),
         *zk_security_option_list(),
-        click.option("--api-url", default=DEFAULT_API_URL, envvar="JOB_API_URL",
-                     show_default=True, help="Job API endpoint."),
+        click.option(
+            "--api-url",
+            default=DEFAULT_API_URL,
+            envvar="JOB_API_URL",
+            show_default=True,
+            help="Job API endpoint.",
+        ),
         click.option("--api-key", envvar="JOB_API_KEY", help="API key id."),
-        click.option("--api-secret", envvar="JOB_API_SECRET",
-                     help="API key secret (prefer the environment variable or a file)."),
-        click.option("--api-secret-file", envvar="JOB_API_SECRET_FILE",
-                     type=click.Path(dir_okay=False), help="Read the API key secret from "
-                     "this file."),
+        click.option(
+            "--api-secret",
+            envvar="JOB_API_SECRET",
+            help="API key secret (prefer the environment variable or a file).",
+        ),
+        click.option(
+            "--api-secret-file",
+            envvar="JOB_API_SECRET_FILE",
+            type=click.Path(dir_okay=False),
+            help="Read the API key secret from this file.",
+        ),
         click.option("--api-user", envvar="JOB_API_USER", help="Username."),
-        click.option("--api-pass", envvar="JOB_API_PASS",
-                     help="Password (prefer the environment variable or a file)."),
-        click.option("--api-pass-file", envvar="JOB_API_PASS_FILE",
-                     type=click.Path(dir_okay=False), help="Read the password from this file."),
-        click.option("--api-authn-header", envvar="JOB_API_AUTHN_HEADER",
-                     help="Send the nuvla-authn-info header instead of logging in."),
-        click.option("--api-credentials-file", envvar="JOB_API_CREDENTIALS",
-                     type=click.Path(dir_okay=False),
-                     help='JSON file with "key" and "secret" (the job API writes one).'),
-        click.option("--api-insecure", is_flag=True, envvar="JOB_API_INSECURE",
-                     help="Do not verify the job API's TLS certificate."),
-        click.option("--name", envvar="JOB_NAME", default=None,
-                     help="This process's name in logs, Sentry and ZooKeeper "
-                          "[default: host-pid]."),
-        click.option("-l", "--log-level", type=LOG_LEVELS, default="INFO",
-                     envvar="JOB_LOG_LEVEL", show_default=True),
+        click.option(
+            "--api-pass",
+            envvar="JOB_API_PASS",
+            help="Password (prefer the environment variable or a file).",
+        ),
+        click.option(
+            "--api-pass-file",
+            envvar="JOB_API_PASS_FILE",
+            type=click.Path(dir_okay=False),
+            help="Read the password from this file.",
+        ),
+        click.option(
+            "--api-authn-header",
+            envvar="JOB_API_AUTHN_HEADER",
+            help="Send the nuvla-authn-info header instead of logging in.",
+        ),
+        click.option(
+            "--api-credentials-file",
+            envvar="JOB_API_CREDENTIALS",
+            type=click.Path(dir_okay=False),
+            help='JSON file with "key" and "secret" (the job API writes one).',
+        ),
+        click.option(
+            "--api-insecure",
+            is_flag=True,
+            envvar="JOB_API_INSECURE",
+            help="Do not verify the job API's TLS certificate.",
+        ),
+        click.option(
+            "--name",
+            envvar="JOB_NAME",
+            default=None,
+            help="This process's name in logs, Sentry and ZooKeeper [default: host-pid].",
+        ),
+        click.option(
+            "-l",
+            "--log-level",
+            type=LOG_LEVELS,
+            default="INFO",
+            envvar="JOB_LOG_LEVEL",
+            show_default=True,
+        ),
         click.option("-d", "--debug", is_flag=True, help="Same as --log-level DEBUG."),
         log_format_option(),
-        click.option("--sentry-dsn", envvar="SENTRY_DSN",
-                     help="Report exceptions to this Sentry DSN."),
-        click.option("--sentry-dsn-file", envvar="SENTRY_DSN_FILE",
-                     type=click.Path(dir_okay=False), help="Read the Sentry DSN from this file."),
-        click.option("--statsd", envvar="JOB_STATSD", default=None,
-                     help="Accepted for compatibility and ignored: use --metrics-port "
-                          "(Prometheus)."),
-        click.option("--nuvlaedge-fs", envvar="JOB_NUVLAEDGE_FS", default=None,
-                     help="Passed to actions as job.nuvlaedge_fs."),
+        click.option(
+            "--sentry-dsn", envvar="SENTRY_DSN", help="Report exceptions to this Sentry DSN."
+        ),
+        click.option(
+            "--sentry-dsn-file",
+            envvar="SENTRY_DSN_FILE",
+            type=click.Path(dir_okay=False),
+            help="Read the Sentry DSN from this file.",
+        ),
+        click.option(
+            "--statsd",
+            envvar="JOB_STATSD",
+            default=None,
+            help="Accepted for compatibility and ignored: use --metrics-port (Prometheus).",
+        ),
+        click.option(
+            "--nuvlaedge-fs",
+            envvar="JOB_NUVLAEDGE_FS",
+            default=None,
+            help="Passed to actions as job.nuvlaedge_fs.",
+        ),
     ]
 
     @functools.wraps(command)
@@ -178,8 +241,11 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
         set_process_security(common.zk_security)
         if statsd:
-            log.warning("--statsd %s ignored: this engine does not send statsd metrics; "
-                        "serve Prometheus metrics with --metrics-port instead", statsd)
+            log.warning(
+                "--statsd %s ignored: this engine does not send statsd metrics; "
+                "serve Prometheus metrics with --metrics-port instead",
+                statsd,
+            )
         return command(common=common, **kwargs)
 
     for option in reversed(options):
@@ -202,9 +268,10 @@ def _credentials(common: CommonConfig) -> dict[str, str] | None:
                 data = json.load(handle)
             creds = {"key": str(data["key"]), "secret": str(data["secret"])}
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise click.UsageError(f"cannot read API credentials from "
-                                   f"{common.api_credentials_file}: {type(exc).__name__}"
-                                   ) from None
+            raise click.UsageError(
+                f"cannot read API credentials from "
+                f"{common.api_credentials_file}: {type(exc).__name__}"
+            ) from None
         register_secret(creds["secret"])
         return creds
     return None
@@ -225,10 +292,15 @@ def make_api(common: CommonConfig, pool_size: int = 10):
         with handle:
             handle.write(base64.b64decode(cookies))
         cookie_file = handle.name
-    api = Api(endpoint=common.api_url, insecure=common.api_insecure,
-              persist_cookie=bool(cookie_file), cookie_file=cookie_file,
-              reauthenticate=True, login_creds=dict(creds) if creds else None,
-              authn_header=common.api_authn_header)
+    api = Api(
+        endpoint=common.api_url,
+        insecure=common.api_insecure,
+        persist_cookie=bool(cookie_file),
+        cookie_file=cookie_file,
+        reauthenticate=True,
+        login_creds=dict(creds) if creds else None,
+        authn_header=common.api_authn_header,
+    )
     # requests reads the proxy and CA-bundle variables from the whole environment on every
     # request (a third of the executor's CPU per job); read them once here instead.
     env = requests.utils.get_environ_proxies(common.api_url)
@@ -246,12 +318,14 @@ def make_api(common: CommonConfig, pool_size: int = 10):
         try:
             response = api.login(api.session.login_params)
         except Exception as exc:
-            raise click.ClickException(f"cannot reach the job API at {common.api_url}: "
-                                       f"{type(exc).__name__}") from None
+            raise click.ClickException(
+                f"cannot reach the job API at {common.api_url}: {type(exc).__name__}"
+            ) from None
         if response is None or response.status_code != 201:
             status = getattr(response, "status_code", "no answer")
-            raise click.ClickException(f"login to the job API at {common.api_url} failed "
-                                       f"({status})")
+            raise click.ClickException(
+                f"login to the job API at {common.api_url} failed ({status})"
+            )
     return api
 
 
@@ -265,8 +339,7 @@ def connect_zookeeper(common: CommonConfig):
     from ..zk import make_client
     from ..zk_security import ZkAccessDenied, secure_tree
 
-    zk = make_client(common.zk_hosts, timeout=common.zk_timeout,
-                     security=common.zk_security)
+    zk = make_client(common.zk_hosts, timeout=common.zk_timeout, security=common.zk_security)
     try:
         zk.start(timeout=max(15.0, common.zk_timeout))
     # The gevent handler's timeout is gevent.Timeout, a BaseException.
@@ -275,8 +348,9 @@ def connect_zookeeper(common: CommonConfig):
         zk.close()
         timed_out = isinstance(exc, zk.handler.timeout_exception)
         reason = "no answer" if timed_out else type(exc).__name__
-        raise click.ClickException(f"cannot connect to ZooKeeper at "
-                                   f"{','.join(common.zk_hosts)}: {reason}") from None
+        raise click.ClickException(
+            f"cannot connect to ZooKeeper at {','.join(common.zk_hosts)}: {reason}"
+        ) from None
     try:
         changed = secure_tree(zk, common.zk_security)
     except (ZkAccessDenied, KazooException) as exc:
@@ -284,6 +358,9 @@ def connect_zookeeper(common: CommonConfig):
         zk.close()
         raise click.ClickException(str(exc) or type(exc).__name__) from None
     if changed:
-        log.warning("ZooKeeper: set the engine's ACL on %d existing node(s): %s",
-                    len(changed), ", ".join(changed[:10]))
+        log.warning(
+            "ZooKeeper: set the engine's ACL on %d existing node(s): %s",
+            len(changed),
+            ", ".join(changed[:10]),
+        )
     return zk

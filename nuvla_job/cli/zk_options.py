@@ -13,32 +13,65 @@ from ..monitoring import register_secret
 from ..zk_security import ZkSecurity, parse_auth, read_auth_file
 
 _FILE = click.Path(exists=True, dir_okay=False)
-_NAMES = ("zk_auth", "zk_auth_file", "zk_tls", "zk_tls_ca", "zk_tls_cert", "zk_tls_key",
-          "zk_tls_no_check_hostname")
+_NAMES = (
+    "zk_auth",
+    "zk_auth_file",
+    "zk_tls",
+    "zk_tls_ca",
+    "zk_tls_cert",
+    "zk_tls_key",
+    "zk_tls_no_check_hostname",
+)
 
 
 def zk_security_option_list() -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
     """The click options; `pop_zk_security` turns their values into a ZkSecurity."""
     return [
-        click.option("--zk-auth", envvar="ZK_AUTH", metavar="USER:PASSWORD",
-                     help="ZooKeeper digest identity; nodes the engine creates are then "
-                          "readable and writable by it only (prefer ZK_AUTH or a file)."),
-        click.option("--zk-auth-file", envvar="ZK_AUTH_FILE", type=_FILE,
-                     help="File whose first line is the USER:PASSWORD of --zk-auth."),
-        click.option("--zk-tls", is_flag=True, envvar="ZK_TLS",
-                     help="Connect to ZooKeeper over TLS (its secureClientPort)."),
-        click.option("--zk-tls-ca", envvar="ZK_TLS_CA", type=_FILE,
-                     help="CA certificates (PEM) the ZooKeeper server's certificate must "
-                          "chain to [default: the system's]. Implies --zk-tls."),
-        click.option("--zk-tls-cert", envvar="ZK_TLS_CERT", type=_FILE,
-                     help="Client certificate (PEM) for servers that ask for one. "
-                          "Implies --zk-tls."),
-        click.option("--zk-tls-key", envvar="ZK_TLS_KEY", type=_FILE,
-                     help="Unencrypted private key (PEM) of --zk-tls-cert."),
-        click.option("--zk-tls-no-check-hostname", is_flag=True,
-                     envvar="ZK_TLS_NO_CHECK_HOSTNAME",
-                     help="Accept a server certificate issued for another name (the chain "
-                          "is still verified)."),
+        click.option(
+            "--zk-auth",
+            envvar="ZK_AUTH",
+            metavar="USER:PASSWORD",
+            help="ZooKeeper digest identity; nodes the engine creates are then "
+            "readable and writable by it only (prefer ZK_AUTH or a file).",
+        ),
+        click.option(
+            "--zk-auth-file",
+            envvar="ZK_AUTH_FILE",
+            type=_FILE,
+            help="File whose first line is the USER:PASSWORD of --zk-auth.",
+        ),
+        click.option(
+            "--zk-tls",
+            is_flag=True,
+            envvar="ZK_TLS",
+            help="Connect to ZooKeeper over TLS (its secureClientPort).",
+        ),
+        click.option(
+            "--zk-tls-ca",
+            envvar="ZK_TLS_CA",
+            type=_FILE,
+            help="CA certificates (PEM) the ZooKeeper server's certificate must "
+            "chain to [default: the system's]. Implies --zk-tls.",
+        ),
+        click.option(
+            "--zk-tls-cert",
+            envvar="ZK_TLS_CERT",
+            type=_FILE,
+            help="Client certificate (PEM) for servers that ask for one. Implies --zk-tls.",
+        ),
+        click.option(
+            "--zk-tls-key",
+            envvar="ZK_TLS_KEY",
+            type=_FILE,
+            help="Unencrypted private key (PEM) of --zk-tls-cert.",
+        ),
+        click.option(
+            "--zk-tls-no-check-hostname",
+            is_flag=True,
+            envvar="ZK_TLS_NO_CHECK_HOSTNAME",
+            help="Accept a server certificate issued for another name (the chain "
+            "is still verified).",
+        ),
     ]
 
 
@@ -62,9 +95,14 @@ def pop_zk_security(kwargs: dict[str, Any]) -> ZkSecurity:
     tls = bool(values["zk_tls"] or values["zk_tls_ca"] or values["zk_tls_cert"])
     if tls:
         _check_tls_files(values["zk_tls_ca"], values["zk_tls_cert"], values["zk_tls_key"])
-    return ZkSecurity(auth=auth, tls=tls, tls_ca=values["zk_tls_ca"],
-                      tls_cert=values["zk_tls_cert"], tls_key=values["zk_tls_key"],
-                      tls_check_hostname=not values["zk_tls_no_check_hostname"])
+    return ZkSecurity(
+        auth=auth,
+        tls=tls,
+        tls_ca=values["zk_tls_ca"],
+        tls_cert=values["zk_tls_cert"],
+        tls_key=values["zk_tls_key"],
+        tls_check_hostname=not values["zk_tls_no_check_hostname"],
+    )
 
 
 def _check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
@@ -74,15 +112,18 @@ def _check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
         if ca:
             context.load_verify_locations(ca)
     except (OSError, ssl.SSLError) as exc:
-        raise click.UsageError(f"--zk-tls-ca {ca}: not usable PEM certificates "
-                               f"({type(exc).__name__})") from None
+        raise click.UsageError(
+            f"--zk-tls-ca {ca}: not usable PEM certificates ({type(exc).__name__})"
+        ) from None
     try:
         if cert and key:
             # A password callback, or OpenSSL would prompt on the terminal for one.
             context.load_cert_chain(cert, key, password=lambda: b"")
     except (OSError, ssl.SSLError) as exc:
-        raise click.UsageError(f"--zk-tls-cert/--zk-tls-key: not a usable PEM certificate "
-                               f"and unencrypted key ({type(exc).__name__})") from None
+        raise click.UsageError(
+            f"--zk-tls-cert/--zk-tls-key: not a usable PEM certificate "
+            f"and unencrypted key ({type(exc).__name__})"
+        ) from None
 
 
 def zk_security_options(command: Callable[..., Any]) -> Callable[..., Any]:

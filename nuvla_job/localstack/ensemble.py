@@ -33,14 +33,13 @@ class EnsembleMember(ZooKeeperServer):
 
     main_class = QUORUM_MAIN_CLASS
 
-    def __init__(self, myid: int, port: int, quorum_config: dict[str, str], **kw: object
-                 ) -> None:
+    def __init__(self, myid: int, port: int, quorum_config: dict[str, str], **kw: object) -> None:
         super().__init__(port, extra_config=quorum_config, **kw)  # type: ignore[arg-type]
         self.myid = myid
         (self.data_dir / "myid").write_text(f"{myid}\n", "ascii")
 
     def mode(self) -> str | None:
-        """"leader", "follower", or None while not serving (down, electing, syncing)."""
+        """ "leader", "follower", or None while not serving (down, electing, syncing)."""
         match = _MODE.search(self.four_letter_word("srvr", 1.0))
         return match.group(1) if match else None
 
@@ -50,15 +49,21 @@ class ZooKeeperEnsemble(Service):
 
     host = "127.0.0.1"
 
-    def __init__(self, size: int = 3, *, tick_time_ms: int = 500, init_limit: int = 20,
-                 sync_limit: int = 5, start_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        size: int = 3,
+        *,
+        tick_time_ms: int = 500,
+        init_limit: int = 20,
+        sync_limit: int = 5,
+        start_timeout: float = 60.0,
+    ) -> None:
         if size < 1:
             raise ValueError("an ensemble needs at least one member")
         ids = range(1, size + 1)
         client_ports = {i: free_port(self.host) for i in ids}
         servers = {
-            f"server.{i}": f"{self.host}:{free_port(self.host)}:{free_port(self.host)}"
-            for i in ids
+            f"server.{i}": f"{self.host}:{free_port(self.host)}:{free_port(self.host)}" for i in ids
         }
         quorum_config = {
             # Ticks a follower may take to connect and sync to a leader, and to lag behind.
@@ -67,8 +72,13 @@ class ZooKeeperEnsemble(Service):
             **servers,
         }
         self.members = [
-            EnsembleMember(i, client_ports[i], quorum_config, tick_time_ms=tick_time_ms,
-                           start_timeout=start_timeout)
+            EnsembleMember(
+                i,
+                client_ports[i],
+                quorum_config,
+                tick_time_ms=tick_time_ms,
+                start_timeout=start_timeout,
+            )
             for i in ids
         ]
         self.start_timeout = start_timeout
@@ -91,8 +101,11 @@ class ZooKeeperEnsemble(Service):
             except BaseException as exc:  # reported below, after every thread has ended
                 errors.append(exc)
 
-        threads = [threading.Thread(target=start, args=(m,), daemon=True)
-                   for m in self.members if not m.running]
+        threads = [
+            threading.Thread(target=start, args=(m,), daemon=True)
+            for m in self.members
+            if not m.running
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -127,4 +140,3 @@ class ZooKeeperEnsemble(Service):
         """Stop every member and delete their directories."""
         for member in self.members:
             member.close()
-

@@ -34,8 +34,13 @@ class JobApiProcess(Service):
 
     host = "127.0.0.1"
 
-    def __init__(self, zk_hosts: str, *extra_args: str, start_timeout: float = 30.0,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        zk_hosts: str,
+        *extra_args: str,
+        start_timeout: float = 30.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.zk_hosts = zk_hosts
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
@@ -61,10 +66,20 @@ class JobApiProcess(Service):
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "nuvla_job.cli.api", "serve",
-            "--host", self.host, "--port", str(self.port),
-            "--db", str(self.db), "--zk-hosts", self.zk_hosts,
-            "--admin-credentials", str(self.credentials_path),
+            sys.executable,
+            "-m",
+            "nuvla_job.cli.api",
+            "serve",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--db",
+            str(self.db),
+            "--zk-hosts",
+            self.zk_hosts,
+            "--admin-credentials",
+            str(self.credentials_path),
             *self.extra_args,
         ]
 
@@ -75,8 +90,12 @@ class JobApiProcess(Service):
         env = {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, cwd=self.base_dir, env=env,
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.base_dir,
+                env=env,
             )
         self._wait_ready()
         if wait_queue:
@@ -88,8 +107,9 @@ class JobApiProcess(Service):
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise RuntimeError(f"job API exited with {self._process.returncode}:\n"
-                                   f"{self.log_tail()}")
+                raise RuntimeError(
+                    f"job API exited with {self._process.returncode}:\n{self.log_tail()}"
+                )
             try:
                 # A test certificate is self-signed: nothing to verify it against.
                 if requests.get(url, timeout=1, verify=not self.tls).status_code == 200:
@@ -98,8 +118,9 @@ class JobApiProcess(Service):
                 pass
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"job API did not answer within {self.start_timeout} s:\n"
-                           f"{self.log_tail()}")
+        raise RuntimeError(
+            f"job API did not answer within {self.start_timeout} s:\n{self.log_tail()}"
+        )
 
     def wait_queue_connected(self, timeout: float = 30.0) -> None:
         """Wait until the server is connected to ZooKeeper again (``/api/health`` is 200)."""
@@ -156,7 +177,11 @@ class JobApiProcess(Service):
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         return subprocess.run(
             [sys.executable, "-m", "nuvla_job.cli.api", *args, "--db", str(self.db)],
-            capture_output=True, text=True, input=input, env=env, timeout=60,
+            capture_output=True,
+            text=True,
+            input=input,
+            env=env,
+            timeout=60,
         )
 
     def user_api(self, username: str, password: str = "pw-Secret-1", *groups: str) -> Api:

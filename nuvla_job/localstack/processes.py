@@ -33,8 +33,7 @@ def stop_process(process: subprocess.Popen, timeout: float) -> int:
 class EngineProcess:
     """`python -m <module> <args>` with its output in a log file; stopped by pid."""
 
-    def __init__(self, module: str, args: list[str], env: dict[str, str] | None = None
-                 ) -> None:
+    def __init__(self, module: str, args: list[str], env: dict[str, str] | None = None) -> None:
         self.module = module
         self.args = args
         self.env = env or {}
@@ -46,8 +45,12 @@ class EngineProcess:
         env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.args], stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, env=env,
+                [sys.executable, "-m", self.module, *self.args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                env=env,
             )
         return self
 
@@ -86,20 +89,35 @@ class EngineProcess:
         deadline = time.monotonic() + timeout
         while text not in self.log():
             if self._process is not None and self._process.poll() is not None:
-                raise AssertionError(f"process exited ({self._process.returncode}) before "
-                                     f"logging {text!r}:\n{self.log()[-3000:]}")
+                raise AssertionError(
+                    f"process exited ({self._process.returncode}) before "
+                    f"logging {text!r}:\n{self.log()[-3000:]}"
+                )
             if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not logged within {timeout} s:\n"
-                                     f"{self.log()[-3000:]}")
+                raise AssertionError(
+                    f"{text!r} not logged within {timeout} s:\n{self.log()[-3000:]}"
+                )
             time.sleep(0.05)
 
 
-def executor_process(zk_hosts: str, api_url: str, credentials: str, *extra: str,
-                     env: dict[str, str] | None = None,
-                     actions_path: Path | None = TEST_ACTIONS) -> EngineProcess:
+def executor_process(
+    zk_hosts: str,
+    api_url: str,
+    credentials: str,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    actions_path: Path | None = TEST_ACTIONS,
+) -> EngineProcess:
     """A `job-executor` process (not started) for the given stack."""
-    args = ["--zk-hosts", zk_hosts, "--api-url", api_url, "--api-credentials-file",
-            credentials, *extra]
+    args = [
+        "--zk-hosts",
+        zk_hosts,
+        "--api-url",
+        api_url,
+        "--api-credentials-file",
+        credentials,
+        *extra,
+    ]
     if actions_path is not None:
         args += ["--actions-path", str(actions_path)]
     return EngineProcess("nuvla_job.cli.executor", args, env)

@@ -4,9 +4,8 @@
 from nuvla_job.registry import action
 
 
-@action('upstream_style_cleanup')
+@action("upstream_style_cleanup")
 class UpstreamStyleCleanupJob:
-
     def __init__(self, job):
         self.job = job
         self.api = job.api
@@ -14,9 +13,8 @@ class UpstreamStyleCleanupJob:
     def cleanup(self):
         self.job.set_progress(10)
         target = self.job.target_resource_href
-        self.job.add_affected_resource('job/upstream-affected')
-        self.job.set_status_message('cleaned {} (action {})'.format(
-            target, self.job['action']))
+        self.job.add_affected_resource("job/upstream-affected")
+        self.job.set_status_message("cleaned {} (action {})".format(target, self.job["action"]))
         return 0
 
     def do_work(self):

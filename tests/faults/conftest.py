@@ -28,8 +28,10 @@ class FaultSettings:
 
 
 def _full(config: pytest.Config) -> bool:
-    return (os.environ.get("FAULTS_FULL") == "1"
-            or (config.getoption("markexpr", "") or "").strip() == "faults")
+    return (
+        os.environ.get("FAULTS_FULL") == "1"
+        or (config.getoption("markexpr", "") or "").strip() == "faults"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

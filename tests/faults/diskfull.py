@@ -28,8 +28,12 @@ class SmallDisk:
         if os.geteuid() != 0:
             raise DiskFullUnavailable("mounting a small tmpfs needs root")
         self.path.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size}", "tmpfs",
-                               str(self.path)], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={self.size}", "tmpfs", str(self.path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if done.returncode != 0:
             raise DiskFullUnavailable(f"cannot mount a tmpfs: {done.stderr.strip()}")
         self.mounted = True

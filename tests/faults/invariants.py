@@ -56,8 +56,14 @@ class Verdict:
 
     def hard_failures(self) -> list[str]:
         problems = []
-        for name in ("lost", "not_success", "refused_but_stored", "stale_entries", "stale_taken",
-                     "stale_final_writes"):
+        for name in (
+            "lost",
+            "not_success",
+            "refused_but_stored",
+            "stale_entries",
+            "stale_taken",
+            "stale_final_writes",
+        ):
             found = getattr(self, name)
             if found:
                 problems.append(f"{name.replace('_', ' ')}: {len(found)} e.g. {found[:5]}")
@@ -70,9 +76,15 @@ def abandoned_jobs(executor_log: str) -> Counter[str]:
     return Counter(_ABANDONED.findall(executor_log))
 
 
-def check(added: set[str], jobs: dict[str, dict[str, Any]], entries: dict[str, bytes],
-          taken: list[str], executions: list[Execution], writer_of_pid: dict[int, str],
-          abandoned_by_pid: dict[int, Counter[str]] | None = None) -> Verdict:
+def check(
+    added: set[str],
+    jobs: dict[str, dict[str, Any]],
+    entries: dict[str, bytes],
+    taken: list[str],
+    executions: list[Execution],
+    writer_of_pid: dict[int, str],
+    abandoned_by_pid: dict[int, Counter[str]] | None = None,
+) -> Verdict:
     """Check the invariants.
 
     - every added job is in a final state, or still QUEUED with exactly one queue entry
@@ -138,5 +150,6 @@ def check(added: set[str], jobs: dict[str, dict[str, Any]], entries: dict[str, b
         last_runner = writer_of_pid.get(kept[-1].pid)
         if doc.get("updated-by") != last_runner:
             verdict.stale_final_writes.append(
-                f"{job_id} final state by {doc.get('updated-by')}, last run by {last_runner}")
+                f"{job_id} final state by {doc.get('updated-by')}, last run by {last_runner}"
+            )
     return verdict

@@ -11,8 +11,10 @@ from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 START, END = "<!-- fault-table:start -->", "<!-- fault-table:end -->"
-HEADER = ("| # | scenario | jobs | faults | jobs lost | duplicate executions "
-          "| time to recover | invariants |\n|---|---|---:|---|---:|---:|---:|---|")
+HEADER = (
+    "| # | scenario | jobs | faults | jobs lost | duplicate executions "
+    "| time to recover | invariants |\n|---|---|---:|---|---:|---:|---:|---|"
+)
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,10 @@ class Row:
 
     def markdown(self) -> str:
         recover = "n/a" if self.recover_s is None else f"{self.recover_s:.1f} s"
-        return (f"| {self.number} | {self.scenario} | {self.jobs} | {self.faults} | "
-                f"{self.lost} | {self.duplicates} | {recover} | {self.invariants} |")
+        return (
+            f"| {self.number} | {self.scenario} | {self.jobs} | {self.faults} | "
+            f"{self.lost} | {self.duplicates} | {recover} | {self.invariants} |"
+        )
 
 
 def table(rows: list[Row]) -> str:
@@ -41,11 +45,14 @@ def write_doc(rows: list[Row], doc: Path = DOC) -> None:
     text = doc.read_text("utf-8")
     before, rest = text.split(START, 1)
     old, after = rest.split(END, 1)
-    kept = {int(m.group(1)): line for line in old.splitlines()
-            if (m := re.match(r"\| (\d+) \|", line))}
+    kept = {
+        int(m.group(1)): line for line in old.splitlines() if (m := re.match(r"\| (\d+) \|", line))
+    }
     for row in rows:
         kept[row.number] = row.markdown()
     lines = [HEADER, *(kept[n] for n in sorted(kept))]
-    stamp = (f"Last full run: {time.strftime('%Y-%m-%d %H:%M')}, {platform.system()} "
-             f"{platform.machine()}, Python {platform.python_version()}.")
+    stamp = (
+        f"Last full run: {time.strftime('%Y-%m-%d %H:%M')}, {platform.system()} "
+        f"{platform.machine()}, Python {platform.python_version()}."
+    )
     doc.write_text(f"{before}{START}\n{chr(10).join(lines)}\n\n{stamp}\n{END}{after}", "utf-8")

@@ -50,14 +50,12 @@ def poll(condition: Callable[[], Any], timeout: float, interval: float = 0.2) ->
         time.sleep(interval)
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.2) -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     """Poll `condition` until it returns something true; fail after `timeout` seconds.
 
     The tests' shared helper, with the timeout first as the scenarios read best.
     """
-    return waiting.wait_for(condition, f"{what} ({timeout:.0f} s)", timeout,
-                            interval=interval)
+    return waiting.wait_for(condition, f"{what} ({timeout:.0f} s)", timeout, interval=interval)
 
 
 @dataclass
@@ -70,8 +68,15 @@ class FaultStack:
     """The job API and two executors (`a` and `b`), each executor with its own API key, so
     a job's `updated-by` names the executor that wrote its final state."""
 
-    def __init__(self, workdir: Path, zk_hosts: str, *, zk_timeout: float = 10.0,
-                 grace_period: float = 120.0, seed: int = 6) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        zk_hosts: str,
+        *,
+        zk_timeout: float = 10.0,
+        grace_period: float = 120.0,
+        seed: int = 6,
+    ) -> None:
         self.workdir = workdir
         self.zk_hosts = zk_hosts
         self.zk_timeout = zk_timeout
@@ -108,9 +113,17 @@ class FaultStack:
         creds = self.workdir / f"credentials-{name}.json"
         creds.write_text(made.stdout)
         process = executor_process(
-            self.zk_hosts, self.api.endpoint, str(creds),
-            "--concurrency", str(CONCURRENCY), "--zk-timeout", str(self.zk_timeout),
-            "--grace-period", str(self.grace_period), "--name", f"executor-{name}",
+            self.zk_hosts,
+            self.api.endpoint,
+            str(creds),
+            "--concurrency",
+            str(CONCURRENCY),
+            "--zk-timeout",
+            str(self.zk_timeout),
+            "--grace-period",
+            str(self.grace_period),
+            "--name",
+            f"executor-{name}",
         )
         self.executors[name] = process.start()
         self.identities[name] = identity
@@ -141,8 +154,9 @@ class FaultStack:
         payload = {"seconds": seconds, "record": str(self.record)}
         return {"action": "fault_work", "payload": json.dumps(payload)}
 
-    def _post(self, session: requests.Session, doc: dict[str, Any]
-              ) -> tuple[int, dict[str, Any] | str]:
+    def _post(
+        self, session: requests.Session, doc: dict[str, Any]
+    ) -> tuple[int, dict[str, Any] | str]:
         """(status, body) of one add; status 0 when the job API did not answer."""
         try:
             response = session.post(f"{self.api.endpoint}/api/job", json=doc, timeout=30)
@@ -199,8 +213,10 @@ class FaultStack:
 
         slices = [docs[i::ADD_THREADS] for i in range(ADD_THREADS)]
         self._loader = ThreadPoolExecutor(ADD_THREADS)
-        self._load = [self._loader.submit(add_slice, session, part)
-                      for session, part in zip(self._sessions(), slices, strict=True)]
+        self._load = [
+            self._loader.submit(add_slice, session, part)
+            for session, part in zip(self._sessions(), slices, strict=True)
+        ]
 
     def finish_load(self) -> None:
         """Wait until the background load is added; fail if some job never was."""
@@ -208,7 +224,8 @@ class FaultStack:
             future.result()
         self._loader.shutdown()
         assert len(self.added) == self.target, (
-            f"only {len(self.added)} of {self.target} jobs added: {self.refused[-5:]}")
+            f"only {len(self.added)} of {self.target} jobs added: {self.refused[-5:]}"
+        )
 
     # -- observation ------------------------------------------------------------------------
 
@@ -236,24 +253,36 @@ class FaultStack:
     def wait_mid_load(self, share: float = 0.25, timeout: float = 120.0) -> None:
         """Wait until `share` of the jobs have started, with executors busy."""
         wanted = int((self.target or len(self.added)) * share)
-        wait_for(lambda: len(self.started()) >= wanted and self.in_flight("a")
-                 and self.in_flight("b"), timeout, f"{wanted} jobs started")
+        wait_for(
+            lambda: len(self.started()) >= wanted and self.in_flight("a") and self.in_flight("b"),
+            timeout,
+            f"{wanted} jobs started",
+        )
 
-    def first_start_after(self, moment: float, pid: int | None = None,
-                          jobs: set[str] | None = None) -> float | None:
+    def first_start_after(
+        self, moment: float, pid: int | None = None, jobs: set[str] | None = None
+    ) -> float | None:
         """Wall-clock time of the first action start after `moment` (optionally filtered)."""
-        times = [r.time for r in self.executions()
-                 if r.kind == "start" and r.time > moment
-                 and (pid is None or r.pid == pid) and (jobs is None or r.job_id in jobs)]
+        times = [
+            r.time
+            for r in self.executions()
+            if r.kind == "start"
+            and r.time > moment
+            and (pid is None or r.pid == pid)
+            and (jobs is None or r.job_id in jobs)
+        ]
         return min(times) if times else None
 
     def final_count(self) -> int | None:
         """How many jobs are in a final state, None while the job API does not answer."""
         states = " or ".join(f"state='{s}'" for s in sorted(FINAL_STATES))
         try:
-            response = requests.get(f"{self.api.endpoint}/api/job",
-                                    params={"filter": states, "last": 0},
-                                    cookies=self._cookies(), timeout=10)
+            response = requests.get(
+                f"{self.api.endpoint}/api/job",
+                params={"filter": states, "last": 0},
+                cookies=self._cookies(),
+                timeout=10,
+            )
         except requests.RequestException:
             return None
         return response.json()["count"] if response.status_code == 200 else None
@@ -265,7 +294,9 @@ class FaultStack:
         response = requests.get(
             f"{self.api.endpoint}/api/job",
             params={"last": 1_000_000, "select": "id,state,updated-by,return-code"},
-            cookies=self._cookies(), timeout=60)
+            cookies=self._cookies(),
+            timeout=60,
+        )
         assert response.status_code == 200, response.text
         return {doc["id"]: doc for doc in response.json()["resources"]}
 
@@ -307,5 +338,4 @@ class FaultStack:
         entries, taken = self.queue_snapshot()
         writers = {p.pid: self.identities[n] for n, p in self.executors.items()}
         abandoned = {p.pid: abandoned_jobs(p.log()) for p in self.executors.values()}
-        return check(self.added, self.jobs(), entries, taken, self.executions(), writers,
-                     abandoned)
+        return check(self.added, self.jobs(), entries, taken, self.executions(), writers, abandoned)

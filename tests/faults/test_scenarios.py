@@ -50,8 +50,14 @@ def make_stack(tmp_path: Path) -> Iterator:
         stack.close()
 
 
-def conclude(stack: FaultStack, rows: list[Row], number: int, scenario: str, faults: str,
-             recover_s: float | None) -> None:
+def conclude(
+    stack: FaultStack,
+    rows: list[Row],
+    number: int,
+    scenario: str,
+    faults: str,
+    recover_s: float | None,
+) -> None:
     """Wait for the load to drain, check the invariants, add the row, fail on violations."""
     if stack.target:
         stack.finish_load()
@@ -64,9 +70,18 @@ def conclude(stack: FaultStack, rows: list[Row], number: int, scenario: str, fau
     problems = verdict.hard_failures()
     if verdict.still_queued:
         problems.append(f"{verdict.still_queued} jobs never ran")
-    rows.append(Row(number, scenario, verdict.jobs, faults, len(verdict.lost),
-                    verdict.duplicate_executions, recover_s,
-                    "; ".join(p.split(":")[0] for p in problems) or "hold"))
+    rows.append(
+        Row(
+            number,
+            scenario,
+            verdict.jobs,
+            faults,
+            len(verdict.lost),
+            verdict.duplicate_executions,
+            recover_s,
+            "; ".join(p.split(":")[0] for p in problems) or "hold",
+        )
+    )
     assert not problems, "\n".join(problems)
 
 
@@ -76,8 +91,11 @@ def load(stack: FaultStack, jobs: int) -> None:
     stack.wait_mid_load()
 
 
-def test_zookeeper_leader_killed(make_stack, fault_settings: FaultSettings, fault_rows,
-                                 ) -> None:
+def test_zookeeper_leader_killed(
+    make_stack,
+    fault_settings: FaultSettings,
+    fault_rows,
+) -> None:
     ensemble = ZooKeeperEnsemble(3)
     try:
         ensemble.start()
@@ -89,17 +107,25 @@ def test_zookeeper_leader_killed(make_stack, fault_settings: FaultSettings, faul
         new_leader = ensemble.wait_for_leader(30)
         assert new_leader is not leader
         elected_at = time.time()
-        resumed = wait_for(lambda: stack.first_start_after(elected_at), 60,
-                           "a job started under the new leader")
+        resumed = wait_for(
+            lambda: stack.first_start_after(elected_at), 60, "a job started under the new leader"
+        )
         leader.start()  # rejoins as a follower
-        conclude(stack, fault_rows, 1, "ZooKeeper ensemble of 3: leader killed",
-                 f"kill -9 of leader (server.{leader.myid}) mid-load", resumed - killed_at)
+        conclude(
+            stack,
+            fault_rows,
+            1,
+            "ZooKeeper ensemble of 3: leader killed",
+            f"kill -9 of leader (server.{leader.myid}) mid-load",
+            resumed - killed_at,
+        )
     finally:
         ensemble.close()
 
 
-def test_zookeeper_down_and_back(make_stack, zookeeper_server: ZooKeeperServer,
-                                 fault_settings: FaultSettings, fault_rows) -> None:
+def test_zookeeper_down_and_back(
+    make_stack, zookeeper_server: ZooKeeperServer, fault_settings: FaultSettings, fault_rows
+) -> None:
     stack = make_stack(zookeeper_server.hosts).start()
     load(stack, fault_settings.jobs)
     down_at = time.time()
@@ -109,19 +135,25 @@ def test_zookeeper_down_and_back(make_stack, zookeeper_server: ZooKeeperServer,
     zookeeper_server.start()
     # A take that was in flight as ZooKeeper went down may still start its action: allow
     # two seconds, then nothing may start until ZooKeeper is back.
-    during = [r for r in stack.executions()
-              if r.kind == "start" and down_at + 2 < r.time < back_at]
+    during = [r for r in stack.executions() if r.kind == "start" and down_at + 2 < r.time < back_at]
     assert not during, f"{len(during)} jobs started while ZooKeeper was down"
-    resumed = wait_for(lambda: stack.first_start_after(back_at), 90,
-                       "a job started after ZooKeeper came back")
-    conclude(stack, fault_rows, 2, "whole ZooKeeper down, then back",
-             f"ZooKeeper stopped for {ZK_OUTAGE:.0f} s", resumed - back_at)
+    resumed = wait_for(
+        lambda: stack.first_start_after(back_at), 90, "a job started after ZooKeeper came back"
+    )
+    conclude(
+        stack,
+        fault_rows,
+        2,
+        "whole ZooKeeper down, then back",
+        f"ZooKeeper stopped for {ZK_OUTAGE:.0f} s",
+        resumed - back_at,
+    )
 
 
 @pytest.mark.faults_ci
-def test_session_expiry_of_a_frozen_executor(make_stack, zookeeper_server: ZooKeeperServer,
-                                             fault_settings: FaultSettings, fault_rows
-                                             ) -> None:
+def test_session_expiry_of_a_frozen_executor(
+    make_stack, zookeeper_server: ZooKeeperServer, fault_settings: FaultSettings, fault_rows
+) -> None:
     stack = make_stack(zookeeper_server.hosts, zk_timeout=SHORT_SESSION).start()
     load(stack, fault_settings.jobs)
     frozen = stack.executors["a"]
@@ -131,10 +163,18 @@ def test_session_expiry_of_a_frozen_executor(make_stack, zookeeper_server: ZooKe
     other = stack.pid_of("b")
     try:
         # Its session expires; the other executor takes every job it held.
-        wait_for(lambda: held <= {r.job_id for r in stack.executions()
-                                  if r.kind == "start" and r.pid == other
-                                  and r.time > frozen_at},
-                 60, f"executor b to take the {len(held)} jobs of the frozen one")
+        wait_for(
+            lambda: (
+                held
+                <= {
+                    r.job_id
+                    for r in stack.executions()
+                    if r.kind == "start" and r.pid == other and r.time > frozen_at
+                }
+            ),
+            60,
+            f"executor b to take the {len(held)} jobs of the frozen one",
+        )
         taken_over = time.time()
         # Stay frozen until every action it was running is past its end (at most 5 s): on
         # SIGCONT they all return at once and must find their entries gone.
@@ -142,49 +182,80 @@ def test_session_expiry_of_a_frozen_executor(make_stack, zookeeper_server: ZooKe
     finally:
         frozen.signal(signal.SIGCONT)
     resumed_at = time.time()
-    conclude(stack, fault_rows, 3, "session expiry of a frozen executor",
-             f"SIGSTOP of executor a for {resumed_at - frozen_at:.0f} s "
-             f"({len(held)} jobs in flight), then SIGCONT", taken_over - frozen_at)
+    conclude(
+        stack,
+        fault_rows,
+        3,
+        "session expiry of a frozen executor",
+        f"SIGSTOP of executor a for {resumed_at - frozen_at:.0f} s "
+        f"({len(held)} jobs in flight), then SIGCONT",
+        taken_over - frozen_at,
+    )
     # Its jobs were finished by the other executor, never by the frozen one.
     jobs = stack.jobs()
     written_by_frozen = [j for j in held if jobs[j].get("updated-by") == "user/executor-a"]
     assert not written_by_frozen, written_by_frozen[:5]
 
 
-def test_job_api_down_and_back(make_stack, zookeeper_server: ZooKeeperServer,
-                               fault_settings: FaultSettings, fault_rows) -> None:
+def test_job_api_down_and_back(
+    make_stack, zookeeper_server: ZooKeeperServer, fault_settings: FaultSettings, fault_rows
+) -> None:
     stack = make_stack(zookeeper_server.hosts).start()
     load(stack, fault_settings.jobs)
     stack.api.stop()  # same port and database when it starts again
     time.sleep(API_OUTAGE)  # the fault's length is the point: nothing to wait for
     back_at = time.time()
     stack.api.start()
-    resumed = wait_for(lambda: stack.first_start_after(back_at), 90,
-                       "a job started after the job API came back")
+    resumed = wait_for(
+        lambda: stack.first_start_after(back_at), 90, "a job started after the job API came back"
+    )
     # Jobs were released, not failed: the checker refuses any job that is not SUCCESS.
-    conclude(stack, fault_rows, 4, "job API down, then back",
-             f"job API stopped for {API_OUTAGE:.0f} s", resumed - back_at)
+    conclude(
+        stack,
+        fault_rows,
+        4,
+        "job API down, then back",
+        f"job API stopped for {API_OUTAGE:.0f} s",
+        resumed - back_at,
+    )
 
 
 @pytest.mark.faults_ci
-def test_executor_killed_mid_job(make_stack, zookeeper_server: ZooKeeperServer,
-                                 fault_settings: FaultSettings, fault_rows) -> None:
+def test_executor_killed_mid_job(
+    make_stack, zookeeper_server: ZooKeeperServer, fault_settings: FaultSettings, fault_rows
+) -> None:
     stack = make_stack(zookeeper_server.hosts, zk_timeout=SHORT_SESSION).start()
     load(stack, fault_settings.jobs)
     held = stack.in_flight("a")
     killed_at = time.time()
     stack.executors["a"].kill()
     other = stack.pid_of("b")
-    wait_for(lambda: held <= {r.job_id for r in stack.executions()
-                              if r.kind == "start" and r.pid == other and r.time > killed_at},
-             60, f"executor b to take the {len(held)} jobs of the killed one")
-    conclude(stack, fault_rows, 5, "kill -9 of an executor mid-job",
-             f"kill -9 of executor a ({len(held)} jobs in flight)", time.time() - killed_at)
+    wait_for(
+        lambda: (
+            held
+            <= {
+                r.job_id
+                for r in stack.executions()
+                if r.kind == "start" and r.pid == other and r.time > killed_at
+            }
+        ),
+        60,
+        f"executor b to take the {len(held)} jobs of the killed one",
+    )
+    conclude(
+        stack,
+        fault_rows,
+        5,
+        "kill -9 of an executor mid-job",
+        f"kill -9 of executor a ({len(held)} jobs in flight)",
+        time.time() - killed_at,
+    )
 
 
 @pytest.mark.faults_ci
-def test_sigterm_lets_running_jobs_finish(make_stack, zookeeper_server: ZooKeeperServer,
-                                          fault_settings: FaultSettings, fault_rows) -> None:
+def test_sigterm_lets_running_jobs_finish(
+    make_stack, zookeeper_server: ZooKeeperServer, fault_settings: FaultSettings, fault_rows
+) -> None:
     stack = make_stack(zookeeper_server.hosts, grace_period=GRACE_PERIOD).start()
     load(stack, fault_settings.jobs)
     stopping = stack.executors["a"]
@@ -199,16 +270,25 @@ def test_sigterm_lets_running_jobs_finish(make_stack, zookeeper_server: ZooKeepe
     pid = stack.pid_of("a")
     ended = {r.job_id for r in stack.executions() if r.kind == "end" and r.pid == pid}
     assert held <= ended, f"{len(held - ended)} running jobs did not finish"
-    conclude(stack, fault_rows, 6, "SIGTERM with a grace period",
-             f"SIGTERM to executor a ({len(held)} jobs running, grace {GRACE_PERIOD:.0f} s)",
-             drained)
+    conclude(
+        stack,
+        fault_rows,
+        6,
+        "SIGTERM with a grace period",
+        f"SIGTERM to executor a ({len(held)} jobs running, grace {GRACE_PERIOD:.0f} s)",
+        drained,
+    )
     jobs = stack.jobs()
     assert all(jobs[j].get("updated-by") == "user/executor-a" for j in held)
 
 
-def test_disk_full_under_the_job_api(make_stack, zookeeper_server: ZooKeeperServer,
-                                     fault_settings: FaultSettings, fault_rows,
-                                     tmp_path: Path) -> None:
+def test_disk_full_under_the_job_api(
+    make_stack,
+    zookeeper_server: ZooKeeperServer,
+    fault_settings: FaultSettings,
+    fault_rows,
+    tmp_path: Path,
+) -> None:
     disk = SmallDisk(tmp_path / "dbfs")
     try:
         disk.mount()
@@ -235,9 +315,14 @@ def test_disk_full_under_the_job_api(make_stack, zookeeper_server: ZooKeeperServ
         # Add what was refused, so the scenario still runs its full load.
         more = stack.add_jobs(len(refused.errors) - 1)
         assert not more.errors, more.errors[:5]
-        conclude(stack, fault_rows, 7, "disk full under the job API",
-                 f"database's file system filled ({len(refused.errors)} adds refused)",
-                 recovered)
+        conclude(
+            stack,
+            fault_rows,
+            7,
+            "disk full under the job API",
+            f"database's file system filled ({len(refused.errors)} adds refused)",
+            recovered,
+        )
         # An add whose entry was made but not recorded (the disk filled in between) keeps
         # its "owed an entry" mark until the job API's recovery: it must clear the mark
         # without queueing the job again.

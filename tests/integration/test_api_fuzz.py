@@ -46,9 +46,15 @@ from nuvla_job.zk import make_client
 from tests.support.jobapi import JobApiProcess
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 USER, USER_PASSWORD = "fuzz-user", "fuzz-Pass-1"
 # The strategies below are big: Hypothesis warns that their text form is long.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -91,10 +97,10 @@ class Stack:
             created.append(admin.get(self.url(job_id), timeout=TIMEOUT).json())
         elif method == "POST" and path.endswith("/cancel") and response.status_code == 200:
             # cancelling a bulk job adds a child job
-            query = {"filter": f"target-resource/href='{path[:-7]}' and "
-                               "action='cancel_children_jobs'"}
-            created += admin.put(self.url("job"), data=query, timeout=TIMEOUT).json()[
-                "resources"]
+            query = {
+                "filter": f"target-resource/href='{path[:-7]}' and action='cancel_children_jobs'"
+            }
+            created += admin.put(self.url("job"), data=query, timeout=TIMEOUT).json()["resources"]
         for doc in created:
             self.added.setdefault(doc["id"], doc["execution-mode"])
 
@@ -106,8 +112,9 @@ class Stack:
 
 def _login(server: JobApiProcess, template: dict[str, str]) -> requests.Session:
     session = requests.Session()
-    response = session.post(f"{server.endpoint}/api/session", json={"template": template},
-                            timeout=TIMEOUT)
+    response = session.post(
+        f"{server.endpoint}/api/session", json={"template": template}, timeout=TIMEOUT
+    )
     assert response.status_code == 201, response.text
     return session
 
@@ -116,21 +123,40 @@ def _login(server: JobApiProcess, template: dict[str, str]) -> requests.Session:
 def fuzz_stack(zookeeper) -> Iterator[Stack]:
     """One job API for the module (starting one takes seconds on a busy machine)."""
     zk = make_client(zookeeper.hosts, use_gevent=False)
-    with JobApiProcess(zookeeper.hosts, "--login-max-failures", "0",
-                       "--login-max-failures-per-address", "0",
-                       "--max-body", str(256 * 1024)) as server:
+    with JobApiProcess(
+        zookeeper.hosts,
+        "--login-max-failures",
+        "0",
+        "--login-max-failures-per-address",
+        "0",
+        "--max-body",
+        str(256 * 1024),
+    ) as server:
         zk.start(timeout=15)
         try:
             created = server.cli("add-user", USER, "--password", USER_PASSWORD)
             assert created.returncode == 0, created.stderr
             creds = server.credentials()
-            stack = Stack(server, zk, user_id=created.stdout.strip(),
-                          entries_before=set(_entry_names(zk)))
+            stack = Stack(
+                server, zk, user_id=created.stdout.strip(), entries_before=set(_entry_names(zk))
+            )
             stack.sessions = {
-                "admin": _login(server, {"href": "session-template/api-key",
-                                         "key": creds["key"], "secret": creds["secret"]}),
-                "user": _login(server, {"href": "session-template/password",
-                                        "username": USER, "password": USER_PASSWORD}),
+                "admin": _login(
+                    server,
+                    {
+                        "href": "session-template/api-key",
+                        "key": creds["key"],
+                        "secret": creds["secret"],
+                    },
+                ),
+                "user": _login(
+                    server,
+                    {
+                        "href": "session-template/password",
+                        "username": USER,
+                        "password": USER_PASSWORD,
+                    },
+                ),
                 "anon": requests.Session(),
             }
             yield stack
@@ -171,8 +197,10 @@ def _stored(stack: Stack) -> tuple[list[tuple[str, dict, int]], int]:
     """Every row of the database (id, document, enqueue_pending) and the stored total."""
     db = sqlite3.connect(f"file:{stack.server.db}?mode=ro", uri=True)
     try:
-        rows = [(i, json.loads(d), p)
-                for i, d, p in db.execute("SELECT id, doc, enqueue_pending FROM job")]
+        rows = [
+            (i, json.loads(d), p)
+            for i, d, p in db.execute("SELECT id, doc, enqueue_pending FROM job")
+        ]
         total = db.execute("SELECT n FROM job_total").fetchone()[0]
     finally:
         db.close()
@@ -190,8 +218,9 @@ def check_consistency(stack: Stack) -> None:
     assert total == len(rows), f"job_total says {total}, the table holds {len(rows)}"
     admin = stack.sessions["admin"]
     counted = admin.put(stack.url("job"), data={"last": "0"}, timeout=TIMEOUT).json()["count"]
-    filtered = admin.put(stack.url("job"), data={"filter": "id^='job/'", "last": "0"},
-                         timeout=TIMEOUT).json()["count"]
+    filtered = admin.put(
+        stack.url("job"), data={"filter": "id^='job/'", "last": "0"}, timeout=TIMEOUT
+    ).json()["count"]
     assert counted == filtered == len(rows)
     entries: dict[str, list[str]] = {}
     for name in set(_entry_names(stack.zk)) - stack.entries_before:
@@ -220,24 +249,47 @@ def check_consistency(stack: Stack) -> None:
 
 # Text that exercises unicode: any code point (surrogates included: they become invalid
 # UTF-8 or escaped lone surrogates), quotes, backslashes and NUL.
-texts = st.text(st.characters(codec=None), max_size=40) | st.sampled_from(
-    ["", " ", "'", '"', "\\", "\x00", "job/", "null", "🚀" * 10, "\u202e"]) | st.builds(
-    lambda: "a" * 5000)
+texts = (
+    st.text(st.characters(codec=None), max_size=40)
+    | st.sampled_from(["", " ", "'", '"', "\\", "\x00", "job/", "null", "🚀" * 10, "\u202e"])
+    | st.builds(lambda: "a" * 5000)
+)
 huge_ints = st.sampled_from([2**63, -(2**63) - 1, 2**64, 10**30, -1])
-json_scalars = (st.none() | st.booleans() | st.integers() | huge_ints
-                | st.floats(allow_nan=True, allow_infinity=True) | texts)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | huge_ints
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | texts
+)
 json_values = st.recursive(
     json_scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
     max_leaves=12,
 )
-principals = st.sampled_from(["group/nuvla-admin", "group/nuvla-user", "user/nobody",
-                              "group/nuvla-anon"]) | texts
-acls = st.dictionaries(st.sampled_from(schema.ACL_RIGHTS) | texts,
-                       st.lists(principals, max_size=3) | json_values, max_size=4)
-dates = (st.datetimes().map(lambda d: d.isoformat() + "Z")
-         | st.sampled_from(["2026-11-28T04:28:53.123Z", "now-7d", "0000-01-01T00:00:00Z",
-                            "9999-12-31T23:59:59.999Z", "2026-02-30T00:00:00Z"]) | texts)
+principals = (
+    st.sampled_from(["group/nuvla-admin", "group/nuvla-user", "user/nobody", "group/nuvla-anon"])
+    | texts
+)
+acls = st.dictionaries(
+    st.sampled_from(schema.ACL_RIGHTS) | texts,
+    st.lists(principals, max_size=3) | json_values,
+    max_size=4,
+)
+dates = (
+    st.datetimes().map(lambda d: d.isoformat() + "Z")
+    | st.sampled_from(
+        [
+            "2026-11-28T04:28:53.123Z",
+            "now-7d",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999Z",
+            "2026-02-30T00:00:00Z",
+        ]
+    )
+    | texts
+)
 hrefs = st.fixed_dictionaries({"href": texts}) | json_values
 VALID_BY_KIND = {
     "str": texts,
@@ -255,15 +307,22 @@ KNOWN = {
     "action": st.sampled_from(["test_ok", "bulk_thing", "cleanup_jobs"]) | texts,
     "payload": st.sampled_from(['{"a": 1}', "not json", ""]) | texts,
 }
-attributes = {name: KNOWN.get(name, VALID_BY_KIND[kind]) | json_values
-              for name, kind in schema.ATTRIBUTES.items()}
+attributes = {
+    name: KNOWN.get(name, VALID_BY_KIND[kind]) | json_values
+    for name, kind in schema.ATTRIBUTES.items()
+}
 job_bodies = st.fixed_dictionaries(
     {}, optional={"action": KNOWN["action"], **attributes}
-) | st.fixed_dictionaries({"action": KNOWN["action"]},
-                          optional={"priority": st.integers(0, 999),
-                                    "execution-mode": KNOWN["execution-mode"],
-                                    "acl": acls, "payload": KNOWN["payload"],
-                                    "target-resource": hrefs})
+) | st.fixed_dictionaries(
+    {"action": KNOWN["action"]},
+    optional={
+        "priority": st.integers(0, 999),
+        "execution-mode": KNOWN["execution-mode"],
+        "acl": acls,
+        "payload": KNOWN["payload"],
+        "target-resource": hrefs,
+    },
+)
 
 
 def _with_extra_keys(body: dict) -> st.SearchStrategy[dict]:
@@ -273,43 +332,107 @@ def _with_extra_keys(body: dict) -> st.SearchStrategy[dict]:
 bodies = job_bodies | job_bodies.flatmap(_with_extra_keys) | json_values
 
 # Filters from the grammar's pieces, well-formed or not.
-paths = st.sampled_from([*schema.ATTRIBUTES, "target-resource/href", "acl/owners",
-                         "affected-resources/href", "a/b", "state/x", "x"]) | texts
+paths = (
+    st.sampled_from(
+        [
+            *schema.ATTRIBUTES,
+            "target-resource/href",
+            "acl/owners",
+            "affected-resources/href",
+            "a/b",
+            "state/x",
+            "x",
+        ]
+    )
+    | texts
+)
 operators = st.sampled_from([*OPERATORS, "==", "=~", "<>", ""])
-literals = (st.integers().map(str) | huge_ints.map(str)
-            | texts.map(lambda t: "'" + t.replace("'", "\\'") + "'") | texts
-            | st.sampled_from(["true", "false", "null", "'now-7d'", "'now-999999999y'",
-                               "'now+1M/d'", "'2026-11-28T00:00:00Z'", "['QUEUED','RUNNING']",
-                               "[]", "[1,'a',null]", "'now/q'"]))
+literals = (
+    st.integers().map(str)
+    | huge_ints.map(str)
+    | texts.map(lambda t: "'" + t.replace("'", "\\'") + "'")
+    | texts
+    | st.sampled_from(
+        [
+            "true",
+            "false",
+            "null",
+            "'now-7d'",
+            "'now-999999999y'",
+            "'now+1M/d'",
+            "'2026-11-28T00:00:00Z'",
+            "['QUEUED','RUNNING']",
+            "[]",
+            "[1,'a',null]",
+            "'now/q'",
+        ]
+    )
+)
 comparisons = st.builds(lambda p, o, v: f"{p}{o}{v}", paths, operators, literals)
-filters = st.recursive(
-    comparisons,
-    lambda inner: (st.builds(lambda a, b: f"{a} and {b}", inner, inner)
-                   | st.builds(lambda a, b: f"{a} or {b}", inner, inner)
-                   | inner.map(lambda a: f"({a})")),
-    max_leaves=6,
-) | texts | st.integers(1, 3000).map(lambda n: "(" * n + "state='QUEUED'" + ")" * n)
-orderbys = st.lists(st.builds(lambda p, d: p + d, paths,
-                              st.sampled_from(["", ":asc", ":desc", ":up", ":"])),
-                    max_size=3).map(",".join) | texts
+filters = (
+    st.recursive(
+        comparisons,
+        lambda inner: (
+            st.builds(lambda a, b: f"{a} and {b}", inner, inner)
+            | st.builds(lambda a, b: f"{a} or {b}", inner, inner)
+            | inner.map(lambda a: f"({a})")
+        ),
+        max_leaves=6,
+    )
+    | texts
+    | st.integers(1, 3000).map(lambda n: "(" * n + "state='QUEUED'" + ")" * n)
+)
+orderbys = (
+    st.lists(
+        st.builds(lambda p, d: p + d, paths, st.sampled_from(["", ":asc", ":desc", ":up", ":"])),
+        max_size=3,
+    ).map(",".join)
+    | texts
+)
 selects = st.lists(paths, max_size=3).map(",".join) | texts
-aggregations = st.lists(st.builds(lambda o, p: f"{o}:{p}",
-                                  st.sampled_from(["terms", "value_count", "max", "min", "sum",
-                                                   "avg", "median", ""]), paths),
-                        max_size=3).map(",".join) | texts
+aggregations = (
+    st.lists(
+        st.builds(
+            lambda o, p: f"{o}:{p}",
+            st.sampled_from(["terms", "value_count", "max", "min", "sum", "avg", "median", ""]),
+            paths,
+        ),
+        max_size=3,
+    ).map(",".join)
+    | texts
+)
 indexes = st.integers().map(str) | huge_ints.map(str) | texts
-search_params = st.fixed_dictionaries({}, optional={
-    "filter": filters | st.lists(filters, max_size=3), "orderby": orderbys, "select": selects,
-    "aggregation": aggregations, "first": indexes, "last": indexes, "unknown": texts,
-})
+search_params = st.fixed_dictionaries(
+    {},
+    optional={
+        "filter": filters | st.lists(filters, max_size=3),
+        "orderby": orderbys,
+        "select": selects,
+        "aggregation": aggregations,
+        "first": indexes,
+        "last": indexes,
+        "unknown": texts,
+    },
+)
 callers = st.sampled_from(["admin", "admin", "user", "anon"])
-content_types = st.sampled_from([
-    None, "application/json", "application/json; charset=latin-1", "text/plain",
-    "application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=utf-8",
-    "multipart/form-data; boundary=x", "application/json-patch+json",
-    "application/merge-patch+json", "application/xml", "*/*", "garbage",
-]) | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30).map(
-    str.strip)  # requests refuses to send a header value with leading whitespace
+content_types = st.sampled_from(
+    [
+        None,
+        "application/json",
+        "application/json; charset=latin-1",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/x-www-form-urlencoded; charset=utf-8",
+        "multipart/form-data; boundary=x",
+        "application/json-patch+json",
+        "application/merge-patch+json",
+        "application/xml",
+        "*/*",
+        "garbage",
+    ]
+) | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30).map(
+    str.strip
+)  # requests refuses to send a header value with leading whitespace
 
 
 def _encode(value: Any) -> bytes:
@@ -321,9 +444,20 @@ raw_bodies = (
     st.builds(_encode, bodies)
     | st.builds(lambda v: json.dumps(v).encode(), bodies)  # \ud800 escapes, NaN, Infinity
     | st.binary(max_size=200)
-    | st.sampled_from([b"", b"{", b"\xff\xfe\x00{}", b"null", b"true", b"123", b'"text"',
-                       b'{"action": "test_ok", "action": "x"}', b"filter=state%3D'QUEUED'",
-                       b"filter=%ff%fe"])
+    | st.sampled_from(
+        [
+            b"",
+            b"{",
+            b"\xff\xfe\x00{}",
+            b"null",
+            b"true",
+            b"123",
+            b'"text"',
+            b'{"action": "test_ok", "action": "x"}',
+            b"filter=state%3D'QUEUED'",
+            b"filter=%ff%fe",
+        ]
+    )
     # Built on demand, so that Hypothesis does not print them in its reports.
     | st.builds(lambda: b"[" * 5000 + b"]" * 5000)
     | st.builds(lambda: b'{"a":' * 2000 + b"1" + b"}" * 2000)
@@ -331,8 +465,14 @@ raw_bodies = (
     | st.builds(lambda: b'{"action": "' + b"x" * 200_000 + b'"}')
 )
 deep_json = st.integers(100, 3000).map(
-    lambda n: json.dumps({"action": "test_ok", "payload": "x"})[:-1].encode()
-    + b', "description": ' + b"[" * n + b"]" * n + b"}")
+    lambda n: (
+        json.dumps({"action": "test_ok", "payload": "x"})[:-1].encode()
+        + b', "description": '
+        + b"[" * n
+        + b"]" * n
+        + b"}"
+    )
+)
 raw_bodies = raw_bodies | deep_json
 
 
@@ -349,10 +489,14 @@ def _quoted(text: str) -> str:
     return quote(text.encode("utf-8", "surrogatepass"), safe="")
 
 
-job_ids = st.uuids().map(str) | texts.map(_quoted) | st.sampled_from(
-    ["..", "%2e%2e", "%00", "x" * 3000, "%ff", "a/b/c/d"])
-operations = st.sampled_from(["cancel", "timeout", "get-context", "CANCEL", "edit", "delete",
-                              ""]) | texts.map(_quoted)
+job_ids = (
+    st.uuids().map(str)
+    | texts.map(_quoted)
+    | st.sampled_from(["..", "%2e%2e", "%00", "x" * 3000, "%ff", "a/b/c/d"])
+)
+operations = st.sampled_from(
+    ["cancel", "timeout", "get-context", "CANCEL", "edit", "delete", ""]
+) | texts.map(_quoted)
 
 
 # -- 1: a stateful run over the job lifecycle ----------------------------------------------------
@@ -374,9 +518,12 @@ class JobApiMachine(RuleBasedStateMachine):
 
     @rule(target=jobs)
     def add_valid(self) -> str:
-        response = self.stack.send("admin", "POST", "job",
-                                   json={"action": "bulk_fuzz", "priority": 5,
-                                         "acl": {"owners": [self.stack.user_id]}})
+        response = self.stack.send(
+            "admin",
+            "POST",
+            "job",
+            json={"action": "bulk_fuzz", "priority": 5, "acl": {"owners": [self.stack.user_id]}},
+        )
         assert response.status_code == 201
         return response.json()["resource-id"]
 
@@ -412,8 +559,13 @@ class JobApiMachine(RuleBasedStateMachine):
     @rule(who=callers, filter=filters, bulk=st.sampled_from(["yes", "YES", "no", ""]))
     def bulk_delete(self, who: str, filter: str, bulk: str) -> None:
         # Mostly filters that match little, so that the other rules keep jobs to work on.
-        response = self.stack.send(who, "DELETE", "job", headers={"bulk": bulk, **FORM},
-                                   data=_form({"filter": f"({filter}) and priority=7"}))
+        response = self.stack.send(
+            who,
+            "DELETE",
+            "job",
+            headers={"bulk": bulk, **FORM},
+            data=_form({"filter": f"({filter}) and priority=7"}),
+        )
         if response.status_code == 200:
             body = response.json()
             assert isinstance(body["deleted"], int) and body["timed_out"] is False
@@ -427,8 +579,9 @@ def test_job_lifecycle_fuzz(stack: Stack) -> None:
     JobApiMachine.stack = stack
     before = stack.sent
     runs = max(EXAMPLES // 4, 5)
-    run_state_machine_as_test(JobApiMachine, settings=settings(
-        FUZZ, max_examples=runs, stateful_step_count=30))
+    run_state_machine_as_test(
+        JobApiMachine, settings=settings(FUZZ, max_examples=runs, stateful_step_count=30)
+    )
     assert stack.sent - before >= runs * 5, "the state machine hardly ran"
 
 
@@ -436,18 +589,29 @@ def test_job_lifecycle_fuzz(stack: Stack) -> None:
 
 
 @FUZZ
-@given(who=callers,
-       method=st.sampled_from(["GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"]),
-       path=st.sampled_from(["job", "session", "cloud-entry-point", "health", "nothing"])
-       | st.builds(lambda a, b: f"{a}/{b}", st.sampled_from(["job", "session"]), job_ids)
-       | st.builds(lambda a, b: f"job/{a}/{b}", job_ids, operations),
-       raw=st.none() | raw_bodies, content_type=content_types,
-       extra=st.dictionaries(st.sampled_from(["bulk", "nuvla-authn-info", "accept",
-                                              "content-length", "cookie"]),
-                             st.text(st.characters(min_codepoint=32, max_codepoint=126),
-                                     max_size=60).map(str.strip), max_size=2))
-def test_any_request_fuzz(stack: Stack, who: str, method: str, path: str, raw: bytes | None,
-                          content_type: str | None, extra: dict[str, str]) -> None:
+@given(
+    who=callers,
+    method=st.sampled_from(["GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"]),
+    path=st.sampled_from(["job", "session", "cloud-entry-point", "health", "nothing"])
+    | st.builds(lambda a, b: f"{a}/{b}", st.sampled_from(["job", "session"]), job_ids)
+    | st.builds(lambda a, b: f"job/{a}/{b}", job_ids, operations),
+    raw=st.none() | raw_bodies,
+    content_type=content_types,
+    extra=st.dictionaries(
+        st.sampled_from(["bulk", "nuvla-authn-info", "accept", "content-length", "cookie"]),
+        st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60).map(str.strip),
+        max_size=2,
+    ),
+)
+def test_any_request_fuzz(
+    stack: Stack,
+    who: str,
+    method: str,
+    path: str,
+    raw: bytes | None,
+    content_type: str | None,
+    extra: dict[str, str],
+) -> None:
     headers = dict(extra)
     if content_type is not None:
         headers["content-type"] = content_type
@@ -459,24 +623,32 @@ def test_any_request_fuzz(stack: Stack, who: str, method: str, path: str, raw: b
 
 # -- 3: logins ------------------------------------------------------------------------------------
 
-templates = st.fixed_dictionaries({}, optional={
-    "href": st.sampled_from(["session-template/api-key", "session-template/password"]) | texts,
-    "key": texts | json_values, "secret": texts | json_values,
-    "username": st.sampled_from([USER]) | texts | json_values,
-    "password": texts | json_values,
-})
+templates = st.fixed_dictionaries(
+    {},
+    optional={
+        "href": st.sampled_from(["session-template/api-key", "session-template/password"]) | texts,
+        "key": texts | json_values,
+        "secret": texts | json_values,
+        "username": st.sampled_from([USER]) | texts | json_values,
+        "password": texts | json_values,
+    },
+)
 
 
 @FUZZ
-@given(body=st.fixed_dictionaries({"template": templates}) | json_values, raw=raw_bodies,
-       use_raw=st.booleans())
+@given(
+    body=st.fixed_dictionaries({"template": templates}) | json_values,
+    raw=raw_bodies,
+    use_raw=st.booleans(),
+)
 def test_login_fuzz(stack: Stack, body: Any, raw: bytes, use_raw: bool) -> None:
     fresh = requests.Session()
     if use_raw:
         response = fresh.post(stack.url("session"), data=raw, timeout=TIMEOUT)
     else:
-        response = fresh.post(stack.url("session"), data=_encode(body), headers=JSON,
-                              timeout=TIMEOUT)
+        response = fresh.post(
+            stack.url("session"), data=_encode(body), headers=JSON, timeout=TIMEOUT
+        )
     check_answer(response)
     assert response.status_code != 201, "a fuzzed login was accepted"
     check_answer(fresh.put(stack.url("session"), timeout=TIMEOUT))
@@ -495,10 +667,10 @@ RAW_REQUESTS = {
     "negative content-length": b"POST /api/job HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
     "non-numeric content-length": b"POST /api/job HTTP/1.1\r\nContent-Length: ab\r\n\r\n",
     "bad chunk size": b"POST /api/job HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
-                      b"Content-Type: application/json\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    b"Content-Type: application/json\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
     "chunk longer than said": b"PUT /api/job HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
-                              b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"
-                              b"2\r\nlast=0\r\n0\r\n\r\n",
+    b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+    b"2\r\nlast=0\r\n0\r\n\r\n",
     "non-UTF-8 path": b"GET /api/job/\xff\xfe HTTP/1.1\r\n\r\n",
     "NUL in path": b"GET /api/job/a\x00b HTTP/1.1\r\n\r\n",
 }
@@ -530,8 +702,7 @@ def test_malformed_http_answers_json_4xx(stack: Stack, request_bytes: bytes) -> 
 
 
 def test_edit_refuses_an_unknown_execution_mode(stack: Stack) -> None:
-    job_id = stack.send("admin", "POST", "job", json={"action": "test_ok"}).json()[
-        "resource-id"]
+    job_id = stack.send("admin", "POST", "job", json={"action": "test_ok"}).json()["resource-id"]
     response = stack.send("admin", "PUT", job_id, json={"execution-mode": "PUSH"})
     assert response.status_code == 400
     assert "execution-mode" in response.json()["message"]
@@ -539,7 +710,8 @@ def test_edit_refuses_an_unknown_execution_mode(stack: Stack) -> None:
 
 
 def test_long_search_url_is_a_json_414(stack: Stack) -> None:
-    response = stack.send("admin", "GET", "job?filter=" + "(" * 5000 + "state='QUEUED'"
-                          + ")" * 5000)
+    response = stack.send(
+        "admin", "GET", "job?filter=" + "(" * 5000 + "state='QUEUED'" + ")" * 5000
+    )
     assert response.status_code == 414
     assert "PUT" in response.json()["message"]

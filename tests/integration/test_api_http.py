@@ -95,7 +95,9 @@ def test_search_aggregations(admin_api: Api) -> None:
     for priority in (5, 7, 9):
         admin_api.add("job", {"action": action, "priority": priority})
     result = admin_api.search(
-        "job", filter=f"action='{action}'", last=0,
+        "job",
+        filter=f"action='{action}'",
+        last=0,
         aggregation="terms:state,value_count:id,max:priority,min:priority,avg:priority",
     )
     aggs = result.data["aggregations"]
@@ -194,8 +196,7 @@ def test_get_context_holds_a_job_target(admin_api: Api) -> None:
     assert context[target]["id"] == target
 
 
-def test_errors_are_json_with_status_and_message(job_api: JobApiProcess,
-                                                 admin_api: Api) -> None:
+def test_errors_are_json_with_status_and_message(job_api: JobApiProcess, admin_api: Api) -> None:
     missing = f"job/{uuid.uuid4()}"
     with pytest.raises(NuvlaError) as err:
         admin_api.get(missing)
@@ -208,8 +209,12 @@ def test_errors_are_json_with_status_and_message(job_api: JobApiProcess,
 
 
 def test_authn_header_ignored_by_default(job_api: JobApiProcess) -> None:
-    api = Api(endpoint=job_api.endpoint, insecure=True, persist_cookie=False,
-              authn_header="user/admin group/nuvla-admin group/nuvla-admin")
+    api = Api(
+        endpoint=job_api.endpoint,
+        insecure=True,
+        persist_cookie=False,
+        authn_header="user/admin group/nuvla-admin group/nuvla-admin",
+    )
     with pytest.raises(NuvlaError) as err:
         api.search("job")
     assert err.value.response.status_code == 403
@@ -219,12 +224,20 @@ def test_authn_header_honoured_when_enabled(zookeeper) -> None:
     server = JobApiProcess(zookeeper.hosts, "--trust-authn-header")
     try:
         server.start()
-        admin = Api(endpoint=server.endpoint, insecure=True, persist_cookie=False,
-                    authn_header="user/ops group/nuvla-admin group/nuvla-admin group/nuvla-user")
+        admin = Api(
+            endpoint=server.endpoint,
+            insecure=True,
+            persist_cookie=False,
+            authn_header="user/ops group/nuvla-admin group/nuvla-admin group/nuvla-user",
+        )
         job_id = admin.add("job", {"action": unique_action()}).data["resource-id"]
         assert admin.get(job_id).data["created-by"] == "user/ops"
-        user = Api(endpoint=server.endpoint, insecure=True, persist_cookie=False,
-                   authn_header="user/bob user/bob group/nuvla-user")
+        user = Api(
+            endpoint=server.endpoint,
+            insecure=True,
+            persist_cookie=False,
+            authn_header="user/bob user/bob group/nuvla-user",
+        )
         with pytest.raises(NuvlaError) as err:
             user.get(job_id)
         assert err.value.response.status_code == 403
@@ -252,8 +265,7 @@ def test_total_count_is_kept_exact(admin_api: Api) -> None:
     assert admin_api.search("job", last=0).count == counted
 
 
-def test_search_orderby_paging_select_and_date_math(job_api: JobApiProcess,
-                                                    admin_api: Api) -> None:
+def test_search_orderby_paging_select_and_date_math(job_api: JobApiProcess, admin_api: Api) -> None:
     action = unique_action()
     for priority in (30, 10, 20, 40):
         admin_api.add("job", {"action": action, "priority": priority})
@@ -268,8 +280,9 @@ def test_search_orderby_paging_select_and_date_math(job_api: JobApiProcess,
     assert admin_api.search("job", filter=f"{where} and created>'now-1h'", last=0).count == 4
     assert admin_api.search("job", filter=f"{where} and created<'now-1h'", last=0).count == 0
     # Several filter parameters are joined with `and`.
-    both = admin_api.session.put(f"{job_api.endpoint}/api/job",
-                                 data=[("filter", where), ("filter", "priority>=30")])
+    both = admin_api.session.put(
+        f"{job_api.endpoint}/api/job", data=[("filter", where), ("filter", "priority>=30")]
+    )
     assert both.json()["count"] == 2
 
 

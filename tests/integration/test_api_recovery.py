@@ -17,9 +17,16 @@ from tests.support.jobapi import JobApiProcess
 def pending_job(priority: int) -> dict:
     now = now_iso()
     return {
-        "id": f"job/{uuid.uuid4()}", "resource-type": "job", "action": "recovered",
-        "state": "QUEUED", "progress": 0, "execution-mode": "push", "version": 2,
-        "priority": priority, "created": now, "updated": now,
+        "id": f"job/{uuid.uuid4()}",
+        "resource-type": "job",
+        "action": "recovered",
+        "state": "QUEUED",
+        "progress": 0,
+        "execution-mode": "push",
+        "version": 2,
+        "priority": priority,
+        "created": now,
+        "updated": now,
         "acl": {"owners": ["group/nuvla-admin"]},
     }
 
@@ -28,7 +35,8 @@ def entries_for(zk: KazooClient, job_id: str) -> list[str]:
     if not zk.exists(queue.ENTRIES):
         return []
     return [
-        name for name in zk.get_children(queue.ENTRIES)
+        name
+        for name in zk.get_children(queue.ENTRIES)
         if zk.get(f"{queue.ENTRIES}/{name}")[0] == job_id.encode()
     ]
 

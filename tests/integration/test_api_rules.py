@@ -42,8 +42,7 @@ def test_add_defaults_and_forced_queued_state(admin_api: Api) -> None:
     assert "group/nuvla-admin" in job["acl"]["owners"]
 
 
-def test_push_and_mixed_jobs_are_queued_with_path_in_tags(admin_api: Api, zk: KazooClient
-                                                          ) -> None:
+def test_push_and_mixed_jobs_are_queued_with_path_in_tags(admin_api: Api, zk: KazooClient) -> None:
     for mode in ("push", "mixed"):
         job_id = add_job(admin_api, priority=42, **{"execution-mode": mode})
         tags = admin_api.get(job_id).data["tags"]
@@ -61,14 +60,22 @@ def test_pull_jobs_are_not_queued(admin_api: Api, zk: KazooClient) -> None:
 
 
 def test_target_resource_is_appended_to_affected_resources(admin_api: Api) -> None:
-    job_id = add_job(admin_api, **{
-        "target-resource": {"href": "deployment/1"},
-        "affected-resources": [{"href": "infra/2"}],
-    })
+    job_id = add_job(
+        admin_api,
+        **{
+            "target-resource": {"href": "deployment/1"},
+            "affected-resources": [{"href": "infra/2"}],
+        },
+    )
     job = admin_api.get(job_id).data
     assert job["affected-resources"] == [{"href": "infra/2"}, {"href": "deployment/1"}]
-    same = add_job(admin_api, **{"target-resource": {"href": "deployment/1"},
-                                 "affected-resources": [{"href": "deployment/1"}]})
+    same = add_job(
+        admin_api,
+        **{
+            "target-resource": {"href": "deployment/1"},
+            "affected-resources": [{"href": "deployment/1"}],
+        },
+    )
     assert admin_api.get(same).data["affected-resources"] == [{"href": "deployment/1"}]
 
 
@@ -110,8 +117,9 @@ def test_final_state_cannot_be_edited(admin_api: Api) -> None:
 def test_action_and_target_are_immutable_priority_dropped(admin_api: Api) -> None:
     job_id = add_job(admin_api, priority=5, **{"target-resource": {"href": "x/1"}})
     action = admin_api.get(job_id).data["action"]
-    job = admin_api.edit(job_id, {"action": "other", "target-resource": {"href": "y/2"},
-                                  "priority": 1}).data
+    job = admin_api.edit(
+        job_id, {"action": "other", "target-resource": {"href": "y/2"}, "priority": 1}
+    ).data
     assert job["action"] == action
     assert job["target-resource"] == {"href": "x/1"}
     assert job["priority"] == 5
@@ -168,7 +176,8 @@ def test_cancelling_a_bulk_job_creates_cancel_children_job(admin_api: Api) -> No
     job_id = admin_api.add("job", {"action": f"bulk_{unique_action()}"}).data["resource-id"]
     admin_api.operation(admin_api.get(job_id), "cancel")
     children = admin_api.search(
-        "job", filter=f"action='cancel_children_jobs' and target-resource/href='{job_id}'")
+        "job", filter=f"action='cancel_children_jobs' and target-resource/href='{job_id}'"
+    )
     assert children.count == 1
     child = children.resources[0].data
     assert child["priority"] == 10
@@ -190,8 +199,7 @@ def test_timeout_only_running_and_admin(job_api: JobApiProcess, admin_api: Api) 
     assert error_status(admin_api.operation, job, "timeout")[0] == 409
     name = f"m-{uuid.uuid4().hex[:6]}"
     user = job_api.user_api(name)
-    shared = add_job(admin_api, acl={"owners": ["group/nuvla-admin"],
-                                     "manage": [user.user_id]})
+    shared = add_job(admin_api, acl={"owners": ["group/nuvla-admin"], "manage": [user.user_id]})
     admin_api.edit(shared, {"state": "RUNNING"})
     assert error_status(user.operation, user.get(shared), "timeout")[0] == 403
     assert error_status(user.operation, user.get(shared), "get-context")[0] == 403
@@ -207,20 +215,30 @@ def test_unknown_operation_is_404(admin_api: Api) -> None:
 # -- ACLs ---------------------------------------------------------------------------------------
 
 
-def test_users_see_and_manage_only_what_the_acl_grants(job_api: JobApiProcess,
-                                                       admin_api: Api) -> None:
+def test_users_see_and_manage_only_what_the_acl_grants(
+    job_api: JobApiProcess, admin_api: Api
+) -> None:
     alice = job_api.user_api(f"alice-{uuid.uuid4().hex[:6]}")
     bob = job_api.user_api(f"bob-{uuid.uuid4().hex[:6]}")
     action = unique_action()
-    mine = admin_api.add("job", {"action": action, "acl": {
-        "owners": ["group/nuvla-admin"], "view-data": [alice.user_id],
-        "edit-data": [alice.user_id]}}).data["resource-id"]
+    mine = admin_api.add(
+        "job",
+        {
+            "action": action,
+            "acl": {
+                "owners": ["group/nuvla-admin"],
+                "view-data": [alice.user_id],
+                "edit-data": [alice.user_id],
+            },
+        },
+    ).data["resource-id"]
     admin_api.add("job", {"action": action})
 
     assert alice.get(mine).id == mine
     assert alice.search("job", filter=f"action='{action}'").count == 1
-    aggs = alice.search("job", filter=f"action='{action}'", aggregation="value_count:id",
-                        last=0).data["aggregations"]
+    aggs = alice.search(
+        "job", filter=f"action='{action}'", aggregation="value_count:id", last=0
+    ).data["aggregations"]
     assert aggs["value_count:id"]["value"] == 1
     alice.edit(mine, {"progress": 30})
     # edit-data is not edit-acl: she cannot widen her own rights.
@@ -242,15 +260,15 @@ def _raw_operation(api: Api, endpoint: str, job_id: str, op: str) -> int:
     return api.session.post(f"{endpoint}/api/{job_id}/{op}", json={}, timeout=10).status_code
 
 
-def test_a_user_cannot_reach_another_users_job(job_api: JobApiProcess, admin_api: Api
-                                                ) -> None:
+def test_a_user_cannot_reach_another_users_job(job_api: JobApiProcess, admin_api: Api) -> None:
     alice = job_api.user_api(f"alice-{uuid.uuid4().hex[:6]}")
     bob = job_api.user_api(f"bob-{uuid.uuid4().hex[:6]}")
     action = unique_action()
 
     def owned_by(user: Api, **attrs) -> str:
-        return admin_api.add("job", {"action": action, "acl": {"owners": [user.user_id]},
-                                     **attrs}).data["resource-id"]
+        return admin_api.add(
+            "job", {"action": action, "acl": {"owners": [user.user_id]}, **attrs}
+        ).data["resource-id"]
 
     queued = owned_by(alice, priority=1, **{"target-resource": {"href": "deployment/a"}})
     running = owned_by(alice, priority=2)
@@ -258,7 +276,10 @@ def test_a_user_cannot_reach_another_users_job(job_api: JobApiProcess, admin_api
     bobs = owned_by(bob, priority=500)
     # Alice, as owner, may do everything an owner does with her job (not timeout/context).
     assert {op["rel"] for op in alice.get(queued).data["operations"]} == {
-        "edit", "delete", "cancel"}
+        "edit",
+        "delete",
+        "cancel",
+    }
 
     for job_id in (queued, running):
         assert error_status(bob.get, job_id)[0] == 403
@@ -278,11 +299,13 @@ def test_a_user_cannot_reach_another_users_job(job_api: JobApiProcess, admin_api
     assert bob_sees(filter=f"id='{queued}' or id='{running}'")["count"] == 0
     assert bob_sees(filter=f"{where} or id='{queued}'")["count"] == 1
     assert bob_sees(filter="target-resource/href='deployment/a'")["count"] == 0
-    assert [r["id"] for r in bob_sees(filter=where, select="id,acl,state")["resources"]
-            ] == [bobs]
+    assert [r["id"] for r in bob_sees(filter=where, select="id,acl,state")["resources"]] == [bobs]
     assert bob_sees(filter=where, last=0)["count"] == 1
-    aggs = bob_sees(filter=where, last=0, aggregation=(
-        "value_count:id,min:priority,max:priority,sum:priority,terms:state"))["aggregations"]
+    aggs = bob_sees(
+        filter=where,
+        last=0,
+        aggregation=("value_count:id,min:priority,max:priority,sum:priority,terms:state"),
+    )["aggregations"]
     assert aggs["value_count:id"]["value"] == 1
     assert aggs["min:priority"]["value"] == aggs["max:priority"]["value"] == 500
     assert aggs["sum:priority"]["value"] == 500
@@ -298,7 +321,8 @@ def test_a_user_cannot_reach_another_users_job(job_api: JobApiProcess, admin_api
     # Nothing bob tried changed alice's jobs.
     assert admin_api.get(queued).data["state"] == "QUEUED"
     assert admin_api.get(queued).data["acl"]["owners"] == sorted(
-        ["group/nuvla-admin", alice.user_id])
+        ["group/nuvla-admin", alice.user_id]
+    )
     assert admin_api.get(running).data["state"] == "RUNNING"
     assert admin_api.get(running).data["progress"] == 5
 
@@ -306,8 +330,7 @@ def test_a_user_cannot_reach_another_users_job(job_api: JobApiProcess, admin_api
 # -- bad input ----------------------------------------------------------------------------------
 
 
-def test_malformed_requests_are_4xx_with_message(job_api: JobApiProcess, admin_api: Api
-                                                 ) -> None:
+def test_malformed_requests_are_4xx_with_message(job_api: JobApiProcess, admin_api: Api) -> None:
     url = f"{job_api.endpoint}/api/job"
     post = admin_api.session.post
     json_headers = {"Content-Type": "application/json"}
@@ -319,10 +342,12 @@ def test_malformed_requests_are_4xx_with_message(job_api: JobApiProcess, admin_a
         (admin_api.session.put(url, data={"filter": "(state='x'"}), 400, "filter"),
         (admin_api.session.put(url, data={"orderby": "created:sideways"}), 400, "direction"),
         (admin_api.session.put(url, data={"last": "ten"}), 400, "last"),
-        (admin_api.session.put(url, data={"aggregation": "median:priority"}), 400,
-         "aggregation"),
-        (admin_api.session.put(f"{url}/{uuid.uuid4()}", data=b"\xff\xfe",
-                               headers=json_headers), 400, "JSON"),
+        (admin_api.session.put(url, data={"aggregation": "median:priority"}), 400, "aggregation"),
+        (
+            admin_api.session.put(f"{url}/{uuid.uuid4()}", data=b"\xff\xfe", headers=json_headers),
+            400,
+            "JSON",
+        ),
     ]
     for response, status, word in cases:
         assert response.status_code == status, response.text
@@ -331,8 +356,9 @@ def test_malformed_requests_are_4xx_with_message(job_api: JobApiProcess, admin_a
         assert word.lower() in body["message"].lower(), body
 
 
-def test_zookeeper_down_add_is_503_and_nothing_stored(job_api: JobApiProcess, admin_api: Api,
-                                                      zookeeper) -> None:
+def test_zookeeper_down_add_is_503_and_nothing_stored(
+    job_api: JobApiProcess, admin_api: Api, zookeeper
+) -> None:
     action = unique_action()
     zookeeper.stop()
     try:

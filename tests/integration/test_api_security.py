@@ -26,12 +26,14 @@ from tests.support.zookeeper import ZooKeeperServer
 # -- TLS ----------------------------------------------------------------------------------------
 
 
-def test_tls_serves_https_and_refuses_plain_http(zookeeper: ZooKeeperServer,
-                                                 tmp_path: Path) -> None:
+def test_tls_serves_https_and_refuses_plain_http(
+    zookeeper: ZooKeeperServer, tmp_path: Path
+) -> None:
     cert, key = self_signed_cert(tmp_path)
     # Configured through the environment, as a container would.
-    server = JobApiProcess(zookeeper.hosts,
-                           env={"JOB_API_TLS_CERT": str(cert), "JOB_API_TLS_KEY": str(key)})
+    server = JobApiProcess(
+        zookeeper.hosts, env={"JOB_API_TLS_CERT": str(cert), "JOB_API_TLS_KEY": str(key)}
+    )
     try:
         server.start()
         assert server.endpoint.startswith("https://")
@@ -61,24 +63,27 @@ def _key_and_secret(server: JobApiProcess) -> dict[str, str]:
     return {"key": creds["key"], "secret": creds["secret"]}
 
 
-def test_engine_with_api_insecure_runs_jobs_over_tls(zookeeper: ZooKeeperServer,
-                                                     zk: KazooClient, tmp_path: Path) -> None:
+def test_engine_with_api_insecure_runs_jobs_over_tls(
+    zookeeper: ZooKeeperServer, zk: KazooClient, tmp_path: Path
+) -> None:
     cert, key = self_signed_cert(tmp_path)
     server = JobApiProcess(zookeeper.hosts, "--tls-cert", str(cert), "--tls-key", str(key))
     processes = []
     try:
         server.start()
         admin = server.admin_api()
-        verifying = executor_process(zookeeper.hosts, server.endpoint,
-                                     str(server.credentials_path), "--name", "verifying")
+        verifying = executor_process(
+            zookeeper.hosts, server.endpoint, str(server.credentials_path), "--name", "verifying"
+        )
         processes.append(verifying.start())
         # Without --api-insecure (or a CA bundle) the self-signed certificate is refused.
         assert verifying.wait(60) == 1
         assert "cannot reach the job API" in verifying.log()
         assert "Traceback" not in verifying.log()
 
-        insecure = executor_process(zookeeper.hosts, server.endpoint,
-                                    str(server.credentials_path), "--api-insecure")
+        insecure = executor_process(
+            zookeeper.hosts, server.endpoint, str(server.credentials_path), "--api-insecure"
+        )
         processes.append(insecure.start())
         insecure.wait_for_log("running up to")
         job_id = add(admin, "test_ok")
@@ -94,9 +99,21 @@ def test_unreadable_tls_files_are_a_one_line_error(tmp_path: Path) -> None:
     bogus.write_text("not a certificate\n")
     db = tmp_path / "data" / "jobs.sqlite"
     result = subprocess.run(
-        [sys.executable, "-m", "nuvla_job.cli.api", "serve", "--db", str(db),
-         "--tls-cert", str(bogus), "--tls-key", str(bogus)],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "nuvla_job.cli.api",
+            "serve",
+            "--db",
+            str(db),
+            "--tls-cert",
+            str(bogus),
+            "--tls-key",
+            str(bogus),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode != 0
@@ -112,8 +129,9 @@ def _login(server: JobApiProcess, name: str, password: str) -> requests.Response
     return server.api().login_password(name, password)
 
 
-def _wait_allowed(server: JobApiProcess, name: str, password: str,
-                  timeout: float = 15.0) -> requests.Response:
+def _wait_allowed(
+    server: JobApiProcess, name: str, password: str, timeout: float = 15.0
+) -> requests.Response:
     """Retry a login until it is no longer refused with 429 (the back-off has passed)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -125,8 +143,9 @@ def _wait_allowed(server: JobApiProcess, name: str, password: str,
 
 
 def test_repeated_failed_logins_are_refused_with_429(zookeeper: ZooKeeperServer) -> None:
-    server = JobApiProcess(zookeeper.hosts, "--login-max-failures", "3",
-                           "--login-backoff", "1", "--login-window", "60")
+    server = JobApiProcess(
+        zookeeper.hosts, "--login-max-failures", "3", "--login-backoff", "1", "--login-window", "60"
+    )
     try:
         server.start()
         server.user_api("alice", "alice-Pass-1")
@@ -158,16 +177,24 @@ def test_repeated_failed_logins_are_refused_with_429(zookeeper: ZooKeeperServer)
 
         # Parallel guesses cannot slip past the limit while earlier ones are verified.
         with ThreadPoolExecutor(12) as pool:
-            statuses = list(pool.map(lambda _: _login(server, "carol", "wrong").status_code,
-                                     range(12)))
+            statuses = list(
+                pool.map(lambda _: _login(server, "carol", "wrong").status_code, range(12))
+            )
         assert statuses.count(403) <= 3 and statuses.count(429) >= 9, statuses
     finally:
         server.close()
 
 
 def test_failed_logins_from_one_address_are_refused(zookeeper: ZooKeeperServer) -> None:
-    server = JobApiProcess(zookeeper.hosts, "--login-max-failures", "0",
-                           "--login-max-failures-per-address", "4", "--login-backoff", "30")
+    server = JobApiProcess(
+        zookeeper.hosts,
+        "--login-max-failures",
+        "0",
+        "--login-max-failures-per-address",
+        "4",
+        "--login-backoff",
+        "30",
+    )
     try:
         server.start()
         for index in range(4):  # a spray: one guess for each of many names
@@ -183,15 +210,19 @@ def test_failed_logins_from_one_address_are_refused(zookeeper: ZooKeeperServer) 
 
 
 def test_throttled_client_gets_a_clear_engine_error(zookeeper: ZooKeeperServer) -> None:
-    server = JobApiProcess(zookeeper.hosts, "--login-max-failures", "1",
-                           "--login-backoff", "60")
+    server = JobApiProcess(zookeeper.hosts, "--login-max-failures", "1", "--login-backoff", "60")
     try:
         server.start()
         creds = server.credentials()
-        assert Api(endpoint=server.endpoint, persist_cookie=False).login_apikey(
-            creds["key"], "wrong").status_code == 403
-        executor = executor_process(zookeeper.hosts, server.endpoint,
-                                    str(server.credentials_path)).start()
+        assert (
+            Api(endpoint=server.endpoint, persist_cookie=False)
+            .login_apikey(creds["key"], "wrong")
+            .status_code
+            == 403
+        )
+        executor = executor_process(
+            zookeeper.hosts, server.endpoint, str(server.credentials_path)
+        ).start()
         try:
             assert executor.wait(60) == 1
             assert "failed (429)" in executor.log()

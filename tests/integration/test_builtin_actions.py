@@ -37,8 +37,9 @@ def executors(zookeeper: ZooKeeperServer) -> Iterator[Callable[..., EngineProces
     started: list[EngineProcess] = []
 
     def start(server: JobApiProcess, *extra: str) -> EngineProcess:
-        process = executor_process(zookeeper.hosts, server.endpoint,
-                                   str(server.credentials_path), *extra).start()
+        process = executor_process(
+            zookeeper.hosts, server.endpoint, str(server.credentials_path), *extra
+        ).start()
         started.append(process)
         process.wait_for_log("running up to")
         return process
@@ -51,10 +52,20 @@ def executors(zookeeper: ZooKeeperServer) -> Iterator[Callable[..., EngineProces
 def stored_job(state: str, days_old: float, **extra) -> dict:
     """A job document as the job API stores it, created `days_old` days ago."""
     when = format_time(datetime.now(UTC) - timedelta(days=days_old))
-    return {"id": f"job/{uuid.uuid4()}", "resource-type": "job", "state": state,
-            "action": "seeded", "progress": 100 if state in FINAL else 0,
-            "execution-mode": "pull", "version": 2, "priority": 999, "created": when,
-            "updated": when, "acl": {"owners": ["group/nuvla-admin"]}, **extra}
+    return {
+        "id": f"job/{uuid.uuid4()}",
+        "resource-type": "job",
+        "state": state,
+        "action": "seeded",
+        "progress": 100 if state in FINAL else 0,
+        "execution-mode": "pull",
+        "version": 2,
+        "priority": 999,
+        "created": when,
+        "updated": when,
+        "acl": {"owners": ["group/nuvla-admin"]},
+        **extra,
+    }
 
 
 def find_one(api: Api, filter: str, timeout: float = 30.0) -> str:
@@ -94,9 +105,12 @@ def seeded_api(zookeeper: ZooKeeperServer) -> Iterator[tuple[JobApiProcess, dict
     """A job API whose database holds old jobs before it starts (the API sets `created`
     itself, so old jobs cannot be made through it)."""
     seeds = {
-        "success_10d": stored_job("SUCCESS", 10), "failed_8d": stored_job("FAILED", 8),
-        "canceled_30d": stored_job("CANCELED", 30), "success_3d": stored_job("SUCCESS", 3),
-        "failed_1d": stored_job("FAILED", 1), "queued_10d": stored_job("QUEUED", 10),
+        "success_10d": stored_job("SUCCESS", 10),
+        "failed_8d": stored_job("FAILED", 8),
+        "canceled_30d": stored_job("CANCELED", 30),
+        "success_3d": stored_job("SUCCESS", 3),
+        "failed_1d": stored_job("FAILED", 1),
+        "queued_10d": stored_job("QUEUED", 10),
         "running_20d": stored_job("RUNNING", 20),
     }
     server = JobApiProcess(zookeeper.hosts)
@@ -145,8 +159,9 @@ def pull_job(api: Api, action: str = "test_ok", state: str | None = None, **attr
     return job_id
 
 
-def test_cancelling_a_bulk_job_cancels_its_unfinished_children(admin_api: Api,
-                                                                start_executor) -> None:
+def test_cancelling_a_bulk_job_cancels_its_unfinished_children(
+    admin_api: Api, start_executor
+) -> None:
     parent = pull_job(admin_api, "bulk_parent_test")
     queued = [pull_job(admin_api, **{"parent-job": parent}) for _ in range(2)]
     running = pull_job(admin_api, state="RUNNING", **{"parent-job": parent})
@@ -156,8 +171,9 @@ def test_cancelling_a_bulk_job_cancels_its_unfinished_children(admin_api: Api,
     stranger = pull_job(admin_api, **{"parent-job": pull_job(admin_api, "bulk_other")})
     start_executor()
     admin_api.operation(admin_api.get(parent), "cancel")
-    canceller = find_one(admin_api, f"action='cancel_children_jobs' and "
-                                    f"target-resource/href='{parent}'")
+    canceller = find_one(
+        admin_api, f"action='cancel_children_jobs' and target-resource/href='{parent}'"
+    )
     job = wait_state(admin_api, canceller)
     assert job["state"] == "SUCCESS", job.get("status-message")
     assert job["status-message"] == f"cancelled 4 child job(s) of {parent}"
@@ -173,12 +189,12 @@ def test_cancelling_a_bulk_job_cancels_its_unfinished_children(admin_api: Api,
 
 
 def children_of(api: Api, parent: str) -> list[dict]:
-    return api.search("job", filter=f"parent-job='{parent}'", orderby="created").data[
-        "resources"]
+    return api.search("job", filter=f"parent-job='{parent}'", orderby="created").data["resources"]
 
 
-def test_bulk_job_runs_its_children_and_sums_them_up(admin_api: Api, zk: KazooClient,
-                                                     start_executor) -> None:
+def test_bulk_job_runs_its_children_and_sums_them_up(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     start_executor("--concurrency", "10")
     bodies = [{"action": "test_ok"}, {"action": "test_ok"}, {"action": "test_fail_code"}]
     mixed = add(admin_api, "bulk_jobs", priority=40, payload=json.dumps({"jobs": bodies}))
@@ -186,8 +202,9 @@ def test_bulk_job_runs_its_children_and_sums_them_up(admin_api: Api, zk: KazooCl
     good = add(admin_api, "bulk_jobs", payload=json.dumps({"jobs": [bodies[0], echo]}))
     job = wait_state(admin_api, mixed)
     assert job["state"] == "FAILED", job.get("status-message")
-    assert job["status-message"].startswith("3 child job(s): 2 SUCCESS, 1 FAILED; "
-                                            "not successful: job/")
+    assert job["status-message"].startswith(
+        "3 child job(s): 2 SUCCESS, 1 FAILED; not successful: job/"
+    )
     children = children_of(admin_api, mixed)
     assert sorted(job["nested-jobs"]) == sorted(c["id"] for c in children)
     assert sorted(c["action"] for c in children) == ["test_fail_code", "test_ok", "test_ok"]
@@ -203,8 +220,9 @@ def test_bulk_job_runs_its_children_and_sums_them_up(admin_api: Api, zk: KazooCl
     queue_empty(zk)
 
 
-def test_interrupted_bulk_job_creates_only_the_missing_children(admin_api: Api,
-                                                                 start_executor) -> None:
+def test_interrupted_bulk_job_creates_only_the_missing_children(
+    admin_api: Api, start_executor
+) -> None:
     bodies = [{"action": "test_ok", "tags": [f"child-{i}"]} for i in range(3)]
     parent = add(admin_api, "bulk_jobs", payload=json.dumps({"jobs": bodies}))
     # What a run killed after creating the first child leaves behind.
@@ -217,9 +235,9 @@ def test_interrupted_bulk_job_creates_only_the_missing_children(admin_api: Api,
     assert len(job["nested-jobs"]) == 3
 
 
-def test_cancelled_bulk_job_stops_following_and_children_are_cancelled(admin_api: Api,
-                                                                       start_executor
-                                                                       ) -> None:
+def test_cancelled_bulk_job_stops_following_and_children_are_cancelled(
+    admin_api: Api, start_executor
+) -> None:
     start_executor("--concurrency", "10", "--grace-period", "1")
     sleepy = {"action": "test_sleep", "payload": json.dumps({"seconds": 60})}
     parent = add(admin_api, "bulk_jobs", payload=json.dumps({"jobs": [sleepy, sleepy]}))
@@ -229,8 +247,9 @@ def test_cancelled_bulk_job_stops_following_and_children_are_cancelled(admin_api
         time.sleep(0.05)
     assert admin_api.get(parent).data["state"] == "RUNNING"
     admin_api.operation(admin_api.get(parent), "cancel")
-    canceller = find_one(admin_api, f"action='cancel_children_jobs' and "
-                                    f"target-resource/href='{parent}'")
+    canceller = find_one(
+        admin_api, f"action='cancel_children_jobs' and target-resource/href='{parent}'"
+    )
     assert wait_state(admin_api, canceller)["state"] == "SUCCESS"
     assert {c["state"] for c in children_of(admin_api, parent)} == {"CANCELED"}
     assert admin_api.get(parent).data["state"] == "CANCELED"
@@ -239,19 +258,23 @@ def test_cancelled_bulk_job_stops_following_and_children_are_cancelled(admin_api
 # -- monitor_bulk_jobs -------------------------------------------------------------------------
 
 
-def running_parent(api: Api, child_states: list[str], launched: bool = True
-                   ) -> tuple[str, list[str]]:
+def running_parent(
+    api: Api, child_states: list[str], launched: bool = True
+) -> tuple[str, list[str]]:
     """A RUNNING bulk parent (run by nobody) with children in the given states."""
     parent = pull_job(api, "bulk_by_hand", state="RUNNING")
-    children = [pull_job(api, state=None if s == "QUEUED" else s, **{"parent-job": parent})
-                for s in child_states]
+    children = [
+        pull_job(api, state=None if s == "QUEUED" else s, **{"parent-job": parent})
+        for s in child_states
+    ]
     if launched:
         api.edit(parent, {"nested-jobs": children})
     return parent, children
 
 
-def test_monitor_settles_running_bulk_jobs_from_their_children(admin_api: Api,
-                                                               start_executor) -> None:
+def test_monitor_settles_running_bulk_jobs_from_their_children(
+    admin_api: Api, start_executor
+) -> None:
     half, half_children = running_parent(admin_api, ["SUCCESS", "RUNNING", "QUEUED", "QUEUED"])
     good, _ = running_parent(admin_api, ["SUCCESS", "SUCCESS"])
     partly, partly_children = running_parent(admin_api, ["SUCCESS", "CANCELED"])
@@ -266,14 +289,17 @@ def test_monitor_settles_running_bulk_jobs_from_their_children(admin_api: Api,
     monitor = wait_state(admin_api, add(admin_api, "monitor_bulk_jobs"))
     assert monitor["state"] == "SUCCESS", monitor.get("status-message")
     assert (admin_api.get(half).data["state"], admin_api.get(half).data["progress"]) == (
-        "RUNNING", 25)
+        "RUNNING",
+        25,
+    )
     settled = admin_api.get(good).data
     assert (settled["state"], settled["return-code"]) == ("SUCCESS", 0)
     assert settled["status-message"] == "2 child job(s): 2 SUCCESS"
     failed = admin_api.get(partly).data
     assert (failed["state"], failed["return-code"]) == ("FAILED", 1)
-    assert failed["status-message"] == (f"2 child job(s): 1 SUCCESS, 1 CANCELED; "
-                                        f"not successful: {partly_children[1]}")
+    assert failed["status-message"] == (
+        f"2 child job(s): 1 SUCCESS, 1 CANCELED; not successful: {partly_children[1]}"
+    )
     untouched = admin_api.get(launching).data  # still creating its children: left alone
     assert (untouched["state"], untouched["progress"]) == ("RUNNING", 0)
 
@@ -281,8 +307,9 @@ def test_monitor_settles_running_bulk_jobs_from_their_children(admin_api: Api,
         admin_api.edit(child, {"state": state})
     wait_state(admin_api, add(admin_api, "monitor_bulk_jobs"))
     assert admin_api.get(half).data["state"] == "FAILED"
-    assert admin_api.get(half).data["status-message"].startswith(
-        "4 child job(s): 3 SUCCESS, 1 FAILED")
+    assert (
+        admin_api.get(half).data["status-message"].startswith("4 child job(s): 3 SUCCESS, 1 FAILED")
+    )
 
 
 def test_paging_yields_every_job_once_in_order(zookeeper: ZooKeeperServer) -> None:
@@ -299,8 +326,7 @@ def test_paging_yields_every_job_once_in_order(zookeeper: ZooKeeperServer) -> No
     try:
         server.start()
         api = server.admin_api()
-        seen = [doc["id"] for doc in iter_jobs(api, "state='QUEUED'", select="id",
-                                               page_size=40)]
+        seen = [doc["id"] for doc in iter_jobs(api, "state='QUEUED'", select="id", page_size=40)]
     finally:
         server.close()
     expected = sorted([*spread, *crowd], key=lambda doc: (doc["created"], doc["id"]))
@@ -310,11 +336,9 @@ def test_paging_yields_every_job_once_in_order(zookeeper: ZooKeeperServer) -> No
 # -- restore_queue -----------------------------------------------------------------------------
 
 
-
-
-def test_restore_queue_action_runs_lost_jobs_exactly_once(fresh_api: JobApiProcess,
-                                                          zk: KazooClient, executors,
-                                                          tmp_path: Path) -> None:
+def test_restore_queue_action_runs_lost_jobs_exactly_once(
+    fresh_api: JobApiProcess, zk: KazooClient, executors, tmp_path: Path
+) -> None:
     api = fresh_api.admin_api()
     runs = tmp_path / "runs.log"
     payload = json.dumps({"seconds": 0, "log": str(runs)})
@@ -337,8 +361,7 @@ def test_restore_queue_action_runs_lost_jobs_exactly_once(fresh_api: JobApiProce
     queue_empty(zk)
     again = wait_state(api, add(api, "restore_queue", payload=json.dumps({"min-age": 0})))
     assert again["status-message"].startswith("queued 0 job(s)")
-    starts = [line.split()[1] for line in runs.read_text().splitlines()
-              if line.startswith("start")]
+    starts = [line.split()[1] for line in runs.read_text().splitlines() if line.startswith("start")]
     assert sorted(starts) == sorted(ids)  # every job ran, none twice
 
 
@@ -358,8 +381,14 @@ class Recorder(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode()
-        self.server.seen.append({"method": self.command, "path": self.path,  # type: ignore
-                                 "headers": dict(self.headers), "body": body})
+        self.server.seen.append(
+            {
+                "method": self.command,
+                "path": self.path,  # type: ignore
+                "headers": dict(self.headers),
+                "body": body,
+            }
+        )
         status, text = 200, json.dumps({"echo": body})
         if self.path.startswith("/status/"):
             status = int(self.path.rsplit("/", 1)[1])
@@ -399,14 +428,23 @@ def http_job(api: Api, **payload) -> dict:
     return wait_state(api, add(api, "http_request", payload=json.dumps(payload)))
 
 
-def test_http_request_sends_and_records_without_leaking_secrets(admin_api: Api, http_server,
-                                                                start_executor) -> None:
+def test_http_request_sends_and_records_without_leaking_secrets(
+    admin_api: Api, http_server, start_executor
+) -> None:
     base, server = http_server
     process = start_executor()
-    job = http_job(admin_api, url=f"{base}/echo?token=t0psecret-query&x=1", method="post",
-                   headers={"Authorization": "Bearer s3cr3t-bearer-value",
-                            "X-Api-Key": "k3y-value-secret", "X-Trace": "trace-123"},
-                   body={"hello": "world"}, **{"expected-status": [200, 201]})
+    job = http_job(
+        admin_api,
+        url=f"{base}/echo?token=t0psecret-query&x=1",
+        method="post",
+        headers={
+            "Authorization": "Bearer s3cr3t-bearer-value",
+            "X-Api-Key": "k3y-value-secret",
+            "X-Trace": "trace-123",
+        },
+        body={"hello": "world"},
+        **{"expected-status": [200, 201]},
+    )
     assert job["state"] == "SUCCESS", job.get("status-message")
     [seen] = server.seen
     assert (seen["method"], seen["path"]) == ("POST", "/echo?token=t0psecret-query&x=1")
@@ -429,8 +467,9 @@ def test_http_request_outcomes(admin_api: Api, http_server, start_executor) -> N
     start_executor()
     unexpected = http_job(admin_api, url=f"{base}/status/503")
     assert (unexpected["state"], unexpected["return-code"]) == ("FAILED", 1)
-    assert unexpected["status-message"].endswith("-> 503 Service Unavailable "
-                                                 "(expected a 2xx status)")
+    assert unexpected["status-message"].endswith(
+        "-> 503 Service Unavailable (expected a 2xx status)"
+    )
     assert json.loads(unexpected["output"])["status"] == 503
     expected = http_job(admin_api, url=f"{base}/status/404", **{"expected-status": 404})
     assert expected["state"] == "SUCCESS"
@@ -441,8 +480,9 @@ def test_http_request_outcomes(admin_api: Api, http_server, start_executor) -> N
     assert slow["state"] == "FAILED"
     assert slow["status-message"] == f"GET {base}/slow: no answer within 0.5 s"
     refused = http_job(admin_api, url="http://127.0.0.1:1/")
-    assert refused["status-message"] == ("GET http://127.0.0.1:1/: request failed "
-                                         "(ConnectionError)")
+    assert refused["status-message"] == (
+        "GET http://127.0.0.1:1/: request failed (ConnectionError)"
+    )
     bad = http_job(admin_api, url="ftp://example.org/file")
     assert bad["state"] == "FAILED" and bad["status-message"].startswith("bad payload: 'url'")
 
@@ -455,6 +495,7 @@ def test_demo_actions_still_work(admin_api: Api, start_executor) -> None:
     assert wait_state(admin_api, add(admin_api, "dummy_test_action"))["state"] == "SUCCESS"
     slept = wait_state(admin_api, add(admin_api, "sleep", payload=json.dumps({"seconds": 0.1})))
     assert slept["state"] == "SUCCESS"
-    failed = wait_state(admin_api, add(admin_api, "sleep",
-                                       payload=json.dumps({"seconds": 0, "fail": True})))
+    failed = wait_state(
+        admin_api, add(admin_api, "sleep", payload=json.dumps({"seconds": 0, "fail": True}))
+    )
     assert failed["state"] == "FAILED" and "failed as asked" in failed["status-message"]

@@ -41,8 +41,14 @@ IMAGE_ACTIONS = "/opt/nuvla-job/actions"
 # Set by the image for Python itself, not for the engine's commands.
 RUNTIME_VARIABLES = {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
 # Secrets must come from the environment or a file, never from a command line.
-SECRET_FLAGS = ("--api-secret", "--api-pass", "--api-authn-header", "--sentry-dsn",
-                "--api-key", "--password")
+SECRET_FLAGS = (
+    "--api-secret",
+    "--api-pass",
+    "--api-authn-header",
+    "--sentry-dsn",
+    "--api-key",
+    "--password",
+)
 START_TIMEOUT = 25.0
 
 
@@ -138,8 +144,14 @@ commands = {"job-api": api.main, "job-executor": executor.main,
             "job-distributor": distributor.main, "job": operator.cli}
 print(json.dumps({name: sorted(names(command)) for name, command in commands.items()}))
 """
-    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                            cwd=REPO, timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=True,
+    )
     return {name: set(found) for name, found in json.loads(result.stdout).items()}
 
 
@@ -159,22 +171,23 @@ def test_image_runs_the_executor_under_tini_as_a_non_root_user() -> None:
 
 
 def test_every_variable_the_image_sets_is_read_by_a_command(
-        cli_variables: dict[str, set[str]]) -> None:
+    cli_variables: dict[str, set[str]],
+) -> None:
     read = set().union(*cli_variables.values())
     unknown = set(read_dockerfile().env) - RUNTIME_VARIABLES - read
     assert not unknown, f"the Dockerfile sets variables no command reads: {unknown}"
 
 
-def test_every_service_variable_is_read_by_its_command(
-        cli_variables: dict[str, set[str]]) -> None:
+def test_every_service_variable_is_read_by_its_command(cli_variables: dict[str, set[str]]) -> None:
     services = our_services(read_compose())
     for name, service in services.items():
         command = service["command"]
         assert command[0] in cli_variables, f"{name}: unknown command {command}"
         unknown = set(environment(service)) - cli_variables[command[0]]
         assert not unknown, f"{name} sets variables {command[0]} does not read: {unknown}"
-        assert not any(arg.startswith(SECRET_FLAGS) for arg in command), \
+        assert not any(arg.startswith(SECRET_FLAGS) for arg in command), (
             f"{name}: a secret on the command line"
+        )
 
 
 def test_compose_stack_shape() -> None:
@@ -186,12 +199,18 @@ def test_compose_stack_shape() -> None:
     assert ids == {"1", "2", "3"}
     for service in zookeepers.values():
         servers = environment(service)["ZOO_SERVERS"].split()
-        assert sorted(servers) == sorted(f"server.{i}={n}:2888:3888;2181"
-                                         for i, n in zip("123", sorted(zookeepers), strict=True))
+        assert sorted(servers) == sorted(
+            f"server.{i}={n}:2888:3888;2181" for i, n in zip("123", sorted(zookeepers), strict=True)
+        )
     ours = our_services(compose)
     roles = sorted(s["command"][0] for s in ours.values())
-    assert roles == ["job-api", "job-distributor", "job-distributor", "job-executor",
-                     "job-executor"]
+    assert roles == [
+        "job-api",
+        "job-distributor",
+        "job-distributor",
+        "job-executor",
+        "job-executor",
+    ]
     ensemble = ",".join(f"{n}:2181" for n in sorted(zookeepers))
     api_name = next(n for n, s in ours.items() if s["command"][0] == "job-api")
     api_env = environment(ours[api_name])
@@ -223,14 +242,17 @@ def test_compose_stack_shape() -> None:
 class ServiceProcess:
     """A compose service's command run as its console script would, with its environment."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], workdir: Path
-                 ) -> None:
+    def __init__(self, name: str, command: list[str], env: dict[str, str], workdir: Path) -> None:
         self.name = name
         target = console_scripts()[command[0]]
         module, function = target.split(":")
-        self.argv = [sys.executable, "-c",
-                     f"import sys; from {module} import {function} as main; "
-                     f"sys.argv[0] = {command[0]!r}; sys.exit(main())", *command[1:]]
+        self.argv = [
+            sys.executable,
+            "-c",
+            f"import sys; from {module} import {function} as main; "
+            f"sys.argv[0] = {command[0]!r}; sys.exit(main())",
+            *command[1:],
+        ]
         self.env = env
         self.log_path = workdir / f"{name}.log"
         self.workdir = workdir
@@ -238,9 +260,14 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, cwd=self.workdir,
-                                            env=self.env)
+            self.process = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self.env,
+            )
         return self
 
     def log(self) -> str:
@@ -249,15 +276,17 @@ class ServiceProcess:
     def check_alive(self) -> None:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n"
-                                 f"{self.log()[-3000:]}")
+            raise AssertionError(
+                f"{self.name} exited with {self.process.returncode}:\n{self.log()[-3000:]}"
+            )
 
     def stop(self) -> int | None:
         return None if self.process is None else stop_process(self.process, 15.0)
 
 
-def wait_for(condition, what: str, processes: list[ServiceProcess],
-             timeout: float = START_TIMEOUT) -> None:
+def wait_for(
+    condition, what: str, processes: list[ServiceProcess], timeout: float = START_TIMEOUT
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         for process in processes:
@@ -268,17 +297,25 @@ def wait_for(condition, what: str, processes: list[ServiceProcess],
         time.sleep(0.05)
 
 
-def container_env(image: Dockerfile, service: dict[str, Any], root: Path, zk_hosts: str,
-                  api_port: int) -> dict[str, str]:
+def container_env(
+    image: Dockerfile, service: dict[str, Any], root: Path, zk_hosts: str, api_port: int
+) -> dict[str, str]:
     """The image's and the service's environment, with the container-only parts rewritten."""
     # Nothing from the test's own environment may configure the engine: only the files do.
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("JOB_", "ZK_", "SENTRY_", "IMAGE_NAME"))}
-    env = {**base, **{k: v for k, v in image.env.items() if k != "PATH"},
-           **environment(service), "PYTHONPATH": str(REPO)}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JOB_", "ZK_", "SENTRY_", "IMAGE_NAME"))
+    }
+    env = {
+        **base,
+        **{k: v for k, v in image.env.items() if k != "PATH"},
+        **environment(service),
+        "PYTHONPATH": str(REPO),
+    }
     for key, value in env.items():
         if value.startswith(IMAGE_HOME):
-            env[key] = str(root / value[len(IMAGE_HOME) + 1:])
+            env[key] = str(root / value[len(IMAGE_HOME) + 1 :])
     # The image's copy of actions/ is, in a checkout, the folder beside the package that is
     # always loaded: pointing JOB_ACTIONS_PATH at it too would load every action twice.
     if env.get("JOB_ACTIONS_PATH") == IMAGE_ACTIONS:
@@ -305,21 +342,28 @@ def stack_dir() -> Iterator[Path]:
         yield root
 
 
-def test_compose_services_start_as_processes(zookeeper: ZooKeeperServer, zk: KazooClient,
-                                            stack_dir: Path) -> None:
+def test_compose_services_start_as_processes(
+    zookeeper: ZooKeeperServer, zk: KazooClient, stack_dir: Path
+) -> None:
     image = read_dockerfile()
     compose = read_compose({"JOB_LOG_FORMAT": "json"})
     services = our_services(compose)
     api_port = free_port()
-    processes = {name: ServiceProcess(name, s["command"],
-                                      container_env(image, s, stack_dir, zookeeper.hosts,
-                                                    api_port), stack_dir)
-                 for name, s in services.items()}
+    processes = {
+        name: ServiceProcess(
+            name,
+            s["command"],
+            container_env(image, s, stack_dir, zookeeper.hosts, api_port),
+            stack_dir,
+        )
+        for name, s in services.items()
+    }
     api_name = next(n for n, s in services.items() if s["command"][0] == "job-api")
     api = processes.pop(api_name)
     executors = [p for n, p in processes.items() if services[n]["command"][0] == "job-executor"]
-    distributors = [p for n, p in processes.items()
-                    if services[n]["command"][0] == "job-distributor"]
+    distributors = [
+        p for n, p in processes.items() if services[n]["command"][0] == "job-distributor"
+    ]
     exit_codes: dict[str, int | None] = {}
     try:
         # depends_on: the engines start once the job API is healthy.
@@ -335,8 +379,11 @@ def test_compose_services_start_as_processes(zookeeper: ZooKeeperServer, zk: Kaz
         wait_for(healthy, "job API health", [api])
         for process in processes.values():
             process.start()
-        wait_for(lambda: all("running up to" in p.log() for p in executors),
-                 "executors running", executors)
+        wait_for(
+            lambda: all("running up to" in p.log() for p in executors),
+            "executors running",
+            executors,
+        )
         names = {environment(services[p.name])["JOB_NAME"] for p in distributors}
 
         def both_in_every_election() -> bool:
@@ -344,19 +391,23 @@ def test_compose_services_start_as_processes(zookeeper: ZooKeeperServer, zk: Kaz
                 return False
             elections = zk.get_children("/election")
             return bool(elections) and all(
-                set(zk.Election(election_path(e)).contenders()) == names for e in elections)
+                set(zk.Election(election_path(e)).contenders()) == names for e in elections
+            )
 
         wait_for(both_in_every_election, "distributors in every election", distributors)
 
         # A job through the stack: the engines use the key the job API wrote.
         creds = json.loads((stack_dir / "credentials" / "admin-credentials.json").read_text())
-        client = Api(endpoint=f"http://127.0.0.1:{api_port}", insecure=True,
-                     persist_cookie=False)
+        client = Api(endpoint=f"http://127.0.0.1:{api_port}", insecure=True, persist_cookie=False)
         assert client.login_apikey(creds["key"], creds["secret"]).status_code == 201
-        job_id = client.add("job", {"action": "sleep", "payload": '{"seconds": 0}'}
-                            ).data["resource-id"]
-        wait_for(lambda: client.get(job_id).data["state"] == "SUCCESS", "the job's success",
-                 [api, *processes.values()])
+        job_id = client.add("job", {"action": "sleep", "payload": '{"seconds": 0}'}).data[
+            "resource-id"
+        ]
+        wait_for(
+            lambda: client.get(job_id).data["state"] == "SUCCESS",
+            "the job's success",
+            [api, *processes.values()],
+        )
     finally:
         for name, process in processes.items():
             exit_codes[name] = process.stop()

@@ -24,13 +24,19 @@ WAIT = 15.0
 ENDPOINTS = ("queue", "executors", "leaders")
 
 
-
-
 def login_key(api: JobApiProcess) -> requests.Session:
     creds = api.credentials()
     session = requests.Session()
-    response = session.post(f"{api.endpoint}/api/session", json={"template": {
-        "href": "session-template/api-key", "key": creds["key"], "secret": creds["secret"]}})
+    response = session.post(
+        f"{api.endpoint}/api/session",
+        json={
+            "template": {
+                "href": "session-template/api-key",
+                "key": creds["key"],
+                "secret": creds["secret"],
+            }
+        },
+    )
     assert response.status_code == 201, response.text
     return session
 
@@ -64,9 +70,16 @@ def test_other_users_get_403_and_admins_200(job_api: JobApiProcess, admin) -> No
     result = job_api.cli("add-user", "dash-user", "--password", "pw-Secret-1")
     assert result.returncode == 0, result.stderr
     user = requests.Session()
-    response = user.post(f"{job_api.endpoint}/api/session", json={"template": {
-        "href": "session-template/password", "username": "dash-user",
-        "password": "pw-Secret-1"}})
+    response = user.post(
+        f"{job_api.endpoint}/api/session",
+        json={
+            "template": {
+                "href": "session-template/password",
+                "username": "dash-user",
+                "password": "pw-Secret-1",
+            }
+        },
+    )
     assert response.status_code == 201, response.text
     for name in ENDPOINTS:
         response = user.get(f"{job_api.endpoint}/api/dashboard/{name}")
@@ -78,8 +91,7 @@ def test_other_users_get_403_and_admins_200(job_api: JobApiProcess, admin) -> No
 # -- the views ------------------------------------------------------------------------------
 
 
-def test_queue_depth_is_sampled_over_time(job_api: JobApiProcess, admin,
-                                          zk: KazooClient) -> None:
+def test_queue_depth_is_sampled_over_time(job_api: JobApiProcess, admin, zk: KazooClient) -> None:
     for _ in range(3):
         response = admin.post(f"{job_api.endpoint}/api/job", json={"action": "test_ok"})
         assert response.status_code == 201, response.text
@@ -101,12 +113,21 @@ def test_queue_depth_is_sampled_over_time(job_api: JobApiProcess, admin,
     wait_for(lambda: len(fresh()) >= 2, "a second sample", timeout=3 * body["interval"] + 5)
 
 
-def test_executors_lists_presence_nodes(job_api: JobApiProcess, admin, zk: KazooClient,
-                                        zk_factory) -> None:
+def test_executors_lists_presence_nodes(
+    job_api: JobApiProcess, admin, zk: KazooClient, zk_factory
+) -> None:
     assert get(admin, job_api, "executors") == {"count": 0, "executors": []}
     presence = ExecutorPresence()
-    presence.start(zk_factory(), {"name": "exec-1", "host": "h1", "pid": 10,
-                                  "concurrency": 4, "started": "2026-01-01T00:00:00Z"})
+    presence.start(
+        zk_factory(),
+        {
+            "name": "exec-1",
+            "host": "h1",
+            "pid": 10,
+            "concurrency": 4,
+            "started": "2026-01-01T00:00:00Z",
+        },
+    )
     zk.create(f"{ROOT}/garbage-1", b"not json", makepath=True)
     try:
         presence.set_in_flight(["job/1", "job/2"])
@@ -147,13 +168,16 @@ def contenders(zk_factory) -> Iterator[Callable[[str, str], threading.Event]]:
         thread.join(10)
 
 
-def test_leaders_read_kazoo_elections(job_api: JobApiProcess, admin, zk: KazooClient,
-                                      contenders) -> None:
+def test_leaders_read_kazoo_elections(
+    job_api: JobApiProcess, admin, zk: KazooClient, contenders
+) -> None:
     assert get(admin, job_api, "leaders") == {"distributions": []}
     assert zk.exists("/election") is None  # reading created nothing
     first = contenders("/election/alpha", "node-one")
-    wait_for(lambda: zk.exists("/election/alpha") and zk.get_children("/election/alpha"),
-             "the first contender")
+    wait_for(
+        lambda: zk.exists("/election/alpha") and zk.get_children("/election/alpha"),
+        "the first contender",
+    )
     contenders("/election/alpha", "node-two")
     contenders("/election/beta", "node-two")
 
@@ -163,8 +187,11 @@ def test_leaders_read_kazoo_elections(job_api: JobApiProcess, admin, zk: KazooCl
         return found if counts == [2, 1] else []
 
     alpha, beta = wait_for(both, "both elections")
-    assert alpha == {"distribution": "alpha", "leader": "node-one",
-                     "contenders": ["node-one", "node-two"]}
+    assert alpha == {
+        "distribution": "alpha",
+        "leader": "node-one",
+        "contenders": ["node-one", "node-two"],
+    }
     assert beta == {"distribution": "beta", "leader": "node-two", "contenders": ["node-two"]}
     first.set()  # the leader returns from its leadership: the next contender leads
 
@@ -196,13 +223,15 @@ def test_page_and_its_files_come_from_this_server(job_api: JobApiProcess) -> Non
     assert missing.status_code == 404
 
 
-def test_zookeeper_views_answer_503_while_it_is_away(job_api: JobApiProcess, admin,
-                                                     zookeeper) -> None:
+def test_zookeeper_views_answer_503_while_it_is_away(
+    job_api: JobApiProcess, admin, zookeeper
+) -> None:
     health = f"{job_api.endpoint}/api/health"
     zookeeper.stop()
     try:
-        wait_for(lambda: requests.get(health, timeout=5).status_code == 503,
-                 "the job API to notice")
+        wait_for(
+            lambda: requests.get(health, timeout=5).status_code == 503, "the job API to notice"
+        )
         for name in ("executors", "leaders"):
             response = admin.get(f"{job_api.endpoint}/api/dashboard/{name}")
             assert response.status_code == 503, response.text

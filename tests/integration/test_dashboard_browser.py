@@ -53,18 +53,25 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     _require(webdriver is not None, "selenium is not installed (pip install -e '.[test]')")
     chromium = shutil.which("chromium")
     driver_path = shutil.which("chromedriver")
-    _require(bool(chromium and driver_path),
-             "Debian's chromium and chromium-driver are not installed")
+    _require(
+        bool(chromium and driver_path), "Debian's chromium and chromium-driver are not installed"
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                f"--window-size={WIDTH},{HEIGHT}", "--force-device-scale-factor=1",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={WIDTH},{HEIGHT}",
+        "--force-device-scale-factor=1",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
         options.add_argument(arg)
     try:
-        driver = webdriver.Chrome(service=Service(driver_path,
-                                                  log_output=str(tmp_path / "driver.log")),
-                                  options=options)
+        driver = webdriver.Chrome(
+            service=Service(driver_path, log_output=str(tmp_path / "driver.log")), options=options
+        )
     except WebDriverException as exc:
         _require(False, f"headless chromium cannot start here: {exc.msg}")
     try:
@@ -81,8 +88,8 @@ def read_png(data: bytes) -> tuple[int, int, int, bytes]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     pos, idat, header = 8, b"", None
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        chunk = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        chunk = data[pos + 8 : pos + 8 + length]
         pos += 12 + length
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", chunk)
@@ -100,7 +107,7 @@ def read_png(data: bytes) -> tuple[int, int, int, bytes]:
     prev = bytearray(stride)
     for y in range(height):
         start = y * (stride + 1)
-        kind, line = raw[start], bytearray(raw[start + 1:start + 1 + stride])
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
         if kind == 1:
             for i in range(bpp, stride):
                 line[i] = (line[i] + line[i - bpp]) & 0xFF
@@ -129,7 +136,7 @@ def check_screenshot(path: Path, size: tuple[int, int]) -> None:
     assert (width, height) == size
     colours: dict[tuple[int, ...], int] = {}
     for i in range(0, len(pixels), bpp):
-        rgb = tuple(pixels[i:i + 3])
+        rgb = tuple(pixels[i : i + 3])
         colours[rgb] = colours.get(rgb, 0) + 1
     background, most = max(colours.items(), key=lambda item: item[1])
     total = width * height
@@ -161,8 +168,15 @@ def leader(zk: KazooClient, zk_factory) -> Iterator[None]:
     thread.join(10)
 
 
-def test_dashboard_end_to_end(browser, job_api: JobApiProcess, admin_api: Api,
-                              zk: KazooClient, start_executor, leader, tmp_path: Path) -> None:
+def test_dashboard_end_to_end(
+    browser,
+    job_api: JobApiProcess,
+    admin_api: Api,
+    zk: KazooClient,
+    start_executor,
+    leader,
+    tmp_path: Path,
+) -> None:
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
@@ -170,14 +184,13 @@ def test_dashboard_end_to_end(browser, job_api: JobApiProcess, admin_api: Api,
 
     wipe(zk, ROOT)
     # Two long jobs with progress (taken first: lower priority value), three queued behind.
-    running = [add(admin_api, "test_progress", 10, {"steps": 60, "step": 0.5})
-               for _ in range(2)]
+    running = [add(admin_api, "test_progress", 10, {"steps": 60, "step": 0.5}) for _ in range(2)]
     for _ in range(3):
         add(admin_api, "test_sleep", 500, {"seconds": 1})
-    executor = start_executor("--concurrency", "2", "--name", "dash-exec",
-                              "--grace-period", "1")
-    wait = WebDriverWait(browser, WAIT, poll_frequency=0.1,
-                         ignored_exceptions=[StaleElementReferenceException])
+    executor = start_executor("--concurrency", "2", "--name", "dash-exec", "--grace-period", "1")
+    wait = WebDriverWait(
+        browser, WAIT, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+    )
 
     def text(selector: str) -> str:
         return browser.find_element(By.CSS_SELECTOR, selector).text
@@ -219,15 +232,20 @@ def test_dashboard_end_to_end(browser, job_api: JobApiProcess, admin_api: Api,
 
         wait.until(click_cancel)
         wait.until(EC.alert_is_present()).accept()
-        wait.until(lambda d: browser.find_element(By.CSS_SELECTOR, target)
-                   .get_attribute("data-state") == "CANCELED")
+        wait.until(
+            lambda d: (
+                browser.find_element(By.CSS_SELECTOR, target).get_attribute("data-state")
+                == "CANCELED"
+            )
+        )
         assert admin_api.get(running[0]).data["state"] == "CANCELED"
         assert admin_api.get(running[1]).data["state"] == "RUNNING"
 
         # Let one more poll land after the cancel, then take the screenshot.
         polls = int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-polls"))
-        wait.until(lambda d: int(d.find_element(By.TAG_NAME, "body")
-                                 .get_attribute("data-polls")) > polls)
+        wait.until(
+            lambda d: int(d.find_element(By.TAG_NAME, "body").get_attribute("data-polls")) > polls
+        )
         shot = tmp_path / "dashboard.png"
         assert browser.save_screenshot(str(shot))
         size = browser.execute_script("return [window.innerWidth, window.innerHeight]")

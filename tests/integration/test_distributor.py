@@ -46,17 +46,33 @@ def unique(prefix: str) -> str:
 
 
 @pytest.fixture
-def start_distributor(zookeeper: ZooKeeperServer, job_api: JobApiProcess, zk: KazooClient
-                      ) -> Iterator[Start]:
+def start_distributor(
+    zookeeper: ZooKeeperServer, job_api: JobApiProcess, zk: KazooClient
+) -> Iterator[Start]:
     """Start `job-distributor` processes on the test stack; each stopped by pid after."""
     started: list[EngineProcess] = []
 
-    def start(name: str, *extra: str, env: dict[str, str] | None = None,
-              zk_timeout: float = SESSION_TIMEOUT) -> EngineProcess:
-        args = ["--zk-hosts", zookeeper.hosts, "--zk-timeout", str(zk_timeout),
-                "--api-url", job_api.endpoint,
-                "--api-credentials-file", str(job_api.credentials_path),
-                "--actions-path", str(TEST_ACTIONS), "--name", name, *extra]
+    def start(
+        name: str,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        zk_timeout: float = SESSION_TIMEOUT,
+    ) -> EngineProcess:
+        args = [
+            "--zk-hosts",
+            zookeeper.hosts,
+            "--zk-timeout",
+            str(zk_timeout),
+            "--api-url",
+            job_api.endpoint,
+            "--api-credentials-file",
+            str(job_api.credentials_path),
+            "--actions-path",
+            str(TEST_ACTIONS),
+            "--name",
+            name,
+            *extra,
+        ]
         process = EngineProcess("nuvla_job.cli.distributor", args, env)
         started.append(process.start())
         return process
@@ -75,13 +91,16 @@ def wait_count(process: EngineProcess, text: str, count: int, timeout: float = 3
     deadline = time.monotonic() + timeout
     while count_in_log(process, text) < count:
         if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} logged {count_in_log(process, text)} times, not "
-                                 f"{count}, within {timeout} s:\n{process.log()[-3000:]}")
+            raise AssertionError(
+                f"{text!r} logged {count_in_log(process, text)} times, not "
+                f"{count}, within {timeout} s:\n{process.log()[-3000:]}"
+            )
         time.sleep(0.05)
 
 
-def wait_leader(processes: list[EngineProcess], distribution: str,
-                timeout: float = 30.0) -> EngineProcess:
+def wait_leader(
+    processes: list[EngineProcess], distribution: str, timeout: float = 30.0
+) -> EngineProcess:
     """The one process that logged its leadership of `distribution`."""
     text = f"leader of {distribution}:"
     deadline = time.monotonic() + timeout
@@ -104,8 +123,9 @@ def distributed(distribution: str, jobs: int = 1) -> str:
 def jobs_of(api: Api, names: list[str]) -> list[dict]:
     """Every job created by the distributors `names`, oldest first."""
     tags = " or ".join(f"tags='distributor:{name}'" for name in names)
-    return [r.data for r in api.search("job", filter=tags, orderby="created:asc",
-                                       last=10000).resources]
+    return [
+        r.data for r in api.search("job", filter=tags, orderby="created:asc", last=10000).resources
+    ]
 
 
 def tag(job: dict, prefix: str) -> str:
@@ -118,8 +138,9 @@ def created(job: dict) -> float:
     return parse_time(job["created"]).timestamp()
 
 
-def assert_one_distributor_per_interval(jobs: list[dict], distribution: str, interval: float,
-                                        per_tick: int = 1) -> dict[int, set[str]]:
+def assert_one_distributor_per_interval(
+    jobs: list[dict], distribution: str, interval: float, per_tick: int = 1
+) -> dict[int, set[str]]:
     """Bucket the jobs of `distribution` by the interval of the tick grid they were created
     in: every bucket holds one tick's jobs, all from one distributor."""
     offset = tick_offset(distribution, interval)
@@ -129,7 +150,8 @@ def assert_one_distributor_per_interval(jobs: list[dict], distribution: str, int
             continue
         # `created` is truncated to milliseconds: tolerate it reading a little early.
         buckets[math.floor((created(job) - offset + 0.01) / interval)].append(
-            tag(job, "distributor"))
+            tag(job, "distributor")
+        )
     assert buckets, f"no job of {distribution}"
     for bucket, creators in sorted(buckets.items()):
         assert len(set(creators)) == 1, f"interval {bucket} has jobs from {set(creators)}"
@@ -141,8 +163,7 @@ def contenders(zk: KazooClient, distribution: str) -> list[str]:
     return zk.Election(election_path(distribution)).contenders()
 
 
-def wait_contenders(zk: KazooClient, distribution: str, count: int,
-                    timeout: float = 30.0) -> None:
+def wait_contenders(zk: KazooClient, distribution: str, count: int, timeout: float = 30.0) -> None:
     """Wait until `count` processes have joined the election of `distribution`."""
     deadline = time.monotonic() + timeout
     while len(contenders(zk, distribution)) < count:
@@ -153,8 +174,9 @@ def wait_contenders(zk: KazooClient, distribution: str, count: int,
 # -- elections -----------------------------------------------------------------------------------
 
 
-def test_exactly_one_distributor_creates_jobs(admin_api: Api, start_distributor: Start,
-                                              zk: KazooClient) -> None:
+def test_exactly_one_distributor_creates_jobs(
+    admin_api: Api, start_distributor: Start, zk: KazooClient
+) -> None:
     a, b = unique("dist-a"), unique("dist-b")
     first = start_distributor(a, "--distribution-include", "tick", "multi")
     second = start_distributor(b, "--distribution-include", "tick", "multi")
@@ -164,21 +186,28 @@ def test_exactly_one_distributor_creates_jobs(admin_api: Api, start_distributor:
     assert set(contenders(zk, "tick")) == {a, b}
     jobs = jobs_of(admin_api, [a, b])
     for name in ("tick", "multi"):
-        creators = assert_one_distributor_per_interval(jobs, name, 1.0,
-                                                       per_tick=3 if name == "multi" else 1)
+        creators = assert_one_distributor_per_interval(
+            jobs, name, 1.0, per_tick=3 if name == "multi" else 1
+        )
         leader_name = a if leaders[name] is first else b
         assert set().union(*creators.values()) == {leader_name}
     # Every multi tick created its three bodies.
     multi = [j for j in jobs if "distribution:multi" in j["tags"]]
     assert {t for j in multi for t in j["tags"] if t.startswith("multi:")} == {
-        "multi:0", "multi:1", "multi:2"}
+        "multi:0",
+        "multi:1",
+        "multi:2",
+    }
 
 
 def test_kill_9_of_the_leader_fails_over_within_the_session_timeout(
-        admin_api: Api, start_distributor: Start, zk: KazooClient) -> None:
+    admin_api: Api, start_distributor: Start, zk: KazooClient
+) -> None:
     a, b = unique("dist-a"), unique("dist-b")
-    processes = [start_distributor(a, "--distribution-include", "tick"),
-                 start_distributor(b, "--distribution-include", "tick")]
+    processes = [
+        start_distributor(a, "--distribution-include", "tick"),
+        start_distributor(b, "--distribution-include", "tick"),
+    ]
     leader = wait_leader(processes, "tick")
     other = processes[1 - processes.index(leader)]
     wait_count(leader, distributed("tick"), 2)
@@ -195,14 +224,15 @@ def test_kill_9_of_the_leader_fails_over_within_the_session_timeout(
 
 
 def test_sigterm_leaves_the_elections_and_the_other_takes_over_at_once(
-        admin_api: Api, start_distributor: Start, zk: KazooClient) -> None:
+    admin_api: Api, start_distributor: Start, zk: KazooClient
+) -> None:
     a, b = unique("dist-a"), unique("dist-b")
     # A long session timeout: a takeover faster than it proves the election was left.
     long_timeout = 30.0
-    processes = [start_distributor(a, "--distribution-include", "tick", "multi",
-                                   zk_timeout=long_timeout),
-                 start_distributor(b, "--distribution-include", "tick", "multi",
-                                   zk_timeout=long_timeout)]
+    processes = [
+        start_distributor(a, "--distribution-include", "tick", "multi", zk_timeout=long_timeout),
+        start_distributor(b, "--distribution-include", "tick", "multi", zk_timeout=long_timeout),
+    ]
     leader = wait_leader(processes, "tick")
     other = processes[1 - processes.index(leader)]
     wait_count(leader, distributed("tick"), 1)
@@ -225,12 +255,15 @@ def test_sigterm_leaves_the_elections_and_the_other_takes_over_at_once(
 
 
 def test_a_leader_frozen_past_its_session_never_distributes_again(
-        admin_api: Api, start_distributor: Start, zk: KazooClient) -> None:
+    admin_api: Api, start_distributor: Start, zk: KazooClient
+) -> None:
     """SIGSTOP the leader until its session expires: the other takes over; the thawed one
     finds its leadership gone before any tick, rejoins, and leads again later."""
     a, b = unique("dist-a"), unique("dist-b")
-    processes = [start_distributor(a, "--distribution-include", "tick"),
-                 start_distributor(b, "--distribution-include", "tick")]
+    processes = [
+        start_distributor(a, "--distribution-include", "tick"),
+        start_distributor(b, "--distribution-include", "tick"),
+    ]
     frozen = wait_leader(processes, "tick")
     other = processes[1 - processes.index(frozen)]
     frozen_name = a if frozen is processes[0] else b
@@ -257,11 +290,18 @@ def test_a_leader_frozen_past_its_session_never_distributes_again(
 
 
 def test_distributions_in_the_executor_share_the_election(
-        admin_api: Api, start_executor: Start, start_distributor: Start, zk: KazooClient
+    admin_api: Api, start_executor: Start, start_distributor: Start, zk: KazooClient
 ) -> None:
     executor_name, standalone = unique("exec"), unique("dist")
-    executor = start_executor("--name", executor_name, "--zk-timeout", str(SESSION_TIMEOUT),
-                              "--distributions", "--distribution-include", "tick")
+    executor = start_executor(
+        "--name",
+        executor_name,
+        "--zk-timeout",
+        str(SESSION_TIMEOUT),
+        "--distributions",
+        "--distribution-include",
+        "tick",
+    )
     executor.wait_for_log("leader of tick:")
     distributor = start_distributor(standalone, "--distribution-include", "tick")
     wait_contenders(zk, "tick", 2)
@@ -277,7 +317,8 @@ def test_distributions_in_the_executor_share_the_election(
     assert executor.wait(30) == 0
     wait_count(distributor, distributed("tick"), 2)
     creators = assert_one_distributor_per_interval(
-        jobs_of(admin_api, [executor_name, standalone]), "tick", 1.0)
+        jobs_of(admin_api, [executor_name, standalone]), "tick", 1.0
+    )
     assert set().union(*creators.values()) == {executor_name, standalone}
 
 
@@ -285,11 +326,17 @@ def test_distributions_in_the_executor_share_the_election(
 
 
 def test_a_crashing_generator_is_restarted_with_back_off(
-        admin_api: Api, start_distributor: Start, tmp_path: Path) -> None:
+    admin_api: Api, start_distributor: Start, tmp_path: Path
+) -> None:
     name = unique("dist")
     counter = tmp_path / "crashy-calls"
-    process = start_distributor(name, "--distribution-include", "crashy", "tick",
-                                env={"CRASHY_COUNTER": str(counter), "CRASHY_FAILURES": "3"})
+    process = start_distributor(
+        name,
+        "--distribution-include",
+        "crashy",
+        "tick",
+        env={"CRASHY_COUNTER": str(counter), "CRASHY_FAILURES": "3"},
+    )
     process.wait_for_log(distributed("crashy"), timeout=30)
     log = process.log()
     for failures, backoff in ((1, 1), (2, 2), (3, 4)):
@@ -299,14 +346,16 @@ def test_a_crashing_generator_is_restarted_with_back_off(
     assert "RuntimeError: crashy fails on purpose (call 3)" in log
     assert counter.read_text() == "4"
     # tick, in the same process, never missed an interval meanwhile.
-    ticks = sorted(created(j) for j in jobs_of(admin_api, [name])
-                   if "distribution:tick" in j["tags"])
+    ticks = sorted(
+        created(j) for j in jobs_of(admin_api, [name]) if "distribution:tick" in j["tags"]
+    )
     assert len(ticks) >= 5, log
     assert max(b - a for a, b in zip(ticks, ticks[1:], strict=False)) < 1.5
 
 
-def test_a_failing_add_is_logged_and_the_loop_goes_on(admin_api: Api,
-                                                     start_distributor: Start) -> None:
+def test_a_failing_add_is_logged_and_the_loop_goes_on(
+    admin_api: Api, start_distributor: Start
+) -> None:
     name = unique("dist")
     process = start_distributor(name, "--distribution-include", "partly_bad")
     wait_count(process, "distributed 2 job(s) for partly_bad; 1 failed", 2)
@@ -318,12 +367,22 @@ def test_a_failing_add_is_logged_and_the_loop_goes_on(admin_api: Api,
 # -- options -------------------------------------------------------------------------------------
 
 
-def test_include_exclude_and_interval_in_upstream_form(admin_api: Api,
-                                                      start_distributor: Start) -> None:
+def test_include_exclude_and_interval_in_upstream_form(
+    admin_api: Api, start_distributor: Start
+) -> None:
     name = unique("dist")
-    process = start_distributor(name, "--distribution-include", "tick", "multi",
-                                "--distribution-exclude", "multi", "crashy",
-                                "--distribution-interval", "tick:2", "multi:5")
+    process = start_distributor(
+        name,
+        "--distribution-include",
+        "tick",
+        "multi",
+        "--distribution-exclude",
+        "multi",
+        "crashy",
+        "--distribution-interval",
+        "tick:2",
+        "multi:5",
+    )
     wait_count(process, distributed("tick"), 3)
     log = process.log()
     assert "leader of tick: distributing every 2 s" in log
@@ -335,45 +394,68 @@ def test_include_exclude_and_interval_in_upstream_form(admin_api: Api,
     assert_one_distributor_per_interval(jobs_of(admin_api, [name]), "tick", 2.0)
 
 
-def test_options_from_the_environment_and_the_one_line_form(admin_api: Api,
-                                                           start_distributor: Start) -> None:
+def test_options_from_the_environment_and_the_one_line_form(
+    admin_api: Api, start_distributor: Start
+) -> None:
     name = unique("dist")
-    process = start_distributor(name, env={
-        "JOB_DISTRIBUTION_INCLUDE": "test_ok tick",
-        "JOB_DISTRIBUTION_EXCLUDE": "tick",
-        "JOB_DISTRIBUTION_INTERVAL": "test_ok:2",
-    })
+    process = start_distributor(
+        name,
+        env={
+            "JOB_DISTRIBUTION_INCLUDE": "test_ok tick",
+            "JOB_DISTRIBUTION_EXCLUDE": "tick",
+            "JOB_DISTRIBUTION_INTERVAL": "test_ok:2",
+        },
+    )
     wait_count(process, distributed("test_ok"), 2)
     assert "leader of test_ok: distributing every 2 s" in process.log()
     assert "distribution tick every" not in process.log()
     jobs = jobs_of(admin_api, [name])
     assert {(j["action"], j["priority"], tag(j, "distribution")) for j in jobs} == {
-        ("test_ok", 50, "test_ok")}
+        ("test_ok", 50, "test_ok")
+    }
 
 
 def run_cli(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run a command line that must fail before reaching any server."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", module, "--api-url", "http://127.0.0.1:9",
-         "--zk-hosts", "127.0.0.1:9", "--actions-path", str(TEST_ACTIONS), *args],
-        capture_output=True, text=True, env=env, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            module,
+            "--api-url",
+            "http://127.0.0.1:9",
+            "--zk-hosts",
+            "127.0.0.1:9",
+            "--actions-path",
+            str(TEST_ACTIONS),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize(("args", "culprit"), [
-    (["--distribution-interval", "nope:5"], "nope"),
-    (["--distribution-interval", "tick:abc"], "tick:abc"),
-    (["--distribution-interval", "tick:1.5"], "tick:1.5"),
-    (["--distribution-interval", "tick:0"], "tick:0"),
-    (["--distribution-interval", "tick:-3"], "tick:-3"),
-    (["--distribution-interval", "tick"], "tick"),
-    (["--distribution-interval", "tick:5", "multi:x"], "multi:x"),
-    (["--distribution-exclude", "tick", "nope"], "nope"),
-    (["--distribution-include", "nope"], "nope"),
-])
+@pytest.mark.parametrize(
+    ("args", "culprit"),
+    [
+        (["--distribution-interval", "nope:5"], "nope"),
+        (["--distribution-interval", "tick:abc"], "tick:abc"),
+        (["--distribution-interval", "tick:1.5"], "tick:1.5"),
+        (["--distribution-interval", "tick:0"], "tick:0"),
+        (["--distribution-interval", "tick:-3"], "tick:-3"),
+        (["--distribution-interval", "tick"], "tick"),
+        (["--distribution-interval", "tick:5", "multi:x"], "multi:x"),
+        (["--distribution-exclude", "tick", "nope"], "nope"),
+        (["--distribution-include", "nope"], "nope"),
+    ],
+)
 @pytest.mark.parametrize("module", ["nuvla_job.cli.distributor", "nuvla_job.cli.executor"])
-def test_bad_distribution_options_are_usage_errors(module: str, args: list[str],
-                                                   culprit: str) -> None:
+def test_bad_distribution_options_are_usage_errors(
+    module: str, args: list[str], culprit: str
+) -> None:
     result = run_cli(module, *args)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr

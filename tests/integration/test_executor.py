@@ -19,8 +19,9 @@ from tests.support.processes import executor_process
 FINAL = ("SUCCESS", "FAILED", "CANCELED")
 
 
-def wait_state(api: Api, job_id: str, states: tuple[str, ...] = FINAL,
-               timeout: float = 30.0) -> dict:
+def wait_state(
+    api: Api, job_id: str, states: tuple[str, ...] = FINAL, timeout: float = 30.0
+) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         job = api.get(job_id).data
@@ -77,8 +78,9 @@ def test_non_zero_return_code_fails(admin_api: Api, zk: KazooClient, start_execu
     queue_empty(zk)
 
 
-def test_raising_action_fails_with_traceback(admin_api: Api, zk: KazooClient,
-                                             start_executor) -> None:
+def test_raising_action_fails_with_traceback(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     start_executor()
     job = wait_state(admin_api, add(admin_api, "test_raises"))
     assert (job["state"], job["return-code"]) == ("FAILED", 1)
@@ -87,8 +89,9 @@ def test_raising_action_fails_with_traceback(admin_api: Api, zk: KazooClient,
     queue_empty(zk)
 
 
-def test_raising_mixed_job_goes_back_to_pull(admin_api: Api, zk: KazooClient,
-                                             start_executor) -> None:
+def test_raising_mixed_job_goes_back_to_pull(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     process = start_executor()
     job_id = add(admin_api, "test_raises", **{"execution-mode": "mixed"})
     process.wait_for_log(f"{job_id}: test_raises failed; it will re-run in pull mode")
@@ -117,8 +120,9 @@ def test_missing_job_entry_is_dropped(zk: KazooClient, start_executor) -> None:
     queue_empty(zk)
 
 
-def test_garbage_entries_are_dropped_and_executor_goes_on(admin_api: Api, zk: KazooClient,
-                                                          start_executor) -> None:
+def test_garbage_entries_are_dropped_and_executor_goes_on(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     zk.create(queue.entry_prefix(1), b"\xff\xfe not utf-8", sequence=True, makepath=True)
     zk.create(queue.entry_prefix(1), b"deployment/123", sequence=True, makepath=True)
     zk.create(queue.entry_prefix(1), b"", sequence=True, makepath=True)
@@ -129,8 +133,7 @@ def test_garbage_entries_are_dropped_and_executor_goes_on(admin_api: Api, zk: Ka
     assert process.log().count("holds no job id") == 3
 
 
-def test_unknown_action_fails_naming_it(admin_api: Api, zk: KazooClient,
-                                        start_executor) -> None:
+def test_unknown_action_fails_naming_it(admin_api: Api, zk: KazooClient, start_executor) -> None:
     start_executor()
     job = wait_state(admin_api, add(admin_api, "no_such_action_here"))
     assert job["state"] == "FAILED"
@@ -138,8 +141,7 @@ def test_unknown_action_fails_naming_it(admin_api: Api, zk: KazooClient,
     queue_empty(zk)
 
 
-def test_older_version_fails_naming_both(admin_api: Api, zk: KazooClient,
-                                         start_executor) -> None:
+def test_older_version_fails_naming_both(admin_api: Api, zk: KazooClient, start_executor) -> None:
     start_executor()
     job = wait_state(admin_api, add(admin_api, "test_ok", version=1))
     assert job["state"] == "FAILED"
@@ -147,8 +149,9 @@ def test_older_version_fails_naming_both(admin_api: Api, zk: KazooClient,
     queue_empty(zk)
 
 
-def test_newer_version_is_released_untouched(admin_api: Api, zk: KazooClient,
-                                             start_executor) -> None:
+def test_newer_version_is_released_untouched(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     process = start_executor()
     job_id = add(admin_api, "test_ok", version=3)
     process.wait_for_log(f"{job_id}: version 3 is newer")
@@ -163,8 +166,9 @@ def test_newer_version_is_released_untouched(admin_api: Api, zk: KazooClient,
     assert admin_api.get(job_id).data["state"] == "QUEUED"
 
 
-def test_job_api_down_releases_then_runs(job_api: JobApiProcess, admin_api: Api,
-                                         zk: KazooClient, start_executor) -> None:
+def test_job_api_down_releases_then_runs(
+    job_api: JobApiProcess, admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     process = start_executor()
     job_id = add(admin_api, "test_ok")
     wait_state(admin_api, job_id)
@@ -181,14 +185,16 @@ def test_job_api_down_releases_then_runs(job_api: JobApiProcess, admin_api: Api,
     queue_empty(zk)
 
 
-def test_unexpected_error_is_logged_and_consumed(job_api: JobApiProcess, admin_api: Api,
-                                                 zk: KazooClient, start_executor) -> None:
+def test_unexpected_error_is_logged_and_consumed(
+    job_api: JobApiProcess, admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     # An executor running with a user who may read the job but not edit it: the API's 403
     # on the RUNNING update is no row of the table.
     name = f"viewer-{uuid.uuid4().hex[:6]}"
     viewer = job_api.user_api(name, "viewer-pass-1")
-    job_id = add(admin_api, "test_ok",
-                 acl={"owners": ["group/nuvla-admin"], "view-data": [viewer.user_id]})
+    job_id = add(
+        admin_api, "test_ok", acl={"owners": ["group/nuvla-admin"], "view-data": [viewer.user_id]}
+    )
     before = admin_api.get(job_id).data
     process = start_executor("--api-user", name, "--api-pass", "viewer-pass-1")
     process.wait_for_log(f"{job_id}: unexpected error; the entry is consumed")
@@ -199,8 +205,9 @@ def test_unexpected_error_is_logged_and_consumed(job_api: JobApiProcess, admin_a
 # -- actions ------------------------------------------------------------------------------------
 
 
-def test_upstream_style_action_runs_unchanged(admin_api: Api, zk: KazooClient,
-                                              start_executor) -> None:
+def test_upstream_style_action_runs_unchanged(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     start_executor()
     job_id = add(admin_api, "upstream_style_cleanup", **{"target-resource": {"href": "x/1"}})
     job = wait_state(admin_api, job_id)
@@ -224,26 +231,28 @@ def test_the_same_actions_folder_twice_loads_once(admin_api: Api, start_executor
 
     process = start_executor("--actions-path", str(BUILTIN_ACTIONS))
     assert "defined twice" not in process.log().replace("test_ok is defined twice", "")
-    assert wait_state(admin_api, add(admin_api, "sleep", payload='{"seconds": 0}')
-                      )["state"] == "SUCCESS"
+    assert (
+        wait_state(admin_api, add(admin_api, "sleep", payload='{"seconds": 0}'))["state"]
+        == "SUCCESS"
+    )
 
 
 def test_payload_reaches_the_action(admin_api: Api, start_executor) -> None:
     start_executor()
     payload = {"b": [1, 2], "a": "x"}
-    job = wait_state(admin_api, add(admin_api, "test_payload_echo",
-                                    payload=json.dumps(payload)))
+    job = wait_state(admin_api, add(admin_api, "test_payload_echo", payload=json.dumps(payload)))
     assert json.loads(job["status-message"]) == payload
 
 
 # -- process behaviour --------------------------------------------------------------------------
 
 
-def test_runs_many_jobs_at_once(admin_api: Api, zk: KazooClient, start_executor,
-                                tmp_path) -> None:
+def test_runs_many_jobs_at_once(admin_api: Api, zk: KazooClient, start_executor, tmp_path) -> None:
     log_file = str(tmp_path / "runs.log")
-    ids = [add(admin_api, "test_sleep", payload=json.dumps({"seconds": 2, "log": log_file}))
-           for _ in range(50)]
+    ids = [
+        add(admin_api, "test_sleep", payload=json.dumps({"seconds": 2, "log": log_file}))
+        for _ in range(50)
+    ]
     start_executor("--concurrency", "50")
     for job_id in ids:
         assert wait_state(admin_api, job_id, timeout=60)["state"] == "SUCCESS"
@@ -267,8 +276,9 @@ def test_sigterm_drains_running_jobs(admin_api: Api, zk: KazooClient, start_exec
     assert len(zk.get_children(queue.ENTRIES)) == 1
 
 
-def test_grace_period_over_releases_leftovers(admin_api: Api, zk: KazooClient,
-                                              start_executor) -> None:
+def test_grace_period_over_releases_leftovers(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     process = start_executor("--grace-period", "1")
     job_id = add(admin_api, "test_sleep", payload=json.dumps({"seconds": 60}))
     wait_state(admin_api, job_id, ("RUNNING",))
@@ -282,7 +292,8 @@ def test_grace_period_over_releases_leftovers(admin_api: Api, zk: KazooClient,
 
 
 def test_grace_period_starts_at_once_when_every_slot_is_busy(
-        admin_api: Api, zk: KazooClient, start_executor) -> None:
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     # With no free slot the take loop waits for one; a stop request must end that wait,
     # or shutdown would wait for a job to finish instead of the grace period.
     process = start_executor("--grace-period", "1", "--concurrency", "2")
@@ -298,16 +309,18 @@ def test_grace_period_starts_at_once_when_every_slot_is_busy(
 
 def run_pull(job_api: JobApiProcess, job_id: str) -> int:
     """`job-executor --job-id` (no ZooKeeper reachable: pull mode needs none); exit status."""
-    process = executor_process("127.0.0.1:1", job_api.endpoint,
-                               str(job_api.credentials_path), "--job-id", job_id).start()
+    process = executor_process(
+        "127.0.0.1:1", job_api.endpoint, str(job_api.credentials_path), "--job-id", job_id
+    ).start()
     try:
         return process.wait(timeout=60)
     finally:
         process.stop()
 
 
-def test_pull_mode_runs_exactly_one_job(job_api: JobApiProcess, admin_api: Api,
-                                        zk: KazooClient) -> None:
+def test_pull_mode_runs_exactly_one_job(
+    job_api: JobApiProcess, admin_api: Api, zk: KazooClient
+) -> None:
     target = add(admin_api, "test_ok", **{"execution-mode": "pull"})
     other = add(admin_api, "test_ok")
     assert run_pull(job_api, target) == 0
@@ -317,9 +330,9 @@ def test_pull_mode_runs_exactly_one_job(job_api: JobApiProcess, admin_api: Api,
     assert run_pull(job_api, failing) == 1
 
 
-def test_session_loss_abandons_jobs_without_final_state(zookeeper, admin_api: Api,
-                                                        zk: KazooClient, start_executor,
-                                                        tmp_path) -> None:
+def test_session_loss_abandons_jobs_without_final_state(
+    zookeeper, admin_api: Api, zk: KazooClient, start_executor, tmp_path
+) -> None:
     runs = tmp_path / "runs.log"
     process = start_executor("--zk-timeout", "2")
     job_id = add(admin_api, "test_sleep", payload=json.dumps({"seconds": 3, "log": str(runs)}))
@@ -344,8 +357,9 @@ def test_session_loss_abandons_jobs_without_final_state(zookeeper, admin_api: Ap
     assert marks[-1] == "end"
 
 
-def test_suspended_connection_resumes_taking(zookeeper, admin_api: Api, zk: KazooClient,
-                                             start_executor) -> None:
+def test_suspended_connection_resumes_taking(
+    zookeeper, admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     process = start_executor("--zk-timeout", "30")
     assert wait_state(admin_api, add(admin_api, "test_ok"))["state"] == "SUCCESS"
     zookeeper.stop()
@@ -377,7 +391,8 @@ def test_entry_point_actions_are_loaded(admin_api: Api, start_executor, tmp_path
         "        self.job = job\n\n"
         "    def do_work(self):\n"
         "        self.job.set_status_message('plugin ran')\n"
-        "        return 0\n")
+        "        return 0\n"
+    )
     info = tmp_path / "plugin_pkg-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-pkg\nVersion: 1.0\n")
@@ -399,8 +414,9 @@ def test_lite_image_registers_only_pull_mode_actions(admin_api: Api, start_execu
 
 
 def test_unreachable_zookeeper_is_one_error_line(job_api: JobApiProcess) -> None:
-    process = executor_process("127.0.0.1:1", job_api.endpoint,
-                               str(job_api.credentials_path)).start()
+    process = executor_process(
+        "127.0.0.1:1", job_api.endpoint, str(job_api.credentials_path)
+    ).start()
     try:
         assert process.wait(timeout=60) == 1
     finally:

@@ -44,7 +44,8 @@ def garbage_entries() -> dict[str, bytes]:
 
 
 def test_garbage_entries_are_logged_consumed_and_executor_goes_on(
-        admin_api: Api, zk: KazooClient, start_executor) -> None:
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     garbage = garbage_entries()
     names = {}
     for what, data in garbage.items():  # priority 0: taken before any real job
@@ -73,29 +74,40 @@ def test_garbage_entries_are_logged_consumed_and_executor_goes_on(
 # -- misbehaving actions --------------------------------------------------------------------------
 
 
-def test_non_int_return_values_fail_the_job(admin_api: Api, zk: KazooClient,
-                                            start_executor) -> None:
+def test_non_int_return_values_fail_the_job(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     start_executor()
     for value in ("None", "'0'", "True", "-1", "1.5", "[]"):
-        job = wait_state(admin_api, add(admin_api, "test_returns",
-                                        payload=json.dumps({"value": value})))
+        job = wait_state(
+            admin_api, add(admin_api, "test_returns", payload=json.dumps({"value": value}))
+        )
         assert job["state"] == "FAILED", value
         assert "instead of an int return code" in job["status-message"], value
     queue_empty(zk)
 
 
-BASE_EXCEPTIONS = ["SystemExit", "KeyboardInterrupt", "GeneratorExit", "CustomBaseException",
-                   "SystemExit0", "StopIteration"]
+BASE_EXCEPTIONS = [
+    "SystemExit",
+    "KeyboardInterrupt",
+    "GeneratorExit",
+    "CustomBaseException",
+    "SystemExit0",
+    "StopIteration",
+]
 
 
-def test_base_exceptions_fail_the_job_and_executor_goes_on(admin_api: Api, zk: KazooClient,
-                                                          start_executor) -> None:
+def test_base_exceptions_fail_the_job_and_executor_goes_on(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     process = start_executor("--concurrency", "3")
     # One long job runs throughout: a raise that reached the hub would stop it too.
     witness = add(admin_api, "test_sleep", payload=json.dumps({"seconds": 4}))
     wait_state(admin_api, witness, ("RUNNING",))
-    jobs = {kind: add(admin_api, "test_raises_base", payload=json.dumps({"kind": kind}))
-            for kind in BASE_EXCEPTIONS}
+    jobs = {
+        kind: add(admin_api, "test_raises_base", payload=json.dumps({"kind": kind}))
+        for kind in BASE_EXCEPTIONS
+    }
     for kind, job_id in jobs.items():
         job = wait_state(admin_api, job_id)
         assert (job["state"], job["return-code"]) == ("FAILED", 1), kind
@@ -109,8 +121,7 @@ def test_base_exceptions_fail_the_job_and_executor_goes_on(admin_api: Api, zk: K
     assert "executor executor stopped" not in process.log()
 
 
-def test_action_time_limit_fails_the_job(admin_api: Api, zk: KazooClient,
-                                         start_executor) -> None:
+def test_action_time_limit_fails_the_job(admin_api: Api, zk: KazooClient, start_executor) -> None:
     process = start_executor("--action-timeout", "1.5", "--concurrency", "3")
     started = time.monotonic()
     hung = add(admin_api, "test_hangs")
@@ -130,8 +141,9 @@ def test_action_time_limit_fails_the_job(admin_api: Api, zk: KazooClient,
     assert f"{hung}: test_hangs exceeded its time limit" in process.log()
 
 
-def test_action_time_limit_mixed_job_goes_to_pull(admin_api: Api, zk: KazooClient,
-                                                  start_executor) -> None:
+def test_action_time_limit_mixed_job_goes_to_pull(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     start_executor("--action-timeout", "1")
     job_id = add(admin_api, "test_hangs", **{"execution-mode": "mixed"})
     deadline = time.monotonic() + 30
@@ -153,8 +165,9 @@ def test_no_time_limit_by_default(admin_api: Api, zk: KazooClient, start_executo
 def test_bad_action_timeout_is_a_usage_error(job_api, zookeeper) -> None:
     from tests.support.processes import executor_process
 
-    process = executor_process(zookeeper.hosts, job_api.endpoint,
-                               str(job_api.credentials_path), "--action-timeout", "-3").start()
+    process = executor_process(
+        zookeeper.hosts, job_api.endpoint, str(job_api.credentials_path), "--action-timeout", "-3"
+    ).start()
     try:
         assert process.wait(timeout=60) == 2
     finally:
@@ -163,8 +176,9 @@ def test_bad_action_timeout_is_a_usage_error(job_api, zookeeper) -> None:
     assert "Traceback" not in process.log()
 
 
-def test_time_limit_still_releases_on_shutdown(admin_api: Api, zk: KazooClient,
-                                               start_executor) -> None:
+def test_time_limit_still_releases_on_shutdown(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     # Shutdown's JobReleased must still release the entry, not fail the job as timed out.
     import signal
 
@@ -179,10 +193,10 @@ def test_time_limit_still_releases_on_shutdown(admin_api: Api, zk: KazooClient,
 
 
 def test_cpu_bound_action_is_reported_and_others_still_finish(
-        admin_api: Api, zk: KazooClient, start_executor) -> None:
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
     process = start_executor("--concurrency", "5")
-    others = [add(admin_api, "test_sleep", payload=json.dumps({"seconds": 0.2}))
-              for _ in range(3)]
+    others = [add(admin_api, "test_sleep", payload=json.dumps({"seconds": 0.2})) for _ in range(3)]
     busy = add(admin_api, "test_busy_loop", payload=json.dumps({"seconds": 2.5}))
     more = [add(admin_api, "test_ok") for _ in range(3)]
     for job_id in [*others, busy, *more]:

@@ -48,23 +48,27 @@ def wait_final(api: Api, job_id: str, timeout: float = 30.0) -> str:
 
 
 def test_lines_logged_inside_a_job_carry_its_id_and_action(
-        admin_api: Api, start_executor: Callable[..., EngineProcess], tmp_path: Path) -> None:
+    admin_api: Api, start_executor: Callable[..., EngineProcess], tmp_path: Path
+) -> None:
     (tmp_path / "probe.py").write_text(PROBE_MODULE)
     executor = start_executor("--log-format", "json", "--actions-path", str(tmp_path))
-    jobs = [admin_api.add("job", {"action": ACTION, "payload": json.dumps({"fail": n == 0})}
-                          ).data["resource-id"] for n in range(3)]
-    assert [wait_final(admin_api, job_id) for job_id in jobs] == ["FAILED", "SUCCESS",
-                                                                  "SUCCESS"]
+    jobs = [
+        admin_api.add("job", {"action": ACTION, "payload": json.dumps({"fail": n == 0})}).data[
+            "resource-id"
+        ]
+        for n in range(3)
+    ]
+    assert [wait_final(admin_api, job_id) for job_id in jobs] == ["FAILED", "SUCCESS", "SUCCESS"]
     records = [json.loads(line) for line in executor.log().splitlines()]
     for job_id in jobs:
         # The action's own lines name no job: only the greenlet's context can tag them.
-        mine = [r for r in records
-                if r["logger"] == ACTION_LOGGER and r.get("job_id") == job_id]
+        mine = [r for r in records if r["logger"] == ACTION_LOGGER and r.get("job_id") == job_id]
         assert [r["message"] for r in mine] == ["probe start", "probe end"], records
         assert {r["action"] for r in mine} == {ACTION}
         # The engine's lines about the job are tagged with it, and with nothing else.
         about = [r for r in records if job_id in r["message"]]
-        assert about and all((r.get("job_id"), r.get("action")) == (job_id, ACTION)
-                             for r in about), about
+        assert about and all(
+            (r.get("job_id"), r.get("action")) == (job_id, ACTION) for r in about
+        ), about
     startup = next(r for r in records if "running up to" in r["message"])
     assert "job_id" not in startup and "action" not in startup

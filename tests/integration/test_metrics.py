@@ -33,17 +33,20 @@ def scrape(url: str) -> Samples:
     response = requests.get(url, timeout=5)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("text/plain")
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(response.text)
-            for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
-def wait_for(url: str, condition: Callable[[Samples], bool], what: str,
-             timeout: float = 30.0) -> Samples:
+def wait_for(
+    url: str, condition: Callable[[Samples], bool], what: str, timeout: float = 30.0
+) -> Samples:
     """Scrape until ``condition`` holds; fail naming ``what`` with the last nuvla_job samples."""
     deadline = time.monotonic() + timeout
     while True:
@@ -63,8 +66,9 @@ def add(api: Api, action: str, **attrs) -> str:
 # -- executor --------------------------------------------------------------------------------
 
 
-def test_executor_metrics_follow_a_run(admin_api: Api, zk: KazooClient, start_executor,
-                                       tmp_path: Path) -> None:
+def test_executor_metrics_follow_a_run(
+    admin_api: Api, zk: KazooClient, start_executor, tmp_path: Path
+) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     start_executor("--concurrency", "2", "--metrics-port", str(port))
@@ -79,34 +83,44 @@ def test_executor_metrics_follow_a_run(admin_api: Api, zk: KazooClient, start_ex
     wait_for(url, lambda s: value(s, "nuvla_job_jobs_in_flight") == 2, "2 jobs in flight")
 
     # With no free slot, whatever is queued now stays available: the depth counts it.
-    for action in ("test_ok",) * 3 + ("test_fail_code",) * 2 + ("test_raises",
-                                                                   "no_such_action"):
+    for action in ("test_ok",) * 3 + ("test_fail_code",) * 2 + ("test_raises", "no_such_action"):
         add(admin_api, action)
     queue.put(zk, f"job/{uuid.uuid4()}")  # a job the job API does not know: dropped
     wait_for(url, lambda s: value(s, "nuvla_job_queue_depth") == 8, "a queue depth of 8")
 
     gate.touch()
-    expected = {("test_gated", "success"): 2, ("test_ok", "success"): 3,
-                ("test_fail_code", "failed"): 2, ("test_raises", "failed"): 1,
-                ("unknown", "failed"): 1,  # no_such_action: not a label, not registered
-                ("unknown", "dropped"): 1}
-    samples = wait_for(url, lambda s: all(
-        value(s, jobs, action=a, outcome=o) == n for (a, o), n in expected.items()),
-        "every outcome counted")
+    expected = {
+        ("test_gated", "success"): 2,
+        ("test_ok", "success"): 3,
+        ("test_fail_code", "failed"): 2,
+        ("test_raises", "failed"): 1,
+        ("unknown", "failed"): 1,  # no_such_action: not a label, not registered
+        ("unknown", "dropped"): 1,
+    }
+    samples = wait_for(
+        url,
+        lambda s: all(value(s, jobs, action=a, outcome=o) == n for (a, o), n in expected.items()),
+        "every outcome counted",
+    )
     assert value(samples, "nuvla_job_queue_takes_total") == 10
     assert value(samples, "nuvla_job_queue_releases_total") == 0
     assert value(samples, "nuvla_job_job_duration_seconds_count", action="test_ok") == 3
-    assert value(samples, "nuvla_job_job_duration_seconds_bucket", action="test_ok",
-                 le="+Inf") == 3
+    assert value(samples, "nuvla_job_job_duration_seconds_bucket", action="test_ok", le="+Inf") == 3
     assert value(samples, "nuvla_job_jobs_in_flight") == 0
     assert value(samples, "nuvla_job_queue_depth") == 0
     assert not any(k[0] == jobs and ("action", "no_such_action") in k[1] for k in samples)
 
     # A job for a newer engine is held, then released back to the queue.
     job_id = add(admin_api, "test_ok", version=99)
-    wait_for(url, lambda s: (value(s, "nuvla_job_queue_releases_total") or 0) >= 1
-             and (value(s, jobs, action="test_ok", outcome="released") or 0) >= 1,
-             "a release", timeout=20)
+    wait_for(
+        url,
+        lambda s: (
+            (value(s, "nuvla_job_queue_releases_total") or 0) >= 1
+            and (value(s, jobs, action="test_ok", outcome="released") or 0) >= 1
+        ),
+        "a release",
+        timeout=20,
+    )
     admin_api.delete(job_id)
 
 
@@ -117,17 +131,32 @@ def test_metrics_endpoint_answers_only_metrics(start_executor) -> None:
     assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
 
 
-def test_metrics_port_in_use_is_a_one_line_error(zookeeper: ZooKeeperServer,
-                                                 job_api: JobApiProcess) -> None:
+def test_metrics_port_in_use_is_a_one_line_error(
+    zookeeper: ZooKeeperServer, job_api: JobApiProcess
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "nuvla_job.cli.executor", "--zk-hosts", zookeeper.hosts,
-             "--api-url", job_api.endpoint, "--api-credentials-file",
-             str(job_api.credentials_path), "--metrics-port", str(port)],
-            capture_output=True, text=True, timeout=60, cwd=REPO)
+            [
+                sys.executable,
+                "-m",
+                "nuvla_job.cli.executor",
+                "--zk-hosts",
+                zookeeper.hosts,
+                "--api-url",
+                job_api.endpoint,
+                "--api-credentials-file",
+                str(job_api.credentials_path),
+                "--metrics-port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
     assert result.returncode != 0
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
@@ -137,19 +166,34 @@ def test_metrics_port_in_use_is_a_one_line_error(zookeeper: ZooKeeperServer,
 
 
 @pytest.fixture
-def start_distributor(zookeeper: ZooKeeperServer, job_api: JobApiProcess, zk: KazooClient
-                      ) -> Iterator[Callable[..., EngineProcess]]:
+def start_distributor(
+    zookeeper: ZooKeeperServer, job_api: JobApiProcess, zk: KazooClient
+) -> Iterator[Callable[..., EngineProcess]]:
     started: list[EngineProcess] = []
 
     def start(name: str, port: int) -> EngineProcess:
         # One tick an hour: elected, but creating no jobs during the test.
-        args = ["--zk-hosts", zookeeper.hosts, "--zk-timeout", "4",
-                "--api-url", job_api.endpoint,
-                "--api-credentials-file", str(job_api.credentials_path),
-                "--actions-path", str(TEST_ACTIONS), "--name", name,
-                "--distribution-include", "tick", "--distribution-interval", "tick:3600"]
-        process = EngineProcess("nuvla_job.cli.distributor", args,
-                                env={"JOB_METRICS_PORT": str(port)})
+        args = [
+            "--zk-hosts",
+            zookeeper.hosts,
+            "--zk-timeout",
+            "4",
+            "--api-url",
+            job_api.endpoint,
+            "--api-credentials-file",
+            str(job_api.credentials_path),
+            "--actions-path",
+            str(TEST_ACTIONS),
+            "--name",
+            name,
+            "--distribution-include",
+            "tick",
+            "--distribution-interval",
+            "tick:3600",
+        ]
+        process = EngineProcess(
+            "nuvla_job.cli.distributor", args, env={"JOB_METRICS_PORT": str(port)}
+        )
         started.append(process.start())
         return process
 
@@ -180,8 +224,11 @@ def test_leadership_per_distribution(start_distributor) -> None:
 
     # The leader stops: the other one takes over, and its gauge says so.
     processes[first].stop()
-    wait_for(urls[other], lambda s: value(s, "nuvla_job_leader", distribution="tick") == 1,
-             "the take-over")
+    wait_for(
+        urls[other],
+        lambda s: value(s, "nuvla_job_leader", distribution="tick") == 1,
+        "the take-over",
+    )
 
 
 # -- job API -----------------------------------------------------------------------------------
@@ -204,19 +251,18 @@ def test_job_api_counts_requests_by_route_template(fresh_api: JobApiProcess) -> 
     assert value(samples, requests_total, method="GET", route=item, status="200") == 2
     assert value(samples, requests_total, method="GET", route=item, status="404") == 1
     assert value(samples, requests_total, method="POST", route="/api/job", status="201") == 1
-    assert value(samples, requests_total, method="POST", route="/api/session",
-                 status="201") == 1
-    assert value(samples, requests_total, method="GET", route="unmatched",
-                 status="404") == 1
-    assert value(samples, "nuvla_job_http_request_duration_seconds_count", method="GET",
-                 route=item) == 3
+    assert value(samples, requests_total, method="POST", route="/api/session", status="201") == 1
+    assert value(samples, requests_total, method="GET", route="unmatched", status="404") == 1
+    assert (
+        value(samples, "nuvla_job_http_request_duration_seconds_count", method="GET", route=item)
+        == 3
+    )
     assert value(samples, "nuvla_job_zookeeper_connected") == 1
     # Raw paths never become labels: the number of series stays bounded.
     labels = {v for (_, pairs) in samples for _, v in pairs}
     assert not any(job_id.split("/")[1] in label or "no/such" in label for label in labels)
     # The scrape itself is counted once the next one asks.
-    assert value(scrape(url), requests_total, method="GET", route="/metrics",
-                 status="200") >= 1
+    assert value(scrape(url), requests_total, method="GET", route="/metrics", status="200") >= 1
 
 
 def test_job_api_metrics_can_be_turned_off(zookeeper: ZooKeeperServer) -> None:

@@ -23,22 +23,31 @@ from tests.support.zookeeper import ZooKeeperServer
 Cli = Callable[..., subprocess.CompletedProcess]
 
 
+def run_cli(
+    *args: str, env: dict[str, str], input: str | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nuvla_job.cli.operator", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=120,
+        env={**env, "PYTHONPATH": str(REPO), "COLUMNS": "200"},
+    )
 
-def run_cli(*args: str, env: dict[str, str], input: str | None = None
-            ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nuvla_job.cli.operator", *args],
-                          capture_output=True, text=True, input=input, timeout=120,
-                          env={**env, "PYTHONPATH": str(REPO), "COLUMNS": "200"})
 
-
-def stack_env(job_api: JobApiProcess, zookeeper: ZooKeeperServer, data_home: Path
-              ) -> dict[str, str]:
+def stack_env(
+    job_api: JobApiProcess, zookeeper: ZooKeeperServer, data_home: Path
+) -> dict[str, str]:
     """The environment an operator would set: endpoint, credentials file, ZooKeeper."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_", "ZK_"))}
     # A data directory of our own, so no real default credentials file is picked up.
     env["XDG_DATA_HOME"] = str(data_home)
-    env.update(JOB_API_URL=job_api.endpoint, JOB_API_CREDENTIALS=str(job_api.credentials_path),
-               ZK_HOSTS=zookeeper.hosts)
+    env.update(
+        JOB_API_URL=job_api.endpoint,
+        JOB_API_CREDENTIALS=str(job_api.credentials_path),
+        ZK_HOSTS=zookeeper.hosts,
+    )
     return env
 
 
@@ -69,8 +78,19 @@ def entries_by_job(zk: KazooClient) -> dict[str, list[str]]:
 
 
 def test_submit_one_job_with_every_option(cli: Cli, admin_api: Api, zk: KazooClient) -> None:
-    result = cli("submit", "test_ok", "--target", "deployment/42", "--payload", '{"a": [1, 2]}',
-                 "--priority", "5", "--mode", "mixed", "--json")
+    result = cli(
+        "submit",
+        "test_ok",
+        "--target",
+        "deployment/42",
+        "--payload",
+        '{"a": [1, 2]}',
+        "--priority",
+        "5",
+        "--mode",
+        "mixed",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     job_id = json.loads(result.stdout)["id"]
     job = admin_api.get(job_id).data
@@ -84,20 +104,24 @@ def test_submit_one_job_with_every_option(cli: Cli, admin_api: Api, zk: KazooCli
     assert "created (dummy_test_action)" in human.stdout
 
 
-@pytest.mark.parametrize("args, text", [
-    (("submit", "test_ok", "--payload", "{not json"), "--payload is not valid JSON"),
-    (("submit",), "give an ACTION, or --from FILE"),
-    (("submit", "test_ok", "--priority", "1000"), "--priority"),
-    (("show", f"job/{uuid.uuid4()}"), "job API answered 404"),
-    (("list", "--filter", "state=="), "job API answered 400"),
-    (("no-such-command",), "No such command"),
-])
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (("submit", "test_ok", "--payload", "{not json"), "--payload is not valid JSON"),
+        (("submit",), "give an ACTION, or --from FILE"),
+        (("submit", "test_ok", "--priority", "1000"), "--priority"),
+        (("show", f"job/{uuid.uuid4()}"), "job API answered 404"),
+        (("list", "--filter", "state=="), "job API answered 400"),
+        (("no-such-command",), "No such command"),
+    ],
+)
 def test_errors_are_one_line_with_exit_3(cli: Cli, args: tuple[str, ...], text: str) -> None:
     assert_one_line_error(cli(*args), text)
 
 
-def test_submit_from_jsonl_counts_created_and_failed(cli: Cli, admin_api: Api,
-                                                     tmp_path: Path) -> None:
+def test_submit_from_jsonl_counts_created_and_failed(
+    cli: Cli, admin_api: Api, tmp_path: Path
+) -> None:
     tag = f"batch-{uuid.uuid4().hex[:8]}"
     lines = [
         json.dumps({"action": "test_ok", "tags": [tag]}),
@@ -133,19 +157,22 @@ def test_submit_from_jsonl_counts_created_and_failed(cli: Cli, admin_api: Api,
 
 def test_list_filters_and_orders(cli: Cli, admin_api: Api) -> None:
     action = f"cli_list_{uuid.uuid4().hex[:8]}"
-    ids = [add(admin_api, action, priority=p, **{"execution-mode": "pull"})
-           for p in (30, 10, 20)]
+    ids = [add(admin_api, action, priority=p, **{"execution-mode": "pull"}) for p in (30, 10, 20)]
     admin_api.operation(admin_api.get(ids[0]), "cancel")
     newest_two = cli("list", "--action", action, "--last", "2", "--json")
     assert newest_two.returncode == 0, newest_two.stderr
     answer = json.loads(newest_two.stdout)
     assert answer["count"] == 3
     assert [j["id"] for j in answer["jobs"]] == [ids[2], ids[1]]  # created:desc by default
-    queued = json.loads(cli("list", "--action", action, "--state", "queued", "--orderby",
-                            "priority", "--json").stdout)
+    queued = json.loads(
+        cli(
+            "list", "--action", action, "--state", "queued", "--orderby", "priority", "--json"
+        ).stdout
+    )
     assert [j["id"] for j in queued["jobs"]] == [ids[1], ids[2]]
-    filtered = json.loads(cli("list", "--filter", f"action='{action}'", "--filter",
-                              "priority>=20", "--json").stdout)
+    filtered = json.loads(
+        cli("list", "--filter", f"action='{action}'", "--filter", "priority>=20", "--json").stdout
+    )
     assert {j["id"] for j in filtered["jobs"]} == {ids[0], ids[2]}
     human = cli("list", "--action", action)
     assert human.returncode == 0
@@ -155,8 +182,7 @@ def test_list_filters_and_orders(cli: Cli, admin_api: Api) -> None:
 
 
 def test_show_and_cancel(cli: Cli, admin_api: Api) -> None:
-    job_id = add(admin_api, "test_ok", payload=json.dumps({"k": "v"}),
-                 **{"execution-mode": "pull"})
+    job_id = add(admin_api, "test_ok", payload=json.dumps({"k": "v"}), **{"execution-mode": "pull"})
     shown = cli("show", job_id, "--json")
     assert shown.returncode == 0
     document = json.loads(shown.stdout)
@@ -190,8 +216,9 @@ def test_watch_exits_with_the_outcome(cli: Cli, admin_api: Api, start_executor) 
     admin_api.operation(admin_api.get(cancelled), "cancel")
     assert cli("watch", cancelled).returncode == 2
     never = add(admin_api, "test_ok", **{"execution-mode": "pull"})  # nobody runs it
-    assert_one_line_error(cli("watch", never, "--interval", "0.1", "--timeout", "0.5"),
-                          "still QUEUED after 0.5 s")
+    assert_one_line_error(
+        cli("watch", never, "--interval", "0.1", "--timeout", "0.5"), "still QUEUED after 0.5 s"
+    )
 
 
 # -- queue ---------------------------------------------------------------------------------------
@@ -222,16 +249,18 @@ def test_queue_shows_depth_takers_and_oldest(cli: Cli, admin_api: Api, zk: Kazoo
 
 
 def test_queue_without_zookeeper_is_one_line(cli: Cli) -> None:
-    assert_one_line_error(cli("--zk-hosts", "127.0.0.1:1", "--zk-timeout", "1", "queue"),
-                          "cannot connect to ZooKeeper at 127.0.0.1:1")
+    assert_one_line_error(
+        cli("--zk-hosts", "127.0.0.1:1", "--zk-timeout", "1", "queue"),
+        "cannot connect to ZooKeeper at 127.0.0.1:1",
+    )
 
 
 # -- restore -------------------------------------------------------------------------------------
 
 
-def test_restore_queues_exactly_the_missing_jobs_once(fresh_api: JobApiProcess, zk: KazooClient,
-                                                      zookeeper: ZooKeeperServer,
-                                                      tmp_path: Path) -> None:
+def test_restore_queues_exactly_the_missing_jobs_once(
+    fresh_api: JobApiProcess, zk: KazooClient, zookeeper: ZooKeeperServer, tmp_path: Path
+) -> None:
     api = fresh_api.admin_api()
     push = [add(api, "test_ok", priority=p) for p in (3, 500, 999, 3, 42, 7, 7, 100)]
     mixed = [add(api, "test_ok", priority=9, **{"execution-mode": "mixed"}) for _ in range(2)]
@@ -244,8 +273,7 @@ def test_restore_queues_exactly_the_missing_jobs_once(fresh_api: JobApiProcess, 
         zk.delete(f"{queue.ENTRIES}/{entries[job_id][0]}")
     env = stack_env(fresh_api, zookeeper, tmp_path / "data")
 
-    dry = run_cli("restore", "--dry-run", "--min-age", "0", "--page-size", "3", "--json",
-                  env=env)
+    dry = run_cli("restore", "--dry-run", "--min-age", "0", "--page-size", "3", "--json", env=env)
     assert dry.returncode == 0, dry.stderr
     report = json.loads(dry.stdout)
     assert sorted(m["id"] for m in report["missing"]) == sorted(lost)
@@ -273,14 +301,15 @@ def test_restore_queues_exactly_the_missing_jobs_once(fresh_api: JobApiProcess, 
     assert young["missing"] == [] and young["scanned"] == 0
 
 
-def test_default_credentials_file_and_its_endpoint(fresh_api: JobApiProcess,
-                                                   zookeeper: ZooKeeperServer,
-                                                   tmp_path: Path) -> None:
+def test_default_credentials_file_and_its_endpoint(
+    fresh_api: JobApiProcess, zookeeper: ZooKeeperServer, tmp_path: Path
+) -> None:
     """No options and no environment: the job API's admin credentials file is used."""
     data_home = tmp_path / "data"
     (data_home / "nuvla-job").mkdir(parents=True)
     (data_home / "nuvla-job" / "admin-credentials.json").write_text(
-        fresh_api.credentials_path.read_text())
+        fresh_api.credentials_path.read_text()
+    )
     env = stack_env(fresh_api, zookeeper, data_home)
     del env["JOB_API_URL"], env["JOB_API_CREDENTIALS"]
     job_id = add(fresh_api.admin_api(), "test_ok", **{"execution-mode": "pull"})
@@ -288,11 +317,21 @@ def test_default_credentials_file_and_its_endpoint(fresh_api: JobApiProcess,
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["id"] == job_id
     # Explicit options win over the file; bad credentials are one line.
-    bad = run_cli("--api-url", fresh_api.endpoint, "--api-key", "credential/nope",
-                  "--api-secret", "wrong", "show", job_id, env=env)
+    bad = run_cli(
+        "--api-url",
+        fresh_api.endpoint,
+        "--api-key",
+        "credential/nope",
+        "--api-secret",
+        "wrong",
+        "show",
+        job_id,
+        env=env,
+    )
     assert_one_line_error(bad, "login to the job API")
 
 
 def test_job_api_unreachable_is_one_line(cli: Cli) -> None:
-    assert_one_line_error(cli("--api-url", "http://127.0.0.1:1", "list"),
-                          "cannot reach the job API")
+    assert_one_line_error(
+        cli("--api-url", "http://127.0.0.1:1", "list"), "cannot reach the job API"
+    )

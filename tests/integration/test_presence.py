@@ -17,8 +17,13 @@ from tests.conftest import wipe
 from tests.support import waiting
 
 WAIT = 15.0
-INFO = {"name": "exec-a", "host": "h", "pid": 42, "concurrency": 7,
-        "started": "2026-01-01T00:00:00.000Z"}
+INFO = {
+    "name": "exec-a",
+    "host": "h",
+    "pid": 42,
+    "concurrency": 7,
+    "started": "2026-01-01T00:00:00.000Z",
+}
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
@@ -44,8 +49,9 @@ def presences(zk: KazooClient) -> Iterator[list[ExecutorPresence]]:
 
 
 @pytest.mark.parametrize("use_gevent", [False, True], ids=["threading", "gevent"])
-def test_announces_info_and_in_flight_jobs(zk: KazooClient, zk_factory, presences,
-                                           use_gevent: bool) -> None:
+def test_announces_info_and_in_flight_jobs(
+    zk: KazooClient, zk_factory, presences, use_gevent: bool
+) -> None:
     client = zk_factory(use_gevent=use_gevent)
     presence = ExecutorPresence()
     presences.append(presence)
@@ -118,15 +124,20 @@ def test_recreated_when_deleted(zk: KazooClient, zk_factory, presences) -> None:
     wait_for(lambda: zk.exists(path), "the node created again")
 
 
-def test_executor_process_announces_its_running_jobs(admin_api, zk: KazooClient,
-                                                     start_executor, presences) -> None:
+def test_executor_process_announces_its_running_jobs(
+    admin_api, zk: KazooClient, start_executor, presences
+) -> None:
     # A free slot left: an executor whose slots are all busy waits for one before it
     # notices a stop request, so its stop would wait for the jobs.
-    executor = start_executor("--concurrency", "3", "--name", "presence-exec",
-                              "--grace-period", "1")
-    ids = [admin_api.add("job", {"action": "test_sleep",
-                                 "payload": json.dumps({"seconds": 30})}).data["resource-id"]
-           for _ in range(2)]
+    executor = start_executor(
+        "--concurrency", "3", "--name", "presence-exec", "--grace-period", "1"
+    )
+    ids = [
+        admin_api.add("job", {"action": "test_sleep", "payload": json.dumps({"seconds": 30})}).data[
+            "resource-id"
+        ]
+        for _ in range(2)
+    ]
 
     def node() -> dict[str, Any] | None:
         names = zk.get_children(ROOT) if zk.exists(ROOT) else []

@@ -47,8 +47,7 @@ WAIT = 10.0
 
 def wait_until(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "") -> None:
     """Poll `predicate` (letting the gevent hub run) until it is true or `timeout` passes."""
-    waiting.wait_for(predicate, what or repr(predicate), timeout, pause=gevent.sleep,
-                     interval=0.01)
+    waiting.wait_for(predicate, what or repr(predicate), timeout, pause=gevent.sleep, interval=0.01)
 
 
 def expire_session(zk_factory: Callable[..., KazooClient], client: KazooClient) -> None:
@@ -98,8 +97,19 @@ def test_entry_properties() -> None:
     assert Entry("entry-999--2147483648", b"").priority == 999
     for name in ("garbage", "entry-1-0000000001", "entry-001-12", "entry-001-0000000001x"):
         assert Entry(name, b"job/x").priority is None
-    for data in (b"", b"\xff\xfe", b"job/", b"nuvlabox/1", b"job/a b", b"job/a\n", b"job/a/b",
-                 b"job/a\x00b", b"job/a?x", b"job/a#x", b"job/a%2fb"):
+    for data in (
+        b"",
+        b"\xff\xfe",
+        b"job/",
+        b"nuvlabox/1",
+        b"job/a b",
+        b"job/a\n",
+        b"job/a/b",
+        b"job/a\x00b",
+        b"job/a?x",
+        b"job/a#x",
+        b"job/a%2fb",
+    ):
         assert Entry("entry-001-0000000001", data).job_id is None
 
 

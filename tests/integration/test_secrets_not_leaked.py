@@ -26,7 +26,7 @@ MASK = "********"
 
 # Actions and a distribution that do what careless code does: put the credentials they can
 # reach into exceptions and log lines.
-LEAKY_MODULE = textwrap.dedent('''
+LEAKY_MODULE = textwrap.dedent("""
     import logging
 
     from nuvla_job.registry import action, distribution
@@ -57,7 +57,7 @@ LEAKY_MODULE = textwrap.dedent('''
         if len(_calls) == 1:
             raise RuntimeError(f"distribution failed with {_credential(api)}")
         yield {"action": "test_ok", "tags": ["leaky_tick"]}
-''')
+""")
 
 
 def _secret_file(directory: Path, name: str, value: str) -> str:
@@ -84,7 +84,8 @@ def _wait_for(condition, what: str, timeout: float = 60.0) -> None:
 
 
 def test_no_secret_in_logs_errors_sentry_or_process_listing(
-        zookeeper: ZooKeeperServer, zk: KazooClient, tmp_path: Path) -> None:
+    zookeeper: ZooKeeperServer, zk: KazooClient, tmp_path: Path
+) -> None:
     actions = tmp_path / "actions"
     actions.mkdir()
     (actions / "leaky_secrets.py").write_text(LEAKY_MODULE)
@@ -96,55 +97,99 @@ def test_no_secret_in_logs_errors_sentry_or_process_listing(
     executor_password = f"exec-pw-{secrets.token_urlsafe(12)}"
     distributor_password = f"dist-pw-{secrets.token_urlsafe(12)}"
 
-    server = JobApiProcess(zookeeper.hosts,
-                           env={"JOB_API_TLS_CERT": str(cert), "JOB_API_TLS_KEY": str(key)})
+    server = JobApiProcess(
+        zookeeper.hosts, env={"JOB_API_TLS_CERT": str(cert), "JOB_API_TLS_KEY": str(key)}
+    )
     processes: list[EngineProcess] = []
     try:
         server.start()
         admin = server.admin_api()
         creds = server.credentials()
         api_secret = creds["secret"]
-        for name, password in (("executor", executor_password),
-                                ("distributor", distributor_password)):
+        for name, password in (
+            ("executor", executor_password),
+            ("distributor", distributor_password),
+        ):
             # The add-user password comes from a file, not the command line.
-            result = server.cli("add-user", name, "--admin", "--password-file",
-                                _secret_file(tmp_path, f"{name}.pw", password))
+            result = server.cli(
+                "add-user",
+                name,
+                "--admin",
+                "--password-file",
+                _secret_file(tmp_path, f"{name}.pw", password),
+            )
             assert result.returncode == 0, result.stderr
-        all_secrets = {"API secret": api_secret, "executor password": executor_password,
-                       "distributor password": distributor_password, "Sentry DSN": dsn,
-                       "Sentry key": sentry_key}
+        all_secrets = {
+            "API secret": api_secret,
+            "executor password": executor_password,
+            "distributor password": distributor_password,
+            "Sentry DSN": dsn,
+            "Sentry key": sentry_key,
+        }
 
         # Engine processes verify the test certificate as their CA bundle.
         base_env = {"REQUESTS_CA_BUNDLE": str(cert), "CURL_CA_BUNDLE": ""}
-        common = ["--zk-hosts", zookeeper.hosts, "--api-url", server.endpoint,
-                  "--actions-path", str(TEST_ACTIONS), "--actions-path", str(actions)]
-        by_key = EngineProcess("nuvla_job.cli.executor", [
-            *common, "--name", "exec-key", "--api-key", creds["key"]], env={
-            **base_env, "JOB_API_SECRET_FILE": _secret_file(tmp_path, "api.secret", api_secret),
-            "SENTRY_DSN_FILE": _secret_file(tmp_path, "sentry.dsn", dsn)})
-        by_password = EngineProcess("nuvla_job.cli.executor", [
-            *common, "--name", "exec-pw", "--api-user", "executor",
-            "--api-pass-file", _secret_file(tmp_path, "exec.pw", executor_password)],
-            env={**base_env, "SENTRY_DSN": dsn})
-        distributor = EngineProcess("nuvla_job.cli.distributor", [
-            *common, "--name", "dist", "--distribution-include", "leaky_tick"], env={
-            **base_env, "JOB_API_USER": "distributor", "JOB_API_PASS": distributor_password,
-            "SENTRY_DSN": dsn})
+        common = [
+            "--zk-hosts",
+            zookeeper.hosts,
+            "--api-url",
+            server.endpoint,
+            "--actions-path",
+            str(TEST_ACTIONS),
+            "--actions-path",
+            str(actions),
+        ]
+        by_key = EngineProcess(
+            "nuvla_job.cli.executor",
+            [*common, "--name", "exec-key", "--api-key", creds["key"]],
+            env={
+                **base_env,
+                "JOB_API_SECRET_FILE": _secret_file(tmp_path, "api.secret", api_secret),
+                "SENTRY_DSN_FILE": _secret_file(tmp_path, "sentry.dsn", dsn),
+            },
+        )
+        by_password = EngineProcess(
+            "nuvla_job.cli.executor",
+            [
+                *common,
+                "--name",
+                "exec-pw",
+                "--api-user",
+                "executor",
+                "--api-pass-file",
+                _secret_file(tmp_path, "exec.pw", executor_password),
+            ],
+            env={**base_env, "SENTRY_DSN": dsn},
+        )
+        distributor = EngineProcess(
+            "nuvla_job.cli.distributor",
+            [*common, "--name", "dist", "--distribution-include", "leaky_tick"],
+            env={
+                **base_env,
+                "JOB_API_USER": "distributor",
+                "JOB_API_PASS": distributor_password,
+                "SENTRY_DSN": dsn,
+            },
+        )
         for process in (by_key, by_password, distributor):
             processes.append(process.start())
         by_key.wait_for_log("running up to")
         by_password.wait_for_log("running up to")
 
         # Each executor takes some jobs; the failing ones leak whichever credential it has.
-        job_ids = [admin.add("job", {"action": action}).data["resource-id"]
-                   for action in ["test_ok", "leaky_fails"] * 6]
+        job_ids = [
+            admin.add("job", {"action": action}).data["resource-id"]
+            for action in ["test_ok", "leaky_fails"] * 6
+        ]
         jobs = [wait_state(admin, job_id, timeout=60) for job_id in job_ids]
         assert {j["state"] for j in jobs if j["action"] == "test_ok"} == {"SUCCESS"}
         failed = [j for j in jobs if j["action"] == "leaky_fails"]
         assert {j["state"] for j in failed} == {"FAILED"}
         # The distribution failed once (with the password in its error), then made jobs.
-        _wait_for(lambda: admin.search("job", filter="tags='leaky_tick'", last=0).count >= 2,
-                  "the distribution created jobs")
+        _wait_for(
+            lambda: admin.search("job", filter="tags='leaky_tick'", last=0).count >= 2,
+            "the distribution created jobs",
+        )
         _wait_for(lambda: len(sentry.events) >= 2, "Sentry events arrived")
 
         # No secret on any command line (what `ps` shows to every user of the machine).
@@ -163,9 +208,11 @@ def test_no_secret_in_logs_errors_sentry_or_process_listing(
         sentry.server.server_close()
     assert stops == [0, 0, 0]
 
-    outputs = {"job API": server.log_path.read_text("utf-8", "replace"),
-               **{p.args[p.args.index("--name") + 1]: p.log() for p in processes},
-               "ZooKeeper": zookeeper.log_path.read_text("utf-8", "replace")}
+    outputs = {
+        "job API": server.log_path.read_text("utf-8", "replace"),
+        **{p.args[p.args.index("--name") + 1]: p.log() for p in processes},
+        "ZooKeeper": zookeeper.log_path.read_text("utf-8", "replace"),
+    }
     failed_messages = "\n".join(j["status-message"] for j in failed)
     sentry_events = "\n".join(str(event) for event in sentry.events)
     # The leaks were really attempted, and masked: proof that the grep below means something.
@@ -180,28 +227,38 @@ def test_no_secret_in_logs_errors_sentry_or_process_listing(
             continue  # the DSN is how the SDK reaches the receiver
         assert not _contains(sentry_events, value), f"{what} in a Sentry event"
         for body in sentry.raw:
-            assert not _contains(body.decode("utf-8", "replace"), value), \
-                f"{what} sent to Sentry"
+            assert not _contains(body.decode("utf-8", "replace"), value), f"{what} sent to Sentry"
 
 
-def test_secret_files_that_cannot_be_read_are_usage_errors(tmp_path: Path,
-                                                           job_api: JobApiProcess) -> None:
+def test_secret_files_that_cannot_be_read_are_usage_errors(
+    tmp_path: Path, job_api: JobApiProcess
+) -> None:
     missing = tmp_path / "missing.secret"
     empty = tmp_path / "empty.secret"
     empty.write_text("\n")
     both = tmp_path / "both.secret"
     both.write_text("s3cret-in-file\n")
     cases = [
-        (["--api-key", "credential/x", "--api-secret-file", str(missing)], {},
-         "--api-secret-file"),
+        (["--api-key", "credential/x", "--api-secret-file", str(missing)], {}, "--api-secret-file"),
         (["--api-user", "u"], {"JOB_API_PASS_FILE": str(empty)}, "is empty"),
-        (["--api-key", "credential/x", "--api-secret", "s3cret-on-argv",
-          "--api-secret-file", str(both)], {}, "not both"),
+        (
+            [
+                "--api-key",
+                "credential/x",
+                "--api-secret",
+                "s3cret-on-argv",
+                "--api-secret-file",
+                str(both),
+            ],
+            {},
+            "not both",
+        ),
         ([], {"SENTRY_DSN_FILE": str(missing)}, "--sentry-dsn-file"),
     ]
     for args, env, message in cases:
-        process = EngineProcess("nuvla_job.cli.executor",
-                                ["--api-url", job_api.endpoint, *args], env=env).start()
+        process = EngineProcess(
+            "nuvla_job.cli.executor", ["--api-url", job_api.endpoint, *args], env=env
+        ).start()
         try:
             assert process.wait(60) == 2, process.log()
             assert message in process.log(), process.log()

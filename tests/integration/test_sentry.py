@@ -66,7 +66,8 @@ def sentry() -> Iterator[SentryReceiver]:
 
 
 def test_action_exception_reaches_sentry_tagged_and_scrubbed(
-        sentry: SentryReceiver, job_api, admin_api: Api, start_executor) -> None:
+    sentry: SentryReceiver, job_api, admin_api: Api, start_executor
+) -> None:
     start_executor("--name", "exec-sentry", "--sentry-dsn", sentry.dsn)
     job_id = add(admin_api, "test_leaks_secret")
     wait_state(admin_api, job_id)

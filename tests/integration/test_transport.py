@@ -30,8 +30,9 @@ def lean(api: Api) -> Api:
 
 def test_calls_go_through_the_lean_transport(job_api: JobApiProcess) -> None:
     api = lean(job_api.admin_api())
-    job_id = api.add("job", {"action": "sleep", "payload": "{}", "tags": ["lean"]}
-                     ).data["resource-id"]
+    job_id = api.add("job", {"action": "sleep", "payload": "{}", "tags": ["lean"]}).data[
+        "resource-id"
+    ]
     assert api.get(job_id).data["state"] == "QUEUED"
     assert api.edit(job_id, {"progress": 40}).data["progress"] == 40
     found = api.search("job", filter=f"id='{job_id}'", select="id,progress")

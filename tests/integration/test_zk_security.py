@@ -50,8 +50,9 @@ def secure_zk_server(pki: Pki) -> Iterator[ZooKeeperServer]:
     Not the session's server: a failed test could leave protected nodes that other tests'
     unauthenticated clients could not wipe.
     """
-    with ZooKeeperServer(tls=ZooKeeperTls(keystore=str(pki.server_keystore),
-                                          truststore=str(pki.ca))) as server:
+    with ZooKeeperServer(
+        tls=ZooKeeperTls(keystore=str(pki.server_keystore), truststore=str(pki.ca))
+    ) as server:
         yield server
 
 
@@ -61,10 +62,19 @@ def clients(secure_zk_server: ZooKeeperServer) -> Iterator[Callable[..., KazooCl
     (with the test credentials) before and after the test."""
     made: list[KazooClient] = []
 
-    def make(security: ZkSecurity | None = None, hosts: str | None = None,
-             timeout: float = 15.0, **kw: Any) -> KazooClient:
-        client = make_client(hosts or secure_zk_server.hosts, timeout=5.0, use_gevent=False,
-                             security=security or ZkSecurity(), **kw)
+    def make(
+        security: ZkSecurity | None = None,
+        hosts: str | None = None,
+        timeout: float = 15.0,
+        **kw: Any,
+    ) -> KazooClient:
+        client = make_client(
+            hosts or secure_zk_server.hosts,
+            timeout=5.0,
+            use_gevent=False,
+            security=security or ZkSecurity(),
+            **kw,
+        )
         made.append(client)
         client.start(timeout=timeout)
         return client
@@ -90,18 +100,22 @@ def stack() -> Iterator[Callable[..., Any]]:
     apis: list[JobApiProcess] = []
     engines: list[EngineProcess] = []
 
-    def start_api(zk_hosts: str, *args: str, env: dict[str, str] | None = None
-                  ) -> JobApiProcess:
+    def start_api(zk_hosts: str, *args: str, env: dict[str, str] | None = None) -> JobApiProcess:
         api = JobApiProcess(zk_hosts, *args, env=env)
         apis.append(api)
         api.start()
         return api
 
-    def start_executor(api: JobApiProcess, zk_hosts: str, *args: str,
-                       env: dict[str, str] | None = None, wait: bool = True
-                       ) -> EngineProcess:
-        process = executor_process(zk_hosts, api.endpoint, str(api.credentials_path), *args,
-                                   env=env)
+    def start_executor(
+        api: JobApiProcess,
+        zk_hosts: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> EngineProcess:
+        process = executor_process(
+            zk_hosts, api.endpoint, str(api.credentials_path), *args, env=env
+        )
         engines.append(process.start())
         if wait:
             process.wait_for_log("running up to")
@@ -116,8 +130,6 @@ def stack() -> Iterator[Callable[..., Any]]:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
 
 
 def wait_state(api: Api, job_id: str, timeout: float = 30.0) -> dict:
@@ -162,13 +174,17 @@ def open_nodes(client: KazooClient) -> list[str]:
     return result
 
 
-def operator(zk_hosts: str, *args: str, env: dict[str, str] | None = None
-             ) -> subprocess.CompletedProcess[str]:
+def operator(
+    zk_hosts: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "nuvla_job.cli.operator", *args],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
         # Not `--zk-hosts HOSTS COMMAND`: the command would be taken for a second host.
-        env={**clean_env(), "PYTHONPATH": str(REPO), "ZK_HOSTS": zk_hosts, **(env or {})})
+        env={**clean_env(), "PYTHONPATH": str(REPO), "ZK_HOSTS": zk_hosts, **(env or {})},
+    )
 
 
 def clean_env() -> dict[str, str]:
@@ -186,7 +202,8 @@ def auth_file(tmp_path: Path, content: str = AUTH) -> str:
 
 
 def test_with_auth_other_clients_cannot_read_or_tamper_and_jobs_still_run(
-        secure_zk_server: ZooKeeperServer, clients, stack, tmp_path: Path) -> None:
+    secure_zk_server: ZooKeeperServer, clients, stack, tmp_path: Path
+) -> None:
     hosts = secure_zk_server.hosts
     # The password from the environment for the API, from a file for the executor.
     api = stack(hosts, env={"ZK_AUTH": AUTH})
@@ -195,24 +212,41 @@ def test_with_auth_other_clients_cannot_read_or_tamper_and_jobs_still_run(
     engine = clients(SECURITY)
     entries = wait_for(lambda: engine.get_children(queue.ENTRIES), "the queue entry")
 
-    executor = stack.executor(api, hosts, "--zk-auth-file", auth_file(tmp_path),
-                              "--zk-timeout", "3", "--distributions",
-                              "--distribution-include", "tick")
+    executor = stack.executor(
+        api,
+        hosts,
+        "--zk-auth-file",
+        auth_file(tmp_path),
+        "--zk-timeout",
+        "3",
+        "--distributions",
+        "--distribution-include",
+        "tick",
+    )
     assert wait_state(admin, waiting)["state"] == "SUCCESS"
     later = add(admin)
     assert wait_state(admin, later)["state"] == "SUCCESS"
     # An action's own client (restore_queue's) gets the executor's credentials too.
-    restore = admin.add("job", {"action": "restore_queue",
-                                "payload": json.dumps({"min-age": 0})}).data["resource-id"]
+    restore = admin.add(
+        "job", {"action": "restore_queue", "payload": json.dumps({"min-age": 0})}
+    ).data["resource-id"]
     assert wait_state(admin, restore)["state"] == "SUCCESS", admin.get(restore).data
-    contenders = wait_for(lambda: engine.exists("/election/tick")
-                            and engine.get_children("/election/tick"), "the tick election")
+    contenders = wait_for(
+        lambda: engine.exists("/election/tick") and engine.get_children("/election/tick"),
+        "the tick election",
+    )
 
     stranger = clients()
     entry = f"{queue.ENTRIES}/{entries[0]}"
     # A node of the queue that is still there: one the stranger may not list nor delete.
-    for parent in (queue.ROOT, queue.ENTRIES, queue.TAKEN, "/election", "/election/tick",
-                   "/locks/restore_queue"):
+    for parent in (
+        queue.ROOT,
+        queue.ENTRIES,
+        queue.TAKEN,
+        "/election",
+        "/election/tick",
+        "/locks/restore_queue",
+    ):
         with pytest.raises(NoAuthError):
             stranger.get_children(parent)
     with pytest.raises(NoAuthError):
@@ -226,8 +260,10 @@ def test_with_auth_other_clients_cannot_read_or_tamper_and_jobs_still_run(
     # The consumed entry is gone; a new one made by the API is just as closed.
     assert not engine.exists(entry)
     executor.stop()
-    assert wait_for(lambda: not engine.exists("/election/tick")
-                      or not engine.get_children("/election/tick"), "the election to empty")
+    assert wait_for(
+        lambda: not engine.exists("/election/tick") or not engine.get_children("/election/tick"),
+        "the election to empty",
+    )
     third = add(admin)
     name = wait_for(lambda: engine.get_children(queue.ENTRIES), "a new entry")[0]
     with pytest.raises(NoAuthError):
@@ -243,7 +279,8 @@ def test_with_auth_other_clients_cannot_read_or_tamper_and_jobs_still_run(
 
 
 def test_existing_open_nodes_are_secured_at_start_and_by_zk_secure(
-        secure_zk_server: ZooKeeperServer, clients, stack, tmp_path: Path) -> None:
+    secure_zk_server: ZooKeeperServer, clients, stack, tmp_path: Path
+) -> None:
     hosts = secure_zk_server.hosts
     before = clients()  # no auth: what an engine without --zk-auth left behind
     old_entry = queue.put(before, "job/00000000-0000-0000-0000-000000000000")
@@ -256,8 +293,15 @@ def test_existing_open_nodes_are_secured_at_start_and_by_zk_secure(
     api = stack(hosts, "--zk-auth-file", auth_file(tmp_path))
     api.wait_queue_connected()
     # The parents (roots and their children) get the ACL when the API connects...
-    parents = {queue.ROOT, queue.ENTRIES, queue.TAKEN, "/election", "/election/tick",
-               "/locks", "/locks/restore_queue"}
+    parents = {
+        queue.ROOT,
+        queue.ENTRIES,
+        queue.TAKEN,
+        "/election",
+        "/election/tick",
+        "/locks",
+        "/locks/restore_queue",
+    }
     wait_for(lambda: not parents & set(open_nodes(engine)), "the parents to be secured")
     assert open_nodes(engine) == [old_entry]  # ... not every old entry
     with pytest.raises(NoAuthError):
@@ -276,12 +320,12 @@ def test_existing_open_nodes_are_secured_at_start_and_by_zk_secure(
 
 
 def test_wrong_credentials_are_a_clear_error(
-        secure_zk_server: ZooKeeperServer, clients, stack, tmp_path: Path) -> None:
+    secure_zk_server: ZooKeeperServer, clients, stack, tmp_path: Path
+) -> None:
     clients(SECURITY).ensure_path(queue.ENTRIES)  # the tree belongs to engine:PASSWORD
     api = stack(secure_zk_server.hosts, env={"ZK_AUTH": AUTH})
     wrong = "engine:not-the-Password-42"
-    executor = stack.executor(api, secure_zk_server.hosts, env={"ZK_AUTH": wrong},
-                              wait=False)
+    executor = stack.executor(api, secure_zk_server.hosts, env={"ZK_AUTH": wrong}, wait=False)
     assert executor.wait(60) == 1
     log = executor.log()
     assert "protected by other credentials" in log
@@ -293,15 +337,20 @@ def test_wrong_credentials_are_a_clear_error(
     assert "NoAuth" in result.stderr and "not-the-Password-42" not in result.stderr
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--zk-auth", "no-colon-Secret9"], "user:password"),
-    (["--zk-auth", "user:"], "user:password"),
-    (["--zk-auth", "a:b", "--zk-auth-file", str(REPO / "README.md")], "not both"),
-    (["--zk-tls-cert", str(REPO / "README.md")], "go together"),
-    (["--zk-tls-ca", str(REPO / "README.md")], "not usable PEM"),
-    (["--zk-tls-cert", str(REPO / "README.md"), "--zk-tls-key", str(REPO / "README.md")],
-     "not a usable PEM"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--zk-auth", "no-colon-Secret9"], "user:password"),
+        (["--zk-auth", "user:"], "user:password"),
+        (["--zk-auth", "a:b", "--zk-auth-file", str(REPO / "README.md")], "not both"),
+        (["--zk-tls-cert", str(REPO / "README.md")], "go together"),
+        (["--zk-tls-ca", str(REPO / "README.md")], "not usable PEM"),
+        (
+            ["--zk-tls-cert", str(REPO / "README.md"), "--zk-tls-key", str(REPO / "README.md")],
+            "not a usable PEM",
+        ),
+    ],
+)
 def test_bad_security_options_are_usage_errors(args: list[str], message: str) -> None:
     result = operator("127.0.0.1:1", *args, "queue")
     assert result.returncode == 3
@@ -314,28 +363,43 @@ def test_bad_security_options_are_usage_errors(args: list[str], message: str) ->
 
 
 def test_executor_and_job_api_run_jobs_over_tls(
-        secure_zk_server: ZooKeeperServer, pki: Pki, clients, stack) -> None:
+    secure_zk_server: ZooKeeperServer, pki: Pki, clients, stack
+) -> None:
     hosts = secure_zk_server.secure_hosts
-    tls_args = ("--zk-tls", "--zk-tls-ca", str(pki.ca), "--zk-tls-cert", str(pki.client_cert),
-                "--zk-tls-key", str(pki.client_key))
+    tls_args = (
+        "--zk-tls",
+        "--zk-tls-ca",
+        str(pki.ca),
+        "--zk-tls-cert",
+        str(pki.client_cert),
+        "--zk-tls-key",
+        str(pki.client_key),
+    )
     api = stack(hosts, *tls_args)
     admin = api.admin_api()
-    env = {"ZK_TLS": "1", "ZK_TLS_CA": str(pki.ca), "ZK_TLS_CERT": str(pki.client_cert),
-           "ZK_TLS_KEY": str(pki.client_key)}
+    env = {
+        "ZK_TLS": "1",
+        "ZK_TLS_CA": str(pki.ca),
+        "ZK_TLS_CERT": str(pki.client_cert),
+        "ZK_TLS_KEY": str(pki.client_key),
+    }
     executor = stack.executor(api, hosts, env=env)
     job_ids = [add(admin) for _ in range(5)]
     assert [wait_state(admin, job_id)["state"] for job_id in job_ids] == ["SUCCESS"] * 5
     # They did use the secure port: ZooKeeper authenticated their client certificate.
     assert "Authenticated Id 'CN=job-engine' for Scheme 'x509'" in secure_zk_server.log_tail(
-        100_000)
+        100_000
+    )
     assert "Traceback" not in executor.log()
 
 
 def test_tls_port_refuses_plain_untrusted_and_certificateless_clients(
-        secure_zk_server: ZooKeeperServer, pki: Pki, clients) -> None:
+    secure_zk_server: ZooKeeperServer, pki: Pki, clients
+) -> None:
     hosts = secure_zk_server.secure_hosts
-    good = ZkSecurity(tls=True, tls_ca=str(pki.ca), tls_cert=str(pki.client_cert),
-                      tls_key=str(pki.client_key))
+    good = ZkSecurity(
+        tls=True, tls_ca=str(pki.ca), tls_cert=str(pki.client_cert), tls_key=str(pki.client_key)
+    )
     client = clients(good, hosts=hosts)
     assert client.get_children("/") is not None
     # The gevent handler (the engine's) speaks TLS too.
@@ -349,13 +413,17 @@ def test_tls_port_refuses_plain_untrusted_and_certificateless_clients(
 
     bad = {
         "plain": ZkSecurity(),
-        "server not trusted": ZkSecurity(tls=True, tls_ca=str(pki.other_ca),
-                                         tls_cert=str(pki.client_cert),
-                                         tls_key=str(pki.client_key)),
+        "server not trusted": ZkSecurity(
+            tls=True,
+            tls_ca=str(pki.other_ca),
+            tls_cert=str(pki.client_cert),
+            tls_key=str(pki.client_key),
+        ),
         "no client certificate": ZkSecurity(tls=True, tls_ca=str(pki.ca)),
     }
     for what, security in bad.items():
         with pytest.raises(KazooTimeoutError):
-            clients(security, hosts=hosts, timeout=2.0,
-                    connection_retry={"max_tries": 2, "delay": 0.1})
+            clients(
+                security, hosts=hosts, timeout=2.0, connection_retry={"max_tries": 2, "delay": 0.1}
+            )
             pytest.fail(f"a {what} client connected to the TLS port")

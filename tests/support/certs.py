@@ -27,22 +27,64 @@ def _openssl(*args: str) -> None:
 
 def _ca(directory: Path, name: str) -> tuple[Path, Path]:
     key, cert = directory / f"{name}.key", directory / f"{name}.pem"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-             "-out", str(cert), "-days", "2", "-subj", f"/CN={name}")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+    )
     return key, cert
 
 
-def _signed(directory: Path, name: str, serial: int, ca_key: Path, ca_cert: Path,
-            extensions: str) -> tuple[Path, Path]:
-    key, csr, cert = (directory / f"{name}.key", directory / f"{name}.csr",
-                      directory / f"{name}.pem")
+def _signed(
+    directory: Path, name: str, serial: int, ca_key: Path, ca_cert: Path, extensions: str
+) -> tuple[Path, Path]:
+    key, csr, cert = (
+        directory / f"{name}.key",
+        directory / f"{name}.csr",
+        directory / f"{name}.pem",
+    )
     ext = directory / f"{name}.ext"
     ext.write_text(extensions)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
-             "-subj", f"/CN={name}")
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-             "-set_serial", str(serial), "-out", str(cert), "-days", "2",
-             "-extfile", str(ext))
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        f"/CN={name}",
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca_cert),
+        "-CAkey",
+        str(ca_key),
+        "-set_serial",
+        str(serial),
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+    )
     return key, cert
 
 
@@ -53,15 +95,27 @@ def make_test_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca = _ca(directory, "test-ca")
     server_key, server_cert = _signed(
-        directory, "localhost", 1, ca_key, ca,
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
-    client_key, client_cert = _signed(directory, "job-engine", 2, ca_key, ca,
-                                      "extendedKeyUsage=clientAuth\n")
+        directory,
+        "localhost",
+        1,
+        ca_key,
+        ca,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    client_key, client_cert = _signed(
+        directory, "job-engine", 2, ca_key, ca, "extendedKeyUsage=clientAuth\n"
+    )
     keystore = directory / "server-keystore.pem"
     keystore.write_text(server_key.read_text() + server_cert.read_text())
     _, other_ca = _ca(directory, "other-ca")
     for path in directory.glob("*.key"):
         path.chmod(0o600)
-    return Pki(ca=ca, server_cert=server_cert, server_key=server_key,
-                   server_keystore=keystore, client_cert=client_cert, client_key=client_key,
-                   other_ca=other_ca)
+    return Pki(
+        ca=ca,
+        server_cert=server_cert,
+        server_key=server_key,
+        server_keystore=keystore,
+        client_cert=client_cert,
+        client_key=client_key,
+        other_ca=other_ca,
+    )

@@ -43,12 +43,15 @@ def test_replace_section_is_idempotent() -> None:
     assert report.replace_section(once, "beta", "new beta") == once
 
 
-@pytest.mark.parametrize("text", [
-    "no markers at all",
-    "<!-- bench:alpha --> only the start",
-    "<!-- /bench:alpha --> end first <!-- bench:alpha -->",
-    DOC + "<!-- bench:alpha -->\n<!-- /bench:alpha -->\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no markers at all",
+        "<!-- bench:alpha --> only the start",
+        "<!-- /bench:alpha --> end first <!-- bench:alpha -->",
+        DOC + "<!-- bench:alpha -->\n<!-- /bench:alpha -->\n",
+    ],
+)
 def test_replace_section_refuses_a_bad_document(text: str) -> None:
     with pytest.raises(ValueError):
         report.replace_section(text, "alpha", "body")
@@ -59,9 +62,12 @@ def test_section_names_in_order() -> None:
 
 
 def test_section_has_command_tables_and_image_links() -> None:
-    body = report.section(".venv/bin/python -m bench.x --quick", "0.5, 0.4, 0.3",
-                          "| a | b |\n| --- | ---: |\n| 1 | 2 |",
-                          [("takes/s against depth", Path("/somewhere/x-plot.png"))])
+    body = report.section(
+        ".venv/bin/python -m bench.x --quick",
+        "0.5, 0.4, 0.3",
+        "| a | b |\n| --- | ---: |\n| 1 | 2 |",
+        [("takes/s against depth", Path("/somewhere/x-plot.png"))],
+    )
     assert "```\n.venv/bin/python -m bench.x --quick\n```" in body
     assert "| 1 | 2 |" in body
     assert "![takes/s against depth](img/x-plot.png)" in body
@@ -78,8 +84,10 @@ def test_section_says_whether_the_sizes_are_the_defaults() -> None:
 
 
 def test_command_line_quotes_arguments() -> None:
-    assert (report.command_line("bench.api", ["--jobs", "10000", "--name", "a b"])
-            == ".venv/bin/python -m bench.api --jobs 10000 --name 'a b'")
+    assert (
+        report.command_line("bench.api", ["--jobs", "10000", "--name", "a b"])
+        == ".venv/bin/python -m bench.api --jobs 10000 --name 'a b'"
+    )
 
 
 def test_publish_copies_images_and_rewrites_the_section(tmp_path: Path) -> None:
@@ -127,9 +135,14 @@ def _is_png(path: Path) -> bool:
 
 
 def test_takes_vs_depth_plot(tmp_path: Path) -> None:
-    path = plots.takes_vs_depth(tmp_path / "q.png", [1000, 100_000, 1_000_000],
-                                [880, 752, 1165], [(800, 900), (700, 800), (1100, 1200)],
-                                [134, 6.0, 0.5], goal=1000)
+    path = plots.takes_vs_depth(
+        tmp_path / "q.png",
+        [1000, 100_000, 1_000_000],
+        [880, 752, 1165],
+        [(800, 900), (700, 800), (1100, 1200)],
+        [134, 6.0, 0.5],
+        goal=1000,
+    )
     assert _is_png(path)
 
 
@@ -144,7 +157,10 @@ def test_throughput_plot_is_the_same_file_for_the_same_numbers(tmp_path: Path) -
 
 def test_latency_cdf_plot(tmp_path: Path) -> None:
     ours = [10 + i * 0.1 for i in range(200)]
-    path = plots.latency_cdf(tmp_path / "lat.png",
-                             {"concurrency 100": ours, "baseline": [12.0, 14.0, 30.0]},
-                             {"p50": 20.0, "p99": 29.8}, goal_ms=50)
+    path = plots.latency_cdf(
+        tmp_path / "lat.png",
+        {"concurrency 100": ours, "baseline": [12.0, 14.0, 30.0]},
+        {"p50": 20.0, "p99": 29.8},
+        goal_ms=50,
+    )
     assert _is_png(path)

@@ -39,17 +39,18 @@ def _parameters(argon2_hash: str) -> str:
     return "$".join(argon2_hash.split("$")[:4])
 
 
-def test_every_kind_of_failure_costs_one_verification(store: IdentityStore,
-                                                      verified: list[str]) -> None:
+def test_every_kind_of_failure_costs_one_verification(
+    store: IdentityStore, verified: list[str]
+) -> None:
     store.add_user("alice", "right-password")
     key, secret = store.add_api_key("user/x")
     attempts = [
-        ("user", "alice", "wrong-password"),        # known user, wrong secret
-        ("user", "nobody", "whatever"),             # unknown user
-        ("api-key", key, "wrong-secret"),           # known key, wrong secret
-        ("api-key", "credential/none", secret),     # unknown key
-        ("api-key", "alice", "right-password"),     # a user name used as a key id
-        ("user", key, secret),                      # a key id used as a user name
+        ("user", "alice", "wrong-password"),  # known user, wrong secret
+        ("user", "nobody", "whatever"),  # unknown user
+        ("api-key", key, "wrong-secret"),  # known key, wrong secret
+        ("api-key", "credential/none", secret),  # unknown key
+        ("api-key", "alice", "right-password"),  # a user name used as a key id
+        ("user", key, secret),  # a key id used as a user name
     ]
     for kind, name, attempt in attempts:
         before = len(verified)
@@ -62,8 +63,9 @@ def test_every_kind_of_failure_costs_one_verification(store: IdentityStore,
     assert {_parameters(h) for h in verified} == {_parameters(real_hashes[0])}
 
 
-def test_right_credentials_cost_the_same_one_verification(store: IdentityStore,
-                                                          verified: list[str]) -> None:
+def test_right_credentials_cost_the_same_one_verification(
+    store: IdentityStore, verified: list[str]
+) -> None:
     user_id = store.add_user("bob", "pw-Secret-1")
     caller = store.check("user", "bob", "pw-Secret-1")
     assert caller is not None and caller.identity == user_id

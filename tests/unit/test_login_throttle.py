@@ -29,8 +29,7 @@ def refused_for(throttle: LoginThrottle, name: str, address: str = "10.0.0.1") -
 
 def make(**limits) -> tuple[LoginThrottle, Clock]:
     clock = Clock()
-    defaults = {"max_failures": 3, "max_failures_per_address": 0, "backoff": 10.0,
-                "window": 100.0}
+    defaults = {"max_failures": 3, "max_failures_per_address": 0, "backoff": 10.0, "window": 100.0}
     return LoginThrottle(LoginLimits(**{**defaults, **limits}), clock), clock
 
 

@@ -152,12 +152,9 @@ def test_order_by_sql():
     assert order_by_sql(Query()) == "ORDER BY created ASC, id ASC"
     query = parse_query({"orderby": ["priority:desc,target-resource/href,progress:desc"]})
     assert order_by_sql(query) == (
-        "ORDER BY priority DESC, target_href ASC, json_extract(doc, '$.\"progress\"') DESC, "
-        "id ASC"
+        "ORDER BY priority DESC, target_href ASC, json_extract(doc, '$.\"progress\"') DESC, id ASC"
     )
-    assert order_by_sql(parse_query({"orderby": ["id:desc"]})) == (
-        "ORDER BY id DESC"
-    )
+    assert order_by_sql(parse_query({"orderby": ["id:desc"]})) == ("ORDER BY id DESC")
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,11 @@ def test_reads_headers_up_to_the_blank_line() -> None:
     assert headers.getheader("CONTENT-LENGTH") == "2"
     assert headers.typeheader == "application/json"
     assert headers.get("missing", "d") == "d"
-    assert list(headers.headers) == ["Host: x\r\n", "Content-Type: application/json\r\n",
-                                     "Content-Length: 2\r\n"]
+    assert list(headers.headers) == [
+        "Host: x\r\n",
+        "Content-Type: application/json\r\n",
+        "Content-Length: 2\r\n",
+    ]
 
 
 def test_first_value_wins_and_delete_removes_all() -> None:

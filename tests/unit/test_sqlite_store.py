@@ -7,8 +7,15 @@ from nuvla_job.api.sqlite import Database, SqliteJobStore
 
 
 def doc(n: int, **attrs) -> dict:
-    return {"id": f"job/{n}", "resource-type": "job", "action": "a", "state": "QUEUED",
-            "priority": 5, "created": f"2026-01-01T00:00:0{n}.000Z", **attrs}
+    return {
+        "id": f"job/{n}",
+        "resource-type": "job",
+        "action": "a",
+        "state": "QUEUED",
+        "priority": 5,
+        "created": f"2026-01-01T00:00:0{n}.000Z",
+        **attrs,
+    }
 
 
 def ids(store: SqliteJobStore, text: str) -> list[str]:
