@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 from nuvla.api import Api, NuvlaError
 
-from nuvla_job.jobsearch import FINAL_STATES, count_by_state, has_unfinished, iter_jobs, quote
+from nuvla_job.jobsearch import count_by_state, has_unfinished, iter_jobs, quote
 from nuvla_job.registry import action, distribution
+from nuvla_job.states import FINAL_STATES
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,9 @@ import logging
 from nuvla.api import NuvlaError
 from nuvla.api.models import CimiResource
 
-from nuvla_job.jobsearch import UNFINISHED_STATES, any_of, iter_jobs, quote
+from nuvla_job.jobsearch import any_of, iter_jobs, quote
 from nuvla_job.registry import action
+from nuvla_job.states import UNFINISHED_STATES
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,9 @@
 Payload (optional): `{"days": N}`, default 7. Distributed once a day.
 """
 
-from nuvla_job.jobsearch import FINAL_STATES, any_of
+from nuvla_job.jobsearch import any_of
 from nuvla_job.registry import action, distribute
+from nuvla_job.states import FINAL_STATES
 
 DEFAULT_DAYS = 7
 

@@ -29,6 +29,7 @@ from kazoo.recipe.election import Election
 from nuvla.api import Api
 
 from . import metrics, monitoring
+from .backoff import backoff_delay
 from .registry import Distribution, JobBody
 from .zk import wait_connected
 
@@ -130,11 +131,6 @@ def tick_offset(name: str, interval: float) -> float:
 def next_tick(now: float, interval: float, offset: float) -> float:
     """The first grid point ``k * interval + offset`` strictly after ``now``."""
     return (math.floor((now - offset) / interval) + 1) * interval + offset
-
-
-def backoff_delay(failures: int, base: float, cap: float) -> float:
-    """Exponential back-off: base, 2 base, 4 base, ... never more than cap."""
-    return min(cap, base * 2 ** max(0, failures - 1))
 
 
 def _sleep_until(moment: float) -> bool:

@@ -21,6 +21,7 @@ from kazoo.protocol.states import KazooState
 from nuvla.api import Api
 
 from . import metrics, monitoring
+from .backoff import backoff_delay
 from .job import (
     SUPPORTED_VERSION,
     ApiUnavailable,
@@ -32,10 +33,9 @@ from .job import (
 )
 from .queue import Entry, QueueConsumer
 from .registry import ActionRegistry
+from .states import FINAL_STATES
 
 log = logging.getLogger(__name__)
-
-FINAL_STATES = frozenset({"SUCCESS", "FAILED", "CANCELED"})
 
 
 class JobLost(gevent.GreenletExit):
@@ -256,7 +256,7 @@ class Executor:
     def _api_down(self, job_id: str, exc: Exception) -> Outcome:
         """Release after a back-off that grows while the job API keeps failing."""
         self._api_failures += 1
-        hold = min(API_RETRY_MAX, API_RETRY_FIRST * 2 ** (self._api_failures - 1))
+        hold = backoff_delay(self._api_failures, API_RETRY_FIRST, API_RETRY_MAX)
         log.warning("%s: %s: back to the queue in %.1f s", job_id, exc, hold)
         return Outcome("release", hold=hold)
 

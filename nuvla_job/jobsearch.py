@@ -16,10 +16,9 @@ from typing import Any
 
 from nuvla.api import Api
 
+from .states import UNFINISHED_STATES
 from .timeutil import format_time, parse_time
 
-FINAL_STATES = ("SUCCESS", "FAILED", "CANCELED")
-UNFINISHED_STATES = ("QUEUED", "RUNNING")
 DEFAULT_PAGE_SIZE = 1000
 MIN_WINDOW = timedelta(milliseconds=1)
 

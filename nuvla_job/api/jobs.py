@@ -23,12 +23,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from ..states import FINAL_STATES, STATES, UNFINISHED_STATES
 from ..timeutil import now_iso, parse_time
 from . import acl as acls
 from .errors import ApiError, bad_request, forbidden, not_found
 from .identity import Caller
 from .query import Query, apply_select
-from .schema import EXECUTION_MODES, FINAL_STATES, STATES
+from .schema import EXECUTION_MODES
 from .store import Conflict, Doc, JobStore, StoreError
 from .validation import check_acl, check_attributes
 
@@ -95,7 +96,7 @@ class JobService:
             ops.append({"rel": "edit", "href": job_id})
         if acls.can(doc, caller, "delete"):
             ops.append({"rel": "delete", "href": job_id})
-        if doc.get("state") in ("QUEUED", "RUNNING") and acls.can(doc, caller, "manage"):
+        if doc.get("state") in UNFINISHED_STATES and acls.can(doc, caller, "manage"):
             ops.append({"rel": "cancel", "href": f"{job_id}/cancel"})
         if doc.get("state") == "RUNNING" and caller.is_admin:
             ops.append({"rel": "timeout", "href": f"{job_id}/timeout"})
@@ -331,7 +332,7 @@ class JobService:
         return result
 
     def _cancel(self, job_id: str, caller: Caller) -> dict[str, Any]:
-        doc = self._finish(job_id, caller, ("QUEUED", "RUNNING"), "manage", "cancelled by user")
+        doc = self._finish(job_id, caller, UNFINISHED_STATES, "manage", "cancelled by user")
         if str(doc.get("action", "")).startswith("bulk"):
             child = {
                 "action": "cancel_children_jobs",

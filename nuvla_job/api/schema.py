@@ -9,8 +9,6 @@ from __future__ import annotations
 RESOURCE_TYPE = "job"
 COLLECTION = "job"
 
-STATES = ("QUEUED", "RUNNING", "SUCCESS", "FAILED", "CANCELED")
-FINAL_STATES = frozenset({"SUCCESS", "FAILED", "CANCELED"})
 EXECUTION_MODES = ("push", "pull", "mixed")
 
 # Attribute name -> type tag. Types: str, int, number, bool, date, href (a map {"href": str}),

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..backoff import backoff_delay
+
 # Past this many tracked names/addresses, forgotten ones are pruned (bounded memory under a
 # spray of random names).
 _PRUNE_AT = 10_000
@@ -84,7 +86,7 @@ class LoginThrottle:
         if counter.pending:
             return 1.0  # the attempts being verified may still succeed
         excess = counter.failures - limit
-        delay = min(self.limits.backoff * 2 ** min(excess, 32), self.limits.window)
+        delay = backoff_delay(excess + 1, self.limits.backoff, self.limits.window)
         return max(0.0, counter.last_failure + delay - now)
 
     def begin(self, name: str, address: str) -> None:

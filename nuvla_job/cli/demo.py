@@ -20,8 +20,7 @@ from rich.table import Table
 from ..localstack.jobapi import JobApiProcess
 from ..localstack.processes import executor_process
 from ..localstack.zookeeper import ZooKeeperNotAvailable, ZooKeeperServer
-
-FINAL = ("SUCCESS", "FAILED", "CANCELED")
+from ..states import FINAL_STATES
 
 
 def _submit(api, count: int, seconds: float, failing: float, batch: str) -> list[str]:
@@ -113,7 +112,7 @@ def main(jobs: int, seconds: float, concurrency: int, failing: float) -> None:
             progress.update(task, description="running   ")
             while True:
                 states = _states(api, batch)
-                done = sum(states.get(s, 0) for s in FINAL)
+                done = sum(states.get(s, 0) for s in FINAL_STATES)
                 shown = "  ".join(f"{k} {v}" for k, v in sorted(states.items()))
                 progress.update(task, completed=done, states=shown)
                 if done >= jobs:

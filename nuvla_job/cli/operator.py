@@ -39,7 +39,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..jobsearch import FINAL_STATES, any_of, quote
+from ..jobsearch import any_of, quote
+from ..states import FINAL_STATES, STATES
 from .options import CommonConfig, common_options, expand_multi_values, make_api
 
 EXIT_OK = 0
@@ -47,7 +48,6 @@ EXIT_FAILED = 1  # watch: the job FAILED; submit --from: some lines failed
 EXIT_CANCELED = 2  # watch: the job was CANCELED
 EXIT_ERROR = 3  # anything went wrong: one line on stderr
 EXIT_INTERRUPTED = 130
-STATES = ("QUEUED", "RUNNING", "SUCCESS", "FAILED", "CANCELED")
 OUTCOME_CODES = {"SUCCESS": EXIT_OK, "FAILED": EXIT_FAILED, "CANCELED": EXIT_CANCELED}
 SHOWN_ROWS = 50
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FINAL_STATES = frozenset({"SUCCESS", "FAILED", "CANCELED"})
+from nuvla_job.states import FINAL_STATES
+
 # The executor's report of a job whose entry was no longer its own (nuvla_job/executor.py).
 _ABANDONED = re.compile(r"(job/[0-9a-f-]+): abandoned, its queue entry is no longer ours")
 

@@ -42,6 +42,7 @@ from nuvla_job.api import schema
 from nuvla_job.api.filters import OPERATORS
 from nuvla_job.api.jobs import REQUIRED
 from nuvla_job.api.validation import check_attributes
+from nuvla_job.states import FINAL_STATES, STATES
 from nuvla_job.zk import make_client
 from tests.support.jobapi import JobApiProcess
 
@@ -237,9 +238,9 @@ def check_consistency(stack: Stack) -> None:
         assert not pending, f"{job_id} still owes its queue entry"
         assert REQUIRED <= doc.keys(), f"{job_id} lacks {sorted(REQUIRED - doc.keys())}"
         check_attributes(doc, ignored=frozenset())  # raises on an unknown key or a bad type
-        assert doc["state"] in schema.STATES and doc["execution-mode"] in schema.EXECUTION_MODES
+        assert doc["state"] in STATES and doc["execution-mode"] in schema.EXECUTION_MODES
         assert 0 <= doc["progress"] <= 100
-        if doc["state"] in schema.FINAL_STATES and doc["state"] != "CANCELED":
+        if doc["state"] in FINAL_STATES and doc["state"] != "CANCELED":
             assert doc["progress"] == 100
         assert "group/nuvla-admin" in doc["acl"]["owners"]
         assert job_id in stack.added, f"{job_id} is stored but its add was not answered 201"
@@ -302,7 +303,7 @@ VALID_BY_KIND = {
     "any": json_values,
 }
 KNOWN = {
-    "state": st.sampled_from([*schema.STATES, "queued", "DONE"]),
+    "state": st.sampled_from([*STATES, "queued", "DONE"]),
     "execution-mode": st.sampled_from([*schema.EXECUTION_MODES, "PUSH", "other"]),
     "action": st.sampled_from(["test_ok", "bulk_thing", "cleanup_jobs"]) | texts,
     "payload": st.sampled_from(['{"a": 1}', "not json", ""]) | texts,

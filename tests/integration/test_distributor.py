@@ -18,9 +18,9 @@ import pytest
 from kazoo.client import KazooClient
 from nuvla.api import Api
 
+from nuvla_job.backoff import backoff_delay
 from nuvla_job.distributor import (
     SelectionError,
-    backoff_delay,
     election_path,
     next_tick,
     select,

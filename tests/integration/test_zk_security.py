@@ -20,6 +20,7 @@ from nuvla.api import Api
 from nuvla_job import queue
 from nuvla_job.localstack.processes import REPO
 from nuvla_job.localstack.zookeeper import ZooKeeperTls
+from nuvla_job.states import FINAL_STATES
 from nuvla_job.zk import make_client
 from nuvla_job.zk_security import ENGINE_ROOTS, ZkSecurity
 from tests.conftest import wipe
@@ -32,7 +33,6 @@ from tests.support.zookeeper import ZooKeeperServer
 PASSWORD = "zk-Pass-7f3a9c"  # noqa: S105 - a test credential, grepped for in the logs
 AUTH = f"engine:{PASSWORD}"
 SECURITY = ZkSecurity(auth=AUTH)
-FINAL = ("SUCCESS", "FAILED", "CANCELED")
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def stack() -> Iterator[Callable[..., Any]]:
 def wait_state(api: Api, job_id: str, timeout: float = 30.0) -> dict:
     def finished() -> dict | None:
         job = api.get(job_id).data
-        return job if job["state"] in FINAL else None
+        return job if job["state"] in FINAL_STATES else None
 
     return wait_for(finished, f"{job_id} to finish", timeout)
 

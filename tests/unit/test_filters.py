@@ -22,6 +22,7 @@ from nuvla_job.api.filters import (
     parse,
     to_sql,
 )
+from nuvla_job.states import STATES
 
 NOW = datetime(2026, 3, 31, 14, 45, 30, 987654, tzinfo=UTC)  # a Tuesday
 
@@ -445,7 +446,7 @@ def typed(strategy):
 
 
 ATTRIBUTE_VALUES = {
-    "state": typed(st.sampled_from(schema.STATES + ("a",))),
+    "state": typed(st.sampled_from(STATES + ("a",))),
     "action": typed(strings),
     "created": typed(st.sampled_from(DATES)),
     "updated": typed(st.sampled_from(DATES)),
