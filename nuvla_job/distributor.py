@@ -244,13 +244,15 @@ class Distributor:
 
     def _on_zk_state(self, state: str) -> None:
         # Called from kazoo's connection greenlet: schedule, never block.
-        leading = [s for s in self._states.values() if s.loop is not None]
+        leading = [
+            (s.distribution.name, s.loop) for s in self._states.values() if s.loop is not None
+        ]
         if state == KazooState.LOST:
             # The election nodes vanished with the session and another process may
             # already lead: stop distributing now, not at the next tick.
-            for s in leading:
-                log.error("leadership of %s lost with the ZooKeeper session", s.distribution.name)
-                s.loop.kill(LeadershipLost, block=False)
+            for name, loop in leading:
+                log.error("leadership of %s lost with the ZooKeeper session", name)
+                loop.kill(LeadershipLost, block=False)
         elif state == KazooState.SUSPENDED:
             if leading:
                 log.warning(

@@ -98,7 +98,8 @@ class LeanTransport:
         url = requote_uri(url)
         if params:
             url = f"{url}{'&' if '?' in url else '?'}{_form(params)}"
-        all_headers = dict(self.session.headers)
+        # http.client sends str and bytes values alike, as requests allows both.
+        all_headers: dict[str, str | bytes] = dict(self.session.headers)
         if headers:
             all_headers.update(headers)
         body = data
@@ -201,7 +202,7 @@ class LeanTransport:
         url: str,
         parts: SplitResult,
         body: bytes | None,
-        headers: dict[str, str],
+        headers: dict[str, str | bytes],
         timeout: float | None,
     ) -> requests.Response:
         scheme = parts.scheme
@@ -254,7 +255,7 @@ class LeanTransport:
         response.encoding = "utf-8"
         if "Set-Cookie" in response.headers:
             request = urllib.request.Request(url, method=method)
-            self.session.cookies.extract_cookies(raw, request)  # type: ignore[arg-type]
+            self.session.cookies.extract_cookies(raw, request)
         return response
 
 
