@@ -103,7 +103,7 @@ class Job(dict):
     def _read_only(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("a Job is read-only: use job.update_job(...) to change it")
 
-    __setitem__ = __delitem__ = _read_only  # type: ignore[assignment]
+    __setitem__ = __delitem__ = _read_only
     clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
 
     def _refresh(self, data: dict[str, Any]) -> None:

@@ -5,10 +5,10 @@ asks for it (:func:`watch_executor`, :func:`watch_distributor`, :func:`watch_zoo
 :func:`watch_http`), so that a scrape shows what the process actually does: the job API
 does not show an executor's queue depth as 0.
 
-Recording is cheap: the executor calls :func:`job_taken` and :func:`job_done` once per job;
-label children are looked up once and cached. Gauges whose value the engine already knows
-(queue depth, jobs in flight, the ZooKeeper connection) are read when scraped, not updated
-on every event.
+Recording is cheap: the executor's metrics middleware (nuvla_job/middleware/metrics.py)
+calls :func:`job_taken` and :func:`job_done` once per entry; label children are looked up
+once and cached. Gauges whose value the engine already knows (queue depth, jobs in flight,
+the ZooKeeper connection) are read when scraped, not updated on every event.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Protocol
 from gevent.pywsgi import WSGIServer
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.registry import Collector
+
+from .outcome import Decision, Outcome
 
 PREFIX = "nuvla_job_"
 UNKNOWN_ACTION = "unknown"
@@ -104,29 +106,22 @@ HTTP_DURATION = Histogram(
     registry=None,
 )
 
-# The `outcome` label of a processed entry, from the executor's (queue decision, state).
-_OUTCOMES = {
-    ("consume", "SUCCESS"): "success",
-    ("consume", "FAILED"): "failed",
-    ("consume", "QUEUED"): "pull_mode",  # a mixed-mode job failed and went to pull mode
-    ("consume", None): "dropped",  # not found, malformed, already final, refused, error
-    ("release", None): "released",
-    ("lost", None): "lost",
+# The `outcome` label of a processed entry, from the executor's (decision, state written).
+_OUTCOME_LABELS = {
+    (Decision.CONSUME, "SUCCESS"): "success",
+    (Decision.CONSUME, "FAILED"): "failed",
+    (Decision.CONSUME, "QUEUED"): "pull_mode",  # a mixed-mode job failed and went to pull mode
+    (Decision.CONSUME, None): "dropped",  # not found, malformed, already final, refused, error
+    (Decision.RELEASE, None): "released",
+    (Decision.LOST, None): "lost",
 }
-OUTCOMES = tuple(sorted(set(_OUTCOMES.values())))
 
 
-class _Outcome(Protocol):
-    queue: str
-    state: str | None
-
-
-def outcome_label(queue: str, state: str | None) -> str:
-    """The ``outcome`` label for an executor outcome (unknown pairs are named after them)."""
-    return (
-        _OUTCOMES.get((queue, state if queue == "consume" else None))
-        or f"{queue}_{state or 'none'}".lower()
-    )
+def outcome_label(outcome: Outcome) -> str:
+    """The ``outcome`` label of an executor outcome (an unknown pair is named after it)."""
+    decision, state = outcome.decision, outcome.state
+    key = (decision, state if decision is Decision.CONSUME else None)
+    return _OUTCOME_LABELS.get(key) or f"{decision.value}_{state or 'none'}".lower()
 
 
 _registered: set[int] = set()
@@ -141,26 +136,27 @@ def _register(*collectors: Collector) -> None:
 
 # -- recording ----------------------------------------------------------------------------
 
-# (action, queue, state) -> (counter child, histogram child or None, is a release)
-_job_children: dict[tuple[str, str, str | None], tuple] = {}
+# (action, decision, state) -> (counter child, histogram child or None, is a release)
+_job_children: dict[tuple[str, Decision, str | None], tuple] = {}
 
 
 def job_taken() -> None:
     TAKES.inc()
 
 
-def job_done(action: str | None, outcome: _Outcome, seconds: float) -> None:
+def job_done(action: str | None, outcome: Outcome, seconds: float) -> None:
     """Count one processed entry; ``action`` is None when it is not a registered action
     (labels stay bounded whatever the jobs hold)."""
-    key = (action or UNKNOWN_ACTION, outcome.queue, outcome.state)
+    key = (action or UNKNOWN_ACTION, outcome.decision, outcome.state)
     children = _job_children.get(key)
     if children is None:
         label = action or UNKNOWN_ACTION
+        consumed = outcome.decision is Decision.CONSUME
         children = _job_children[key] = (
-            JOBS.labels(label, outcome_label(outcome.queue, outcome.state)),
-            # Released and lost entries may have waited out a hold: not an action's time.
-            JOB_DURATION.labels(label) if outcome.queue == "consume" else None,
-            outcome.queue == "release",
+            JOBS.labels(label, outcome_label(outcome)),
+            # Released and lost entries may have waited out a delay: not an action's time.
+            JOB_DURATION.labels(label) if consumed else None,
+            outcome.decision is Decision.RELEASE,
         )
     counter, histogram, released = children
     counter.inc()

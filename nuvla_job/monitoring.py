@@ -5,7 +5,7 @@ Secrets the process knows (API secrets, passwords, the Sentry DSN) are registere
 
 Logs are text for humans by default, or one JSON object per line (``--log-format json``).
 A line logged while a job is being processed carries its ``job_id`` and ``action``: the
-executor enters :func:`job_context` (or calls :func:`bind_job_context`) in the job's greenlet.
+executor's log-context middleware calls :func:`bind_job_context` in the job's greenlet.
 Each gevent greenlet has its own contextvars context, so concurrent jobs never mix.
 """
 
@@ -15,10 +15,11 @@ import contextvars
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sentry_sdk.types import Event, Hint
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s%(job_tag)s: %(message)s"
 LOG_FORMATS = ("text", "json")
@@ -55,16 +56,6 @@ class RedactingFilter(logging.Filter):
             if cleaned != message:
                 record.msg, record.args = cleaned, None
         return True
-
-
-@contextmanager
-def job_context(job_id: str | None, action: str | None = None) -> Iterator[None]:
-    """Tag every line logged inside the block (in this greenlet) with the job and action."""
-    token = _job.set((job_id, action))
-    try:
-        yield
-    finally:
-        _job.reset(token)
 
 
 def bind_job_context(job_id: str | None, action: str | None = None) -> None:
@@ -167,7 +158,7 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def _before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+def _before_send(event: Event, hint: Hint) -> Event | None:
     return _scrub(event)
 
 

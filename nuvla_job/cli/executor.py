@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING  # noqa: E402
 import click  # noqa: E402
 import gevent  # noqa: E402
 
-from ..blocking import watch_event_loop  # noqa: E402
+from ..middleware import Middleware  # noqa: E402
+from ..middleware.blocking import BlockedLoopWarning  # noqa: E402
+from ..middleware.log_context import LogContext  # noqa: E402
+from ..middleware.metrics import Metrics  # noqa: E402
+from ..middleware.sentry import Sentry  # noqa: E402
+from ..middleware.time_limit import TimeLimit  # noqa: E402
 from ..monitoring import setup_logging, setup_sentry  # noqa: E402
 from ..presence import ExecutorPresence  # noqa: E402
 from ..timeutil import now_iso  # noqa: E402
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
 
     from ..distributor import Distributor
     from ..executor import Executor
+    from ..registry import ActionRegistry
 
 MULTI_VALUE_FLAGS = ("--zk-hosts", "--actions-path", *DISTRIBUTION_FLAGS)
 # How often the executor's running jobs are copied to its presence node (which itself is
@@ -133,34 +139,41 @@ def main(
         selected = []
     api = make_api(common, pool_size=concurrency + len(selected) + 10)
     from ..executor import Executor
+    from ..queue import QueueConsumer
 
+    blocked_loop = BlockedLoopWarning(BLOCKING_WARNING)
+    published = metrics is not None and job_id is None
+    middleware = executor_middleware(
+        common.name, action_timeout or None, actions, blocked_loop, metrics=published
+    )
     if job_id is not None:
         executor = Executor(
             api,
             None,
             actions,
+            middleware=middleware,
             concurrency=1,
             name=common.name,
             nuvlaedge_fs=common.nuvlaedge_fs,
-            action_timeout=action_timeout or None,
         )
-        watch_event_loop(BLOCKING_WARNING)
-        sys.exit(executor.run_one(job_id))
+        blocked_loop.watch()
+        sys.exit(executor.run_pull(job_id))
 
     if metrics is not None:
         metrics.start()  # before joining ZooKeeper: a port in use fails cleanly
     zk = connect_zookeeper(common)
     executor = Executor(
         api,
-        zk,
+        QueueConsumer(zk, identifier=common.name),
         actions,
+        middleware=middleware,
         concurrency=concurrency,
         grace_period=grace_period,
         name=common.name,
         nuvlaedge_fs=common.nuvlaedge_fs,
-        action_timeout=action_timeout or None,
     )
-    watch_event_loop(BLOCKING_WARNING, executor._running)
+    zk.add_listener(executor.session_changed)
+    blocked_loop.watch()
     if metrics is not None:
         metrics.watch(zk, executor, [d.name for d in selected])
     presence, follower = _announce(zk, executor, common.name, concurrency)
@@ -184,6 +197,25 @@ def main(
         zk.stop()
         zk.close()
     sys.exit(code)
+
+
+def executor_middleware(
+    name: str,
+    action_timeout: float | None,
+    actions: ActionRegistry,
+    blocked_loop: BlockedLoopWarning,
+    *,
+    metrics: bool,
+) -> list[Middleware]:
+    """The executor's middleware, in hook order: the log context is bound before any other
+    hook logs; metrics only when they are published (pull mode publishes none)."""
+    return [
+        *([Metrics()] if metrics else []),
+        LogContext(),
+        blocked_loop,
+        Sentry(name),
+        TimeLimit(action_timeout, actions.timeout),
+    ]
 
 
 def _announce(

@@ -13,7 +13,7 @@ import gevent
 import pytest
 
 from nuvla_job import monitoring
-from nuvla_job.monitoring import bind_job_context, job_context
+from nuvla_job.monitoring import bind_job_context
 
 SECRET = "s3cr3t-Api-Value"
 
@@ -85,14 +85,17 @@ def test_each_greenlet_logs_its_own_job(capture) -> None:
     log, stream = capture
 
     def run(job_id: str, action: str) -> None:
-        with job_context(job_id, action):
-            log.info("start")
-            gevent.sleep(0.001)  # let the other jobs log in between
-            log.info("end")
+        bind_job_context(job_id, action)  # for the rest of this greenlet, as the executor does
+        log.info("start")
+        gevent.sleep(0.001)  # let the other jobs log in between
+        log.info("end")
+
+    def after() -> None:  # a greenlet of no job, once the jobs' greenlets bound theirs
         log.info("after")
 
     jobs = [(f"job/{n}", f"action-{n}") for n in range(5)]
     gevent.joinall([gevent.spawn(run, *job) for job in jobs], raise_error=True)
+    gevent.joinall([gevent.spawn(after) for _ in jobs], raise_error=True)
     log.info("outside")
     records = _records(stream)
     for job_id, action in jobs:
@@ -120,8 +123,12 @@ def test_text_tags_lines_inside_a_job(capture) -> None:
 @pytest.mark.parametrize("capture", ["json"], indirect=True)
 def test_explicit_extra_fields_win(capture) -> None:
     log, stream = capture
-    with job_context("job/ctx", "ctx-action"):
+
+    def run() -> None:
+        bind_job_context("job/ctx", "ctx-action")
         log.info("explicit", extra={"job_id": "job/explicit"})
+
+    gevent.spawn(run).get()
     (record,) = _records(stream)
     assert record["job_id"] == "job/explicit" and record["action"] == "ctx-action"
 
