@@ -5,7 +5,7 @@ Entries can be lost (a ZooKeeper data loss, someone deleting nodes) while their 
 priority, without ever queueing a job twice:
 
 1. every restorer holds one ZooKeeper lock (`LOCK_PATH`), so runs never overlap;
-2. the job ids of all entries are read first (async gets, in batches);
+2. the job ids of all entries are read first (pipelined reads, `zk.read_nodes`);
 3. the job API is paged through (a cursor on created/id, so millions of jobs are fine) for
    `QUEUED` push/mixed jobs older than `min_age` seconds, by the API's own clock: a younger
    job may be between "stored" and "entry created" of its add;
@@ -23,16 +23,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
 from nuvla.api import Api
 
 from . import queue
 from .jobsearch import DEFAULT_PAGE_SIZE, any_of, iter_jobs, quote
-from .zk import hosts_string
+from .zk import children, hosts_string, read_nodes
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,6 @@ LOCK_PATH = "/locks/restore_queue"
 LOCK_TIMEOUT = 30.0
 DEFAULT_MIN_AGE = 60
 QUEUED_MODES = ("push", "mixed")
-# Async gets in flight at once: kazoo's gevent handler fails beyond ~278 (see queue.py).
-READ_BATCH = 200
 DEFAULT_ZK_HOSTS = "127.0.0.1:2181"
 
 
@@ -71,38 +68,10 @@ class RestoreReport:
 # -- reading the queue --------------------------------------------------------------------------
 
 
-def read_nodes(
-    zk: KazooClient, paths: Iterable[str], batch: int = READ_BATCH
-) -> Iterator[tuple[str, bytes | None]]:
-    """(path, data) for each path; data is None for a node that is gone. Async, in batches."""
-    pending: list[tuple[str, object]] = []
-
-    def drain() -> Iterator[tuple[str, bytes | None]]:
-        for path, result in pending:
-            try:
-                yield path, result.get()[0]  # type: ignore[attr-defined]
-            except NoNodeError:
-                yield path, None
-        pending.clear()
-
-    for path in paths:
-        pending.append((path, zk.get_async(path)))
-        if len(pending) >= batch:
-            yield from drain()
-    yield from drain()
-
-
-def entry_names(zk: KazooClient) -> list[str]:
-    try:
-        return zk.get_children(queue.ENTRIES)
-    except NoNodeError:
-        return []
-
-
 def job_ids_of(zk: KazooClient, names: Iterable[str]) -> set[str]:
     """The job ids held by the entries `names` (entries gone meanwhile are skipped)."""
     ids = set()
-    for _, data in read_nodes(zk, (f"{queue.ENTRIES}/{name}" for name in names)):
+    for _, data in read_nodes(zk, (queue.entry_path(name) for name in names)):
         if data:
             ids.add(data.decode("utf-8", "replace"))
     return ids
@@ -162,7 +131,7 @@ def _restore(
     api: Api, zk: KazooClient, dry_run: bool, min_age: float, page_size: int
 ) -> RestoreReport:
     report = RestoreReport(dry_run=dry_run)
-    names = entry_names(zk)
+    names = children(zk, queue.ENTRIES)
     report.entries = len(names)
     present = job_ids_of(zk, names)
     candidates: dict[str, str] = {}  # job id -> created
@@ -174,7 +143,7 @@ def _restore(
     if candidates:
         # Entries made while we paged (new adds, or jobs released meanwhile) count as well.
         known = set(names)
-        newer = [name for name in entry_names(zk) if name not in known]
+        newer = [name for name in children(zk, queue.ENTRIES) if name not in known]
         for job_id in job_ids_of(zk, newer):
             candidates.pop(job_id, None)
     still = _still_queued(api, candidates, page_size) if candidates else {}

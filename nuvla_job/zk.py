@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
 
 from .zk_security import ZkSecurity
@@ -115,3 +117,68 @@ def wait_connected(client: KazooClient, timeout: float) -> bool:
         return client.connected or bool(event.wait(timeout))
     finally:
         client.remove_listener(listener)
+
+
+# -- many requests at once ---------------------------------------------------------------------
+
+# Requests a loop keeps in flight at once. kazoo wakes its connection loop with one byte per
+# request on a socket pair that holds about 278 of them on Linux; beyond that, with the gevent
+# handler, requests fail with "connection closed" (see nuvla_job/queue/consumer.py).
+PIPELINE = 200
+
+T = TypeVar("T")
+
+
+def pipelined(
+    items: Iterable[T],
+    call: Callable[[T], Any],
+    *,
+    expected: tuple[type[BaseException], ...] = (NoNodeError,),
+    window: int = PIPELINE,
+    timeout: float | None = None,
+) -> Iterator[tuple[T, Any, BaseException | None]]:
+    """`call(item)` (a kazoo ``*_async`` method) for each item, `window` requests in flight.
+
+    Yields, in input order, ``(item, value, None)``, or ``(item, None, error)`` when the
+    request failed with one of the `expected` errors (others are raised). `items` are read
+    lazily, so a generator of a million paths is fine. `timeout` bounds each wait.
+    """
+    pending: deque[tuple[T, Any]] = deque()
+
+    def answer() -> tuple[T, Any, BaseException | None]:
+        item, result = pending.popleft()
+        try:
+            return item, result.get(timeout=timeout), None
+        except expected as exc:
+            return item, None, exc
+
+    for item in items:
+        if len(pending) >= window:
+            yield answer()
+        pending.append((item, call(item)))
+    while pending:
+        yield answer()
+
+
+def read_nodes(
+    client: KazooClient,
+    paths: Iterable[str],
+    *,
+    timeout: float | None = None,
+    window: int = PIPELINE,
+) -> Iterator[tuple[str, bytes | None]]:
+    """``(path, data)`` for each of `paths`, in order, the reads pipelined (see `pipelined`).
+
+    `data` is None for a node that does not exist (e.g. gone since it was listed), ``b""``
+    for a node without data.
+    """
+    for path, value, error in pipelined(paths, client.get_async, window=window, timeout=timeout):
+        yield path, None if error is not None else (value[0] or b"")
+
+
+def children(client: KazooClient, path: str, timeout: float | None = None) -> list[str]:
+    """The names of `path`'s children; none if `path` does not exist."""
+    try:
+        return client.get_children_async(path).get(timeout=timeout)
+    except NoNodeError:
+        return []

@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 # The trees the engine owns: the queue, the distributors' elections, the restore lock, and
 # the executors' registry (if any).
 ENGINE_ROOTS = ("/job", "/election", "/locks", "/executors")
-# Requests in flight at once: kazoo's gevent handler fails beyond ~278 (see queue.py).
-BATCH = 200
 
 
 class ZkAccessDenied(RuntimeError):
@@ -108,14 +106,10 @@ def _denied(what: str, node: str) -> ZkAccessDenied:
 def _pipelined(
     nodes: list[str], call: Callable[[str], Any]
 ) -> Iterator[tuple[str, Any, BaseException | None]]:
-    """`call(node)` for every node, BATCH requests in flight at a time: (node, value, error)."""
-    for start in range(0, len(nodes), BATCH):
-        pending = [(node, call(node)) for node in nodes[start : start + BATCH]]
-        for node, result in pending:
-            try:
-                yield node, result.get(), None
-            except (NoNodeError, NoAuthError) as exc:
-                yield node, None, exc
+    """`call(node)` for every node, pipelined: (node, value, error) for missing or denied ones."""
+    from .zk import pipelined  # zk imports this module
+
+    return pipelined(nodes, call, expected=(NoNodeError, NoAuthError))
 
 
 def _levels(client: KazooClient, roots: Iterable[str], depth: int | None) -> Iterator[list[str]]:

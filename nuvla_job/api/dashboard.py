@@ -23,24 +23,27 @@ import logging
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import falcon
 import gevent
 import orjson
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import KazooException
 from kazoo.protocol.states import KazooState
 
 from .. import presence, queue
 from ..distributor import ELECTION_ROOT
+from ..zk import children, pipelined, read_nodes
 from .errors import ApiError
 
 if TYPE_CHECKING:
     from .app import Context
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static" / "dashboard"
 SAMPLE_INTERVAL = 2.0
@@ -74,24 +77,17 @@ class ZooKeeperView:
         return self.zk
 
     def _children(self, zk: KazooClient, path: str) -> list[str]:
-        try:
-            return zk.get_children_async(path).get(timeout=self.timeout)
-        except NoNodeError:
-            return []
+        return children(zk, path, timeout=self.timeout)
 
     def _get_all(self, zk: KazooClient, paths: list[str]) -> list[tuple[str, bytes]]:
-        """(path, data) of each node that still exists, requests pipelined."""
-        pending = [(path, zk.get_async(path)) for path in paths]
-        found = []
-        for path, result in pending:
-            try:
-                data, _stat = result.get(timeout=self.timeout)
-            except NoNodeError:
-                continue  # gone since it was listed
-            found.append((path, data or b""))
-        return found
+        """(path, data) of each node that still exists (some may be gone since listed)."""
+        return [
+            (path, data)
+            for path, data in read_nodes(zk, paths, timeout=self.timeout)
+            if data is not None
+        ]
 
-    def _guarded(self, read):
+    def _guarded(self, read: Callable[[KazooClient], T]) -> T:
         try:
             return read(self._client())
         except (KazooException, gevent.Timeout) as exc:
@@ -133,16 +129,16 @@ class ZooKeeperView:
     def leaders(self) -> list[dict[str, Any]]:
         def read(zk: KazooClient) -> list[dict[str, Any]]:
             names = sorted(self._children(zk, ELECTION_ROOT))
-            listings = [(n, zk.get_children_async(f"{ELECTION_ROOT}/{n}")) for n in names]
+            listings = pipelined(
+                names,
+                lambda name: zk.get_children_async(f"{ELECTION_ROOT}/{name}"),
+                timeout=self.timeout,
+            )
             result = []
-            for name, listing in listings:
-                try:
-                    children = listing.get(timeout=self.timeout)
-                except NoNodeError:
-                    children = []
+            for name, listed, _gone in listings:
                 # Ordered as kazoo orders contenders: by the sequence suffix.
                 matches = sorted(
-                    (m.group(1), child) for child in children if (m := _CONTENDER.search(child))
+                    (m.group(1), child) for child in listed or [] if (m := _CONTENDER.search(child))
                 )
                 paths = [f"{ELECTION_ROOT}/{name}/{child}" for _, child in matches]
                 contenders = [

@@ -7,6 +7,7 @@ from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.protocol.states import KazooState
 
 from .. import queue
+from ..zk import children, read_nodes
 from .jobs import JobQueue, QueueUnavailable
 
 
@@ -24,10 +25,7 @@ class ZooKeeperJobQueue(JobQueue):
     def put(self, job_id: str, priority: int) -> str:
         self._check_connected()
         try:
-            result = self.client.create_async(
-                queue.entry_prefix(priority), job_id.encode(), sequence=True, makepath=True
-            )
-            return result.get(timeout=self.timeout)
+            return queue.put(self.client, job_id, priority, timeout=self.timeout)
         except (KazooException, self.client.handler.timeout_exception) as exc:
             raise QueueUnavailable(type(exc).__name__) from exc
 
@@ -40,19 +38,11 @@ class ZooKeeperJobQueue(JobQueue):
     def find(self, job_id: str, priority: int) -> str | None:
         """The entry of this priority whose data is the job id, if any (used on recovery)."""
         self._check_connected()
-        try:
-            names = self.client.get_children(queue.ENTRIES)
-        except NoNodeError:
-            return None
+        names = children(self.client, queue.ENTRIES)
         prefix = queue.entry_prefix(priority).rsplit("/", 1)[1]
-        candidates = [n for n in names if n.startswith(prefix)]
-        pending = [(name, self.client.get_async(f"{queue.ENTRIES}/{name}")) for name in candidates]
+        paths = (queue.entry_path(name) for name in names if name.startswith(prefix))
         wanted = job_id.encode()
-        for name, result in pending:
-            try:
-                data, _ = result.get(timeout=self.timeout)
-            except NoNodeError:
-                continue
+        for path, data in read_nodes(self.client, paths, timeout=self.timeout):
             if data == wanted:
-                return f"{queue.ENTRIES}/{name}"
+                return path
         return None

@@ -23,13 +23,12 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -42,6 +41,9 @@ from rich.table import Table
 from ..jobsearch import any_of, quote
 from ..states import FINAL_STATES, STATES
 from .options import CommonConfig, common_options, expand_multi_values, make_api
+
+if TYPE_CHECKING:
+    from kazoo.client import KazooClient
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # watch: the job FAILED; submit --from: some lines failed
@@ -100,7 +102,7 @@ class Session:
         self.common = common
         self.api_url_given = api_url_given
         self._api = None
-        self._zk = None
+        self._zk: KazooClient | None = None
 
     @property
     def api(self):
@@ -126,7 +128,7 @@ class Session:
         return dataclasses.replace(common, **changes)
 
     @property
-    def zk(self):
+    def zk(self) -> KazooClient:
         if self._zk is None:
             from ..zk import make_client
 
@@ -521,35 +523,27 @@ def watch(session: Session, job: str, interval: float, timeout: float | None, as
 
 # -- queue --------------------------------------------------------------------------------------
 
-_ENTRY = re.compile(r"entry-(\d{3})-(-?\d+)\Z")
 
-
-def _arrival(name: str) -> int:
-    """An entry's place in arrival order: its sequence (which wraps past 2**31)."""
-    match = _ENTRY.match(name)
-    if match is None:
-        return sys.maxsize
-    sequence = int(match.group(2))
-    return sequence if sequence >= 0 else sequence + 2**32
-
-
-def queue_status(zk) -> dict[str, Any]:
+def queue_status(zk: KazooClient) -> dict[str, Any]:
     """Depth by priority, the taken entries with their takers, and the oldest entry."""
-    from kazoo.exceptions import NoNodeError
-
+    # Imported here: only the queue commands need kazoo.
     from .. import queue
-    from ..restore import entry_names, read_nodes
+    from ..queue import parse_entry_name
+    from ..zk import children, read_nodes
 
-    names = entry_names(zk)
-    try:
-        taken = zk.get_children(queue.TAKEN)
-    except NoNodeError:
-        taken = []
-    by_priority = Counter(match.group(1) for match in map(_ENTRY.match, names) if match)
-    takers = dict(read_nodes(zk, (f"{queue.TAKEN}/{name}" for name in taken)))
-    oldest = min(names, key=_arrival, default=None)
+    def arrival(name: str) -> int:
+        """An entry's place in arrival order (names outside the entry grammar come last)."""
+        parsed = parse_entry_name(name)
+        return parsed.arrival if parsed is not None else sys.maxsize
+
+    names = children(zk, queue.ENTRIES)
+    taken = children(zk, queue.TAKEN)
+    parsed = (parse_entry_name(name) for name in names)
+    by_priority = Counter(f"{entry.priority:03d}" for entry in parsed if entry is not None)
+    takers = dict(read_nodes(zk, (queue.taken_path(name) for name in taken)))
+    oldest = min(names, key=arrival, default=None)
     wanted = [*taken, *([oldest] if oldest else [])]
-    jobs = dict(read_nodes(zk, (f"{queue.ENTRIES}/{name}" for name in wanted)))
+    jobs = dict(read_nodes(zk, (queue.entry_path(name) for name in wanted)))
 
     def text(data: bytes | None) -> str | None:
         return None if data is None else data.decode("utf-8", "replace")
@@ -557,8 +551,8 @@ def queue_status(zk) -> dict[str, Any]:
     held = [
         {
             "entry": name,
-            "taker": text(takers.get(f"{queue.TAKEN}/{name}")),
-            "job": text(jobs.get(f"{queue.ENTRIES}/{name}")),
+            "taker": text(takers.get(queue.taken_path(name))),
+            "job": text(jobs.get(queue.entry_path(name))),
         }
         for name in sorted(taken)
     ]
@@ -569,11 +563,11 @@ def queue_status(zk) -> dict[str, Any]:
         "oldest": None,
     }
     if oldest is not None:
-        stat = zk.exists(f"{queue.ENTRIES}/{oldest}")
+        stat = zk.exists(queue.entry_path(oldest))
         if stat is not None:
             status["oldest"] = {
                 "entry": oldest,
-                "job": text(jobs.get(f"{queue.ENTRIES}/{oldest}")),
+                "job": text(jobs.get(queue.entry_path(oldest))),
                 "age_seconds": round(max(0.0, time.time() - stat.ctime / 1000), 3),
             }
     return status

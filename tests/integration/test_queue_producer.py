@@ -11,6 +11,7 @@ from kazoo.client import KazooClient
 from kazoo.recipe.queue import LockingQueue
 
 from nuvla_job import queue
+from nuvla_job.api.zk_queue import ZooKeeperJobQueue
 from nuvla_job.zk import hosts_string, make_client, wait_connected
 from tests.support.zookeeper import ZooKeeperServer
 
@@ -135,6 +136,29 @@ def test_put_many_reports_what_earlier_chunks_created(zk: KazooClient) -> None:
     assert isinstance(info.value.__cause__, ValueError)
     assert len(info.value.created) == 3
     assert sorted(info.value.created) == [f"{queue.ENTRIES}/{n}" for n in entry_names(zk)]
+
+
+@pytest.mark.parametrize("bad", ["", "job/", "job/a b", "job/a?x", "nuvlabox/1", "job/\u00e9"])
+def test_put_refuses_what_no_consumer_would_run(zk: KazooClient, bad: str) -> None:
+    with pytest.raises(ValueError, match="not a job id"):
+        queue.put(zk, bad)
+    with pytest.raises(queue.PutManyError):
+        queue.put_many(zk, [bad])
+    assert zk.exists(queue.ENTRIES) is None
+
+
+def test_the_job_api_queues_through_put(zk: KazooClient) -> None:
+    """The job API's queue makes its entries with `put`: same node, same id check."""
+    api_queue = ZooKeeperJobQueue(zk, timeout=5.0)
+    the_id = job_id()
+    path = api_queue.put(the_id, 3)
+    assert path.startswith(queue.entry_prefix(3)) and ENTRY_NAME.match(path.rsplit("/", 1)[1])
+    assert zk.get(path)[0] == the_id.encode()
+    assert api_queue.find(the_id, 3) == path
+    assert api_queue.find(the_id, 4) is None
+    with pytest.raises(ValueError, match="not a job id"):
+        api_queue.put("job/a b", 3)
+    assert entry_names(zk) == [path.rsplit("/", 1)[1]]
 
 
 def test_put_many_of_nothing_touches_nothing(zk: KazooClient) -> None:
