@@ -14,7 +14,10 @@ from nuvla.api import Api
 
 from nuvla_job import queue
 from tests.support.jobapi import JobApiProcess
+from tests.support.ports import free_port
 from tests.support.processes import executor_process
+from tests.support.waiting import wait_for
+from tests.support.zkproxy import SessionNotingProxy
 
 FINAL = ("SUCCESS", "FAILED", "CANCELED")
 
@@ -355,6 +358,60 @@ def test_session_loss_abandons_jobs_without_final_state(
     marks = [line.split()[0] for line in runs.read_text().splitlines()]
     assert marks.count("start") == 2
     assert marks[-1] == "end"
+
+
+def test_session_loss_of_a_live_executor_kills_its_running_actions(
+    zookeeper, job_api: JobApiProcess, admin_api: Api, zk: KazooClient, zk_factory, tmp_path
+) -> None:
+    # The executor keeps running (no SIGSTOP): only its session ends, closed by a second
+    # client that joins it, so its actions are still in progress when it learns of the loss.
+    from tests.integration.test_metrics import scrape, value
+
+    runs, gate = tmp_path / "runs.log", tmp_path / "gate"
+    port = free_port()
+    with SessionNotingProxy(zookeeper.hosts) as proxy:
+        process = executor_process(
+            proxy.hosts,
+            job_api.endpoint,
+            str(job_api.credentials_path),
+            "--concurrency",
+            "4",
+            "--metrics-port",
+            str(port),
+        ).start()
+        try:
+            process.wait_for_log("running up to")
+            payload = json.dumps({"gate": str(gate), "log": str(runs), "timeout": 120})
+            jobs = [add(admin_api, "test_gated", payload=payload) for _ in range(2)]
+
+            def marks() -> list[tuple[str, str]]:
+                text = runs.read_text() if runs.exists() else ""
+                return [tuple(line.split()) for line in text.splitlines()]
+
+            wait_for(lambda: len(marks()) == 2, "both actions running")
+            zk_factory(client_id=proxy.session()).stop()  # joins the session and closes it
+            process.wait_for_log("ZooKeeper session lost: stopping 2 job(s) held by it")
+            url = f"http://127.0.0.1:{port}/metrics"
+            jobs_total = "nuvla_job_jobs_processed_total"
+            wait_for(
+                lambda: value(scrape(url), jobs_total, action="test_gated", outcome="lost") == 2,
+                "both jobs counted as lost",
+            )
+            # Killed where they were: neither first run finished, nor wrote a final state.
+            assert all(mark == "start" for mark, _ in marks()), marks()
+            assert all(admin_api.get(job_id).data["state"] == "RUNNING" for job_id in jobs)
+            # The entries went back with the old session: the new one takes and runs them.
+            wait_for(lambda: len(marks()) == 4, "both jobs started again")
+            gate.touch()
+            for job_id in jobs:
+                assert wait_state(admin_api, job_id)["state"] == "SUCCESS"
+                assert [m for m, j in marks() if j == job_id] == ["start", "start", "end"]
+            wait_for(
+                lambda: value(scrape(url), jobs_total, action="test_gated", outcome="success") == 2,
+                "both second runs counted as successes",
+            )
+        finally:
+            process.stop()
 
 
 def test_suspended_connection_resumes_taking(
