@@ -15,17 +15,21 @@ One queue entry goes through these hooks, in this order, all in the entry's gree
     the action returned (``exception`` None) or raised, and the entry is still ours; the
     job's outcome is written next.
 ``after_error(run, exception)``
-    an unexpected error ended the handling (the entry is consumed).
+    an unexpected error ended the handling (the entry is consumed). Not called in pull
+    mode, where the error ends the command.
 ``after_settle(run, outcome)``
     the entry was consumed, released or lost. Not called in pull mode.
 
 Hooks before the action run in the chain's order, those after it in reverse order, and the
 first ``around_action`` is the outermost, so that a middleware's "after" sees the state its
-"before" left. A hook that raises during the handling is an unexpected error of that entry.
+"before" left. An exception from ``after_take``, ``after_fetch`` or ``around_action`` is the
+entry's (an unexpected error, or what the action raised); one from a later hook is logged
+and the others still run: the outcome is written and the entry settled whatever they do.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,6 +40,8 @@ if TYPE_CHECKING:
     from ..job import Job
     from ..outcome import Outcome
     from ..queue import Entry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -109,12 +115,19 @@ class Chain:
 
     def after_action(self, run: JobRun, exception: BaseException | None) -> None:
         for hook in self._after_action:
-            hook(run, exception)
+            _call_logging_errors(hook, run, exception)
 
     def after_error(self, run: JobRun, exception: Exception) -> None:
         for hook in self._after_error:
-            hook(run, exception)
+            _call_logging_errors(hook, run, exception)
 
     def after_settle(self, run: JobRun, outcome: Outcome) -> None:
         for hook in self._after_settle:
-            hook(run, outcome)
+            _call_logging_errors(hook, run, outcome)
+
+
+def _call_logging_errors(hook: Callable[..., None], run: JobRun, argument: object) -> None:
+    try:
+        hook(run, argument)
+    except Exception:
+        log.exception("%s: middleware %s failed", run.job_id, getattr(hook, "__qualname__", hook))

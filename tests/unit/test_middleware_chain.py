@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from nuvla_job.middleware import Chain, JobRun, Middleware
 from nuvla_job.outcome import Outcome
 
@@ -87,3 +89,29 @@ def test_an_around_hook_can_replace_what_the_action_raised() -> None:
         assert str(exc) == "translated"
     else:
         raise AssertionError("the around hook's exception did not propagate")
+
+
+def test_a_failing_after_hook_is_logged_and_the_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[str] = []
+
+    class Broken(Middleware):
+        def after_action(self, run: JobRun, exception: BaseException | None) -> None:
+            raise RuntimeError("broken middleware")
+
+        def after_error(self, run: JobRun, exception: Exception) -> None:
+            raise RuntimeError("broken middleware")
+
+        def after_settle(self, run: JobRun, outcome: Outcome) -> None:
+            raise RuntimeError("broken middleware")
+
+    chain = Chain([Tracing("a", calls), Broken()])  # Broken's after hooks run first
+    run = JobRun(None, "job/1")
+    chain.after_action(run, None)
+    chain.after_error(run, ValueError())
+    chain.after_settle(run, Outcome.consume())
+    assert calls == ["a.after_action", "a.after_error", "a.after_settle"]
+    failures = [r for r in caplog.records if "middleware" in r.getMessage()]
+    assert len(failures) == 3 and all("Broken.after_" in r.getMessage() for r in failures)
+    assert all(r.exc_info for r in failures)
