@@ -5,10 +5,10 @@ The logic is `nuvla_job.restore` (shared with `job restore`). Payload (optional)
 million entries takes minutes, so raise that for such queues
 (`--distribution-interval restore_queue:SECONDS`).
 
-The action needs ZooKeeper, which a Job does not carry: it connects to the hosts the executor
-it runs in was started with (its `--zk-hosts`, else ZK_HOSTS, see `process_zk_hosts`), with
-a short-lived client of its own so that its batched reads never compete with the executor's
-queue consumer for the shared client's requests in flight.
+The action needs ZooKeeper: it connects as the executor it runs in does (`job.zookeeper`,
+the executor's hosts, session timeout and security), with a short-lived client of its own so
+that its batched reads never compete with the executor's queue consumer for the shared
+client's requests in flight.
 """
 
 from collections.abc import Iterator
@@ -18,7 +18,6 @@ from nuvla.api import Api
 from nuvla_job import restore
 from nuvla_job.jobsearch import has_unfinished
 from nuvla_job.registry import action, distribution
-from nuvla_job.zk import make_client
 
 INTERVAL = 600
 PRIORITY = 10
@@ -37,14 +36,17 @@ class RestoreQueue:
         if not isinstance(min_age, int | float) or isinstance(min_age, bool) or min_age < 0:
             self.job.set_status_message(f"payload 'min-age' must be a number >= 0, not {min_age!r}")
             return 1
-        hosts = restore.process_zk_hosts()
-        zk = make_client(hosts)
+        settings = self.job.zookeeper
+        if settings is None:
+            self.job.set_status_message("this executor was given no ZooKeeper to restore")
+            return 1
+        zk = settings.make_client()
         try:
             zk.start(timeout=CONNECT_TIMEOUT)
         except Exception as exc:
             zk.close()
             self.job.set_status_message(
-                f"cannot connect to ZooKeeper at {hosts}: {type(exc).__name__}"
+                f"cannot connect to ZooKeeper at {settings.hosts}: {type(exc).__name__}"
             )
             return 1
         try:

@@ -39,6 +39,7 @@ from .outcome import Decision, Outcome
 from .queue import Entry
 from .registry import ActionRegistry
 from .states import FINAL_STATES
+from .zk import ZkSettings
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class Executor:
         grace_period: float = 120.0,
         name: str = "executor",
         nuvlaedge_fs: str | None = None,
+        zookeeper: ZkSettings | None = None,
     ) -> None:
         self.api = api
         self.consumer = consumer
@@ -109,6 +111,7 @@ class Executor:
         self.grace_period = grace_period
         self.name = name
         self.nuvlaedge_fs = nuvlaedge_fs
+        self.zookeeper = zookeeper  # handed to each Job (job.zookeeper)
         self.pool = gevent.pool.Pool(concurrency)
         self._running: dict[gevent.Greenlet, Entry] = {}
         self._stopping = gevent.event.Event()
@@ -382,7 +385,13 @@ class Executor:
             raise JobLost()
 
     def _fetch(self, job_id: str) -> Job:
-        return Job.fetch(self.api, job_id, nuvlaedge_fs=self.nuvlaedge_fs, executor_name=self.name)
+        return Job.fetch(
+            self.api,
+            job_id,
+            nuvlaedge_fs=self.nuvlaedge_fs,
+            executor_name=self.name,
+            zookeeper=self.zookeeper,
+        )
 
     # -- carrying the outcome out -----------------------------------------------------------
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from nuvla.api import Api, NuvlaError
+
+if TYPE_CHECKING:
+    from .zk import ZkSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +80,14 @@ class Job(dict):
         data: dict[str, Any],
         nuvlaedge_fs: str | None = None,
         executor_name: str | None = None,
+        zookeeper: ZkSettings | None = None,
     ) -> None:
         super().__init__(data)
         self.api = api
         self.nuvlaedge_fs = nuvlaedge_fs
         self.executor_name = executor_name
+        # The executor's ZooKeeper, for actions that need a client of their own.
+        self.zookeeper = zookeeper
         self._context: dict[str, Any] | None = None
 
     @classmethod

@@ -104,10 +104,13 @@ class ExecutorPresence:
             self._wake.set()
 
     def _run(self) -> None:
+        zk = self._zk  # set by start(); stop() clears it only after this loop ends
+        if zk is None:
+            return
         while not self._stopped.is_set():
             try:
                 wrote = self._sync()
-            except (KazooException, self._zk.handler.timeout_exception) as exc:
+            except (KazooException, zk.handler.timeout_exception) as exc:
                 log.debug("presence not updated yet: %s", type(exc).__name__)
                 wrote = False
             if self._stopped.is_set():

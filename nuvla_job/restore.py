@@ -21,8 +21,6 @@ an existing entry first, so it finds ours).
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -31,7 +29,7 @@ from nuvla.api import Api
 
 from . import queue
 from .jobsearch import DEFAULT_PAGE_SIZE, any_of, iter_jobs, quote
-from .zk import children, hosts_string, read_nodes
+from .zk import children, read_nodes
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +37,6 @@ LOCK_PATH = "/locks/restore_queue"
 LOCK_TIMEOUT = 30.0
 DEFAULT_MIN_AGE = 60
 QUEUED_MODES = ("push", "mixed")
-DEFAULT_ZK_HOSTS = "127.0.0.1:2181"
 
 
 class RestoreBusy(Exception):
@@ -156,31 +153,3 @@ def _restore(
             ", ".join(job_id for job_id, _ in report.missing[:5]),
         )
     return report
-
-
-# -- where the executor's ZooKeeper is ----------------------------------------------------------
-
-
-def process_zk_hosts(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> str:
-    """The ZooKeeper hosts of the engine process this code runs in, resolved as its command
-    line resolves them: `--zk-hosts` (a comma list, several values, or `--zk-hosts=...`),
-    else the ZK_HOSTS variable, else the default.
-
-    An action gets a Job, not the executor's configuration; reading the hosts the way the
-    executor did keeps the action in step with however the executor was started.
-    """
-    from .cli.options import expand_multi_values
-
-    argv = sys.argv[1:] if argv is None else argv
-    environ = os.environ if environ is None else environ  # type: ignore[assignment]
-    values: list[str] = []
-    args = expand_multi_values(argv, ("--zk-hosts",))
-    for index, arg in enumerate(args):
-        if arg == "--zk-hosts" and index + 1 < len(args):
-            values.append(args[index + 1])
-        elif arg.startswith("--zk-hosts="):
-            values.append(arg.split("=", 1)[1])
-    if values:
-        return hosts_string(values)
-    # click splits a multiple option's variable on whitespace.
-    return hosts_string((environ.get("ZK_HOSTS") or DEFAULT_ZK_HOSTS).split())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kazoo.client import KazooClient
@@ -11,20 +12,6 @@ from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
 
 from .zk_security import ZkSecurity
-
-# What make_client uses when given no `security`: set once by an engine process from its
-# options, so that clients made elsewhere in it (the restore_queue action's) get it too.
-_process_security = ZkSecurity()
-
-
-def set_process_security(security: ZkSecurity) -> None:
-    """Make `security` the default of every later `make_client` call in this process."""
-    global _process_security
-    _process_security = security
-
-
-def process_security() -> ZkSecurity:
-    return _process_security
 
 
 def hosts_string(hosts: str | Sequence[str]) -> str:
@@ -57,10 +44,10 @@ def make_client(
     `timeout` is the session timeout asked of the server (which clamps it to its own
     min/max). With `use_gevent`, kazoo's SequentialGeventHandler is used so callbacks and
     watches run as greenlets; other keyword arguments go to KazooClient as they are.
-    `security` (default: the process's, see `set_process_security`) adds digest auth with
-    its ACL on every node created, and TLS.
+    `security` adds digest auth with its ACL on every node created, and TLS; without it the
+    client is plain (no auth, open ACLs), whatever other clients of the process use.
     """
-    for name, value in (security or _process_security).client_kwargs().items():
+    for name, value in (security or ZkSecurity()).client_kwargs().items():
         kw.setdefault(name, value)
     # kazoo's default waits up to an hour between reconnection attempts, doubling from
     # 0.1 s: after a 30 s outage an engine would sit idle for up to 25 s more.
@@ -75,6 +62,23 @@ def make_client(
             if isinstance(kw.get(name), dict):
                 kw[name] = {"sleep_func": handler.sleep_func, **kw[name]}
     return KazooClient(hosts=hosts_string(hosts), timeout=timeout, **kw)
+
+
+@dataclass(frozen=True)
+class ZkSettings:
+    """Where the engine's ZooKeeper is and how to reach it: what a component needs to make a
+    client of its own. The executor hands its settings to each Job (`job.zookeeper`), so an
+    action connects as its executor does (the restore_queue action does)."""
+
+    hosts: str  # kazoo's "h1:2181,h2:2181" (see hosts_string)
+    timeout: float = 10.0  # the session timeout asked for, in seconds
+    security: ZkSecurity = ZkSecurity()
+
+    def make_client(self, use_gevent: bool = True, **kw: Any) -> KazooClient:
+        """A client for these settings, not yet started (see `make_client`)."""
+        return make_client(
+            self.hosts, timeout=self.timeout, use_gevent=use_gevent, security=self.security, **kw
+        )
 
 
 def _gevent_handler() -> Any:

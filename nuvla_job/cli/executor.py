@@ -155,6 +155,7 @@ def main(
             concurrency=1,
             name=common.name,
             nuvlaedge_fs=common.nuvlaedge_fs,
+            zookeeper=common.zookeeper,
         )
         blocked_loop.watch()
         sys.exit(executor.run_pull(job_id))
@@ -171,6 +172,7 @@ def main(
         grace_period=grace_period,
         name=common.name,
         nuvlaedge_fs=common.nuvlaedge_fs,
+        zookeeper=common.zookeeper,
     )
     zk.add_listener(executor.session_changed)
     blocked_loop.watch()

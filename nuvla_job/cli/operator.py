@@ -44,6 +44,7 @@ from .options import CommonConfig, common_options, expand_multi_values, make_api
 
 if TYPE_CHECKING:
     from kazoo.client import KazooClient
+    from nuvla.api import Api
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # watch: the job FAILED; submit --from: some lines failed
@@ -105,7 +106,7 @@ class Session:
         self._zk: KazooClient | None = None
 
     @property
-    def api(self):
+    def api(self) -> Api:
         if self._api is None:
             self._api = make_api(self._with_default_credentials())
         return self._api
@@ -130,14 +131,7 @@ class Session:
     @property
     def zk(self) -> KazooClient:
         if self._zk is None:
-            from ..zk import make_client
-
-            client = make_client(
-                self.common.zk_hosts,
-                timeout=self.common.zk_timeout,
-                use_gevent=False,
-                security=self.common.zk_security,
-            )
+            client = self.common.zookeeper.make_client(use_gevent=False)
             try:
                 client.start(timeout=self.common.zk_timeout)
             except Exception as exc:
@@ -215,7 +209,12 @@ def cli(ctx: click.Context, common: CommonConfig) -> None:
 # The common options that mean nothing to this command stay accepted (one environment for every
 # command of the engine) but out of its help.
 for _param in cli.params:
-    if _param.name in ("name", "sentry_dsn", "statsd", "nuvlaedge_fs"):
+    if isinstance(_param, click.Option) and _param.name in (
+        "name",
+        "sentry_dsn",
+        "statsd",
+        "nuvlaedge_fs",
+    ):
         _param.hidden = True
 
 

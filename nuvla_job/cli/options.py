@@ -16,7 +16,7 @@ import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,6 +24,12 @@ from ..monitoring import LOG_FORMATS, register_secret
 from ..transport import LeanTransport
 from ..zk_security import ZkSecurity
 from .zk_options import pop_zk_security, zk_security_option_list
+
+if TYPE_CHECKING:
+    from kazoo.client import KazooClient
+    from nuvla.api import Api
+
+    from ..zk import ZkSettings
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,13 @@ class CommonConfig:
     log_format: str = "text"
     zk_security: ZkSecurity = ZkSecurity()
 
+    @property
+    def zookeeper(self) -> ZkSettings:
+        """The ZooKeeper options as one value, handed to whatever makes a client."""
+        from ..zk import ZkSettings, hosts_string
+
+        return ZkSettings(hosts_string(self.zk_hosts), self.zk_timeout, self.zk_security)
+
 
 def log_format_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--log-format text|json`` (JOB_LOG_FORMAT): JSON is one object per line for shippers."""
@@ -105,7 +118,7 @@ def _secret(kwargs: dict[str, Any], name: str) -> str | None:
 
 def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add the common options; the command receives them as one ``common`` CommonConfig."""
-    options = [
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option(
             "--zk-hosts",
             multiple=True,
@@ -236,10 +249,6 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
         kwargs.pop("log_level", None)
         for secret in (common.api_secret, common.api_pass, common.api_authn_header):
             register_secret(secret)
-        # Clients made without the options at hand (the restore_queue action's) get it too.
-        from ..zk import set_process_security
-
-        set_process_security(common.zk_security)
         if statsd:
             log.warning(
                 "--statsd %s ignored: this engine does not send statsd metrics; "
@@ -248,9 +257,10 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
             )
         return command(common=common, **kwargs)
 
+    decorated: Callable[..., Any] = wrapper
     for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
+        decorated = option(decorated)
+    return decorated
 
 
 def _credentials(common: CommonConfig) -> dict[str, str] | None:
@@ -277,7 +287,7 @@ def _credentials(common: CommonConfig) -> dict[str, str] | None:
     return None
 
 
-def make_api(common: CommonConfig, pool_size: int = 10):
+def make_api(common: CommonConfig, pool_size: int = 10) -> Api:
     """A logged-in ``nuvla.api.Api`` (or one using JOB_COOKIES or the authn header)."""
     import requests.adapters
     import requests.utils
@@ -329,17 +339,16 @@ def make_api(common: CommonConfig, pool_size: int = 10):
     return api
 
 
-def connect_zookeeper(common: CommonConfig):
+def connect_zookeeper(common: CommonConfig) -> KazooClient:
     """A started kazoo client (gevent handler), or a one-line error when none answers.
 
     With auth, the engine's existing parent nodes get its ACL.
     """
     from kazoo.exceptions import KazooException
 
-    from ..zk import make_client
     from ..zk_security import ZkAccessDenied, secure_tree
 
-    zk = make_client(common.zk_hosts, timeout=common.zk_timeout, security=common.zk_security)
+    zk = common.zookeeper.make_client()
     try:
         zk.start(timeout=max(15.0, common.zk_timeout))
     # The gevent handler's timeout is gevent.Timeout, a BaseException.

@@ -133,6 +133,7 @@ def zk_security_options(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(**kwargs: Any) -> Any:
         return command(zk_security=pop_zk_security(kwargs), **kwargs)
 
+    decorated: Callable[..., Any] = wrapper
     for option in reversed(zk_security_option_list()):
-        wrapper = option(wrapper)
-    return wrapper
+        decorated = option(decorated)
+    return decorated

@@ -21,7 +21,6 @@ from nuvla_job.api.sqlite import Database, SqliteJobStore
 from nuvla_job.jobsearch import iter_jobs
 from nuvla_job.localstack.processes import EngineProcess
 from nuvla_job.registry import distributions, load_actions
-from nuvla_job.restore import process_zk_hosts
 from nuvla_job.timeutil import format_time
 from tests.integration.test_executor import add, queue_empty, wait_state
 from tests.support.jobapi import JobApiProcess
@@ -363,13 +362,6 @@ def test_restore_queue_action_runs_lost_jobs_exactly_once(
     assert again["status-message"].startswith("queued 0 job(s)")
     starts = [line.split()[1] for line in runs.read_text().splitlines() if line.startswith("start")]
     assert sorted(starts) == sorted(ids)  # every job ran, none twice
-
-
-def test_process_zk_hosts_resolves_as_the_executor_does() -> None:
-    assert process_zk_hosts(["--zk-hosts", "a:1", "b:2", "--concurrency", "5"], {}) == "a:1,b:2"
-    assert process_zk_hosts(["--zk-hosts=a:1,b:2"], {"ZK_HOSTS": "c:3"}) == "a:1,b:2"
-    assert process_zk_hosts(["--concurrency", "5"], {"ZK_HOSTS": "c:3 d:4"}) == "c:3,d:4"
-    assert process_zk_hosts([], {}) == "127.0.0.1:2181"
 
 
 # -- http_request ------------------------------------------------------------------------------
