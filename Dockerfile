@@ -21,24 +21,25 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip uninstall -q -y pip setuptools \
  && /opt/venv/bin/python -m compileall -q /opt/venv
 
-# -- runtime: the virtualenv, the actions, tini and an unprivileged user --------------------
+# -- runtime: the virtualenv (built-in actions included), tini and an unprivileged user -----
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="nuvla-job" \
       org.opencontainers.image.description="Distributed job engine: job-executor, job-distributor, job-api" \
       org.opencontainers.image.licenses="Apache-2.0"
 # tini is PID 1: it forwards SIGTERM to the engine (graceful drain) and reaps zombies.
 # The data and credentials folders exist in the image so that fresh named volumes mounted
-# there are owned by the unprivileged user.
+# there are owned by the unprivileged user; /opt/nuvla-job/actions is the empty folder where
+# users mount their own action modules.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini=0.19.* \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/nuvla-job \
         --shell /usr/sbin/nologin nuvla \
  && install -d -o nuvla -g nuvla -m 0750 /var/lib/nuvla-job \
-        /var/lib/nuvla-job/data /var/lib/nuvla-job/credentials
+        /var/lib/nuvla-job/data /var/lib/nuvla-job/credentials \
+ && install -d -m 0755 /opt/nuvla-job/actions
 COPY --from=build /opt/venv /opt/venv
-COPY actions /opt/nuvla-job/actions
-# The installed package does not sit beside actions/: JOB_ACTIONS_PATH points at the copy.
+# The built-in actions ship in the package; JOB_ACTIONS_PATH names only users' own folders.
 # JOB_API_HOST=0.0.0.0: inside a container the API must be reachable from other containers.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -8,12 +8,15 @@ PYTHON ?= python3
 VENV := .venv
 # Touched after a successful install: reinstall only when pyproject.toml changes.
 VENV_MARKER := $(VENV)/.installed
-ZOOKEEPER_JAR := /usr/share/java/zookeeper.jar
-APT_PACKAGES := zookeeper default-jre-headless
+# What runs need from Debian, as CHECK:PACKAGE (CHECK: a file, or a command on PATH).
+# ZooKeeper's jars (the server of `make run` and of the tests) need a JRE; the dashboard's
+# browser test drives Chromium through its driver; the TLS tests make certificates with openssl.
+RUN_NEEDS := /usr/share/java/zookeeper.jar:zookeeper java:default-jre-headless
+TEST_NEEDS := $(RUN_NEEDS) chromium:chromium chromedriver:chromium-driver openssl:openssl
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv deps test faults lint run bench clean distclean
+.PHONY: venv deps test-deps test faults lint run bench clean distclean
 
 venv: $(VENV_MARKER)
 
@@ -22,20 +25,36 @@ $(VENV_MARKER): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-# Debian's zookeeper package provides the jars the test fixture runs; it needs a JRE.
-deps:
-	@if [ -f $(ZOOKEEPER_JAR) ] && command -v java >/dev/null 2>&1; then exit 0; fi; \
+# Installs the missing packages of a *_NEEDS list as root; otherwise prints the command.
+define apt_needs
+	@missing=""; \
+	for need in $(1); do \
+		check=$${need%%:*}; package=$${need#*:}; \
+		case $$check in \
+			/*) [ -e "$$check" ] && continue ;; \
+			*) command -v "$$check" >/dev/null 2>&1 && continue ;; \
+		esac; \
+		missing="$$missing $$package"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
 		apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-			$(APT_PACKAGES); \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	else \
-		echo "ZooKeeper or Java is missing; install them with:" >&2; \
-		echo "  sudo apt-get update && sudo apt-get install -y $(APT_PACKAGES)" >&2; \
+		echo "missing Debian packages:$$missing; install them with:" >&2; \
+		echo "  sudo apt-get update && sudo apt-get install -y$$missing" >&2; \
 		exit 1; \
 	fi
+endef
 
-test: deps venv
+deps:
+	$(call apt_needs,$(RUN_NEEDS))
+
+# Every test runs: none is skipped for want of a system package.
+test-deps:
+	$(call apt_needs,$(TEST_NEEDS))
+
+test: test-deps venv
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 # The fault-injection suite: seven scenarios of 1,000 jobs each (docs/reliability.md, which

@@ -1,9 +1,18 @@
-"""Actions: the ``@action`` decorator, and loading action modules at start-up.
+"""Actions and distributions: the decorators, their registries, and loading modules at start-up.
 
-An action is a class registered under a name, built with the :class:`~nuvla_job.job.Job`
-and run with ``do_work()``. Modules come from the actions directories (every ``*.py`` file
-and package in them) and from installed packages advertising the ``nuvla_job.actions``
-entry-point group. A module that fails to import is logged and skipped.
+An action is a class declared with ``@action("name", ...)``, built with the
+:class:`~nuvla_job.job.Job` and run with ``do_work()``. The decorator checks its options,
+leaves an :class:`ActionSpec` on the class and adds it to the default :data:`registry`.
+A registry of one's own (each executor has one; tests make theirs) is filled by
+:func:`load_actions`, which imports the modules and collects the specs of the classes they
+define: the built-in actions (the ``nuvla_job.actions`` sub-package), a source checkout's
+``actions/`` folder, the folders given (every ``*.py`` file and package in them), and the
+installed packages advertising the ``nuvla_job.actions`` entry-point group, in that order.
+A module that fails to import is logged and skipped; of two actions of one name the first
+wins and the second is logged.
+
+A distribution is a generator of job bodies run by the elected distributor every
+``interval``, declared with ``@distribution`` or, for one job, ``distribute(...)``.
 """
 
 from __future__ import annotations
@@ -12,11 +21,13 @@ import importlib
 import importlib.util
 import logging
 import os
+import pkgutil
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -24,79 +35,172 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "nuvla_job.actions"
 # Upstream's lite image registers only actions that can run in pull mode.
 LITE_IMAGE = "job-lite"
-# The project's own actions folder, beside the package in a checkout or an image.
-BUILTIN_ACTIONS = Path(__file__).resolve().parent.parent / "actions"
+# The built-in actions ship inside the package, so that an installed engine has them.
+BUILTIN_PACKAGE = "nuvla_job.actions"
+BUILTIN_ACTIONS = Path(__file__).resolve().parent / "actions"
+# A source checkout's own actions/ folder, where users drop their modules; absent when the
+# package is installed (no pyproject.toml beside it).
+_ROOT = Path(__file__).resolve().parent.parent
+CHECKOUT_ACTIONS = _ROOT / "actions" if (_ROOT / "pyproject.toml").is_file() else None
+# Where @action leaves its specs on a class (in the class's own __dict__, so that a
+# subclass does not inherit its parent's name).
+SPECS_ATTRIBUTE = "__nuvla_job_actions__"
 
 
-@dataclass
+# -- actions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """What the engine knows of one action. New per-action settings become new fields here
+    (with a default, so that existing declarations stay valid) and options of ``@action``."""
+
+    name: str
+    cls: type
+    pull_mode_support: bool = False
+    # The longest ``do_work`` may run, in seconds; None: the executor's --action-timeout.
+    timeout: float | None = None
+
+    @property
+    def where(self) -> str:
+        """The class's dotted name, for log lines."""
+        return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
+
 class ActionRegistry:
-    """Action classes by name. The first registration of a name wins."""
+    """Action specs by name. The first spec of a name wins; a later, different one is logged."""
 
-    actions: dict[str, type] = field(default_factory=dict)
-    pull_mode: dict[str, bool] = field(default_factory=dict)
-    # Per-action time limits in seconds (the decorator's ``timeout=``); absent: no own limit.
-    timeouts: dict[str, float] = field(default_factory=dict)
-    lite: bool = field(default_factory=lambda: os.environ.get("IMAGE_NAME") == LITE_IMAGE)
+    def __init__(self, specs: Iterable[ActionSpec] = (), *, lite: bool | None = None) -> None:
+        self.lite = os.environ.get("IMAGE_NAME") == LITE_IMAGE if lite is None else lite
+        self._specs: dict[str, ActionSpec] = {}
+        # Refused duplicates already logged (a module collected again logs nothing new).
+        self._reported: set[ActionSpec] = set()
+        for spec in specs:
+            self.add(spec)
+
+    def add(self, spec: ActionSpec, *, quiet: bool = False) -> bool:
+        """Add ``spec``; False when it is not added (lite image, or its name is taken)."""
+        if self.lite and not spec.pull_mode_support:
+            log.debug("action %s skipped: the lite image runs only pull-mode actions", spec.name)
+            return False
+        kept = self._specs.get(spec.name)
+        if kept is None:
+            self._specs[spec.name] = spec
+            return True
+        if kept != spec and spec not in self._reported and not quiet:
+            self._reported.add(spec)
+            log.error(
+                "action %s is defined twice (%s and %s); keeping the first",
+                spec.name,
+                kept.where,
+                spec.where,
+            )
+        return False
 
     def register(
         self, name: str, cls: type, pull_mode_support: bool = False, timeout: float | None = None
     ) -> None:
-        if self.lite and not pull_mode_support:
-            log.debug("action %s skipped: the lite image runs only pull-mode actions", name)
-            return
-        if name in self.actions:
-            log.error(
-                "action %s is defined twice (%s and %s); keeping the first",
-                name,
-                _where(self.actions[name]),
-                _where(cls),
-            )
-            return
-        self.actions[name] = cls
-        self.pull_mode[name] = pull_mode_support
-        if timeout is not None:
-            self.timeouts[name] = timeout
+        """Add an action without the decorator."""
+        self.add(ActionSpec(name, cls, pull_mode_support, timeout))
+
+    def add_class(self, cls: type) -> None:
+        """Add the specs ``@action`` left on ``cls`` (none: nothing)."""
+        for spec in cls.__dict__.get(SPECS_ATTRIBUTE, ()):
+            self.add(spec)
+
+    def collect(self, module: ModuleType) -> None:
+        """Add the actions of the classes defined in ``module`` and its imported submodules."""
+        prefix = f"{module.__name__}."
+        modules = [module] + [
+            m for name, m in list(sys.modules.items()) if name.startswith(prefix) and m is not None
+        ]
+        for each in modules:
+            for value in list(vars(each).values()):
+                # A class imported from elsewhere belongs to the module that defines it.
+                if isinstance(value, type) and value.__module__ == each.__name__:
+                    self.add_class(value)
+
+    def spec(self, name: str) -> ActionSpec | None:
+        return self._specs.get(name)
 
     def get(self, name: str) -> type | None:
-        return self.actions.get(name)
+        spec = self._specs.get(name)
+        return None if spec is None else spec.cls
 
     def timeout(self, name: str) -> float | None:
         """The action's own time limit in seconds, None when it has none."""
-        return self.timeouts.get(name)
+        spec = self._specs.get(name)
+        return None if spec is None else spec.timeout
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def __iter__(self) -> Iterator[ActionSpec]:
+        return iter(list(self._specs.values()))
 
     def __contains__(self, name: object) -> bool:
-        return name in self.actions
+        return name in self._specs
 
     def __len__(self) -> int:
-        return len(self.actions)
+        return len(self._specs)
 
 
-def _where(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-# The registry decorators write to; ``load_actions`` returns it.
+# The default registry: every action declared in this process. Its duplicates are logged when
+# a loader collects them (load_actions), not at declaration, so that a process whose
+# executor loads into a registry of its own logs each duplicate once.
 registry = ActionRegistry()
 
 
 def action(
-    name: str, pull_mode_support: bool = False, timeout: float | None = None, **_upstream: Any
+    name: str | None = None,
+    pull_mode_support: bool = False,
+    *,
+    timeout: float | None = None,
+    action_name: str | None = None,
 ) -> Callable[[type], type]:
-    """Register the decorated class as the action ``name`` (upstream-compatible).
+    """Declare the decorated class as the action ``name`` (upstream-compatible).
 
-    ``timeout``: the longest ``do_work`` may run, in seconds; it overrides the executor's
-    ``--action-timeout`` for this action. A job over its limit is FAILED.
+    As upstream's: ``name`` (or ``action_name=``) defaults to the class's name, and
+    ``pull_mode_support`` says whether the action may run in pull mode (the lite image runs
+    only those). ``timeout``: the longest ``do_work`` may run, in seconds; it overrides the
+    executor's ``--action-timeout`` for this action, and a job over it is FAILED. Any other
+    option is a TypeError naming it.
     """
+    if name is not None and action_name is not None:
+        raise TypeError(
+            f"@action: give the name once, not {name!r} and action_name={action_name!r}"
+        )
+    given = name if name is not None else action_name
+    shown = given or "?"
+    if given is not None and (not isinstance(given, str) or not given):
+        raise TypeError(f"@action: the name must be a non-empty string, not {given!r}")
+    # Upstream tests the flag for truth: 0 and 1 are accepted as well.
+    if pull_mode_support not in (True, False):
+        raise TypeError(
+            f"action {shown}: pull_mode_support must be True or False, not {pull_mode_support!r}"
+        )
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
     ):
-        raise ValueError(f"action {name}: timeout must be a number of seconds > 0, not {timeout!r}")
+        raise ValueError(
+            f"action {shown}: timeout must be a number of seconds > 0, not {timeout!r}"
+        )
 
-    def register(cls: type) -> type:
-        registry.register(name, cls, pull_mode_support, None if timeout is None else float(timeout))
+    def declare(cls: type) -> type:
+        spec = ActionSpec(
+            given or cls.__name__,
+            cls,
+            bool(pull_mode_support),
+            None if timeout is None else float(timeout),
+        )
+        setattr(cls, SPECS_ATTRIBUTE, (*cls.__dict__.get(SPECS_ATTRIBUTE, ()), spec))
+        registry.add(spec, quiet=True)
         return cls
 
-    return register
+    return declare
+
+
+# -- loading ----------------------------------------------------------------------------------
 
 
 def _module_name(path: Path) -> str:
@@ -105,9 +209,13 @@ def _module_name(path: Path) -> str:
     return f"nuvla_job_plugins.{path.stem}_{digest}"
 
 
-def _import_file(path: Path) -> None:
+def _import_file(path: Path) -> ModuleType:
+    """Import a module file or package folder, once per process."""
     target = path / "__init__.py" if path.is_dir() else path
     name = _module_name(path)
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        return loaded
     spec = importlib.util.spec_from_file_location(
         name, target, submodule_search_locations=[str(path)] if path.is_dir() else None
     )
@@ -120,6 +228,7 @@ def _import_file(path: Path) -> None:
     except BaseException:
         sys.modules.pop(name, None)
         raise
+    return module
 
 
 def _candidates(directory: Path) -> list[Path]:
@@ -132,46 +241,62 @@ def _candidates(directory: Path) -> list[Path]:
     return found
 
 
+def _builtin_modules() -> list[str]:
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    return [
+        f"{BUILTIN_PACKAGE}.{info.name}"
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name)
+        if not info.name.startswith("_")
+    ]
+
+
+def _skipped(what: str, exc: Exception) -> None:
+    # A broken plugin must not stop the engine.
+    log.error("%s and is skipped: %s: %s", what, type(exc).__name__, exc)
+
+
 def load_actions(
-    paths: Iterable[str | Path] = (), builtin: bool = True, use_entry_points: bool = True
+    paths: Iterable[str | Path] = (),
+    builtin: bool = True,
+    use_entry_points: bool = True,
+    into: ActionRegistry | None = None,
 ) -> ActionRegistry:
-    """Import every action module; returns the registry with what they registered."""
-    directories = [BUILTIN_ACTIONS] if builtin else []
+    """Import the action modules and collect their actions into ``into`` (default: the
+    default registry), which is returned. Distributions go to :data:`distributions`."""
+    target = registry if into is None else into
+    if builtin:
+        for name in _builtin_modules():
+            try:
+                target.collect(importlib.import_module(name))
+            except Exception as exc:
+                _skipped(f"built-in action module {name} failed to import", exc)
+    directories = [CHECKOUT_ACTIONS] if CHECKOUT_ACTIONS is not None else []
     directories += [Path(p) for p in paths]
-    seen: set[Path] = set()
+    # The built-in folder given as a path (an old configuration) would load every built-in
+    # again under another name; the same folder twice, every action twice.
+    seen = {BUILTIN_ACTIONS} if builtin else set()
     for directory in directories:
-        # The same folder twice (e.g. JOB_ACTIONS_PATH pointing at the built-in one) would
-        # register every action twice, each reported as a duplicate.
         if directory.resolve() in seen:
             continue
         seen.add(directory.resolve())
         if not directory.is_dir():
-            if directory != BUILTIN_ACTIONS:
+            if directory != CHECKOUT_ACTIONS:
                 log.error("actions path %s is not a directory; skipped", directory)
             continue
         for path in _candidates(directory):
             try:
-                _import_file(path)
-            except Exception as exc:  # a broken plugin must not stop the engine
-                log.error(
-                    "action module %s failed to import and is skipped: %s: %s",
-                    path,
-                    type(exc).__name__,
-                    exc,
-                )
+                target.collect(_import_file(path))
+            except Exception as exc:
+                _skipped(f"action module {path} failed to import", exc)
     if use_entry_points:
         for point in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 point.load()
+                target.collect(sys.modules[point.module])
             except Exception as exc:
-                log.error(
-                    "action entry point %s failed to load and is skipped: %s: %s",
-                    point.name,
-                    type(exc).__name__,
-                    exc,
-                )
-    log.info("%d action(s) loaded: %s", len(registry), ", ".join(sorted(registry.actions)))
-    return registry
+                _skipped(f"action entry point {point.name} failed to load", exc)
+    log.info("%d action(s) loaded: %s", len(target), ", ".join(target.names()))
+    return target
 
 
 # -- distributions ----------------------------------------------------------------------------
@@ -210,6 +335,8 @@ class DistributionRegistry:
         return len(self.distributions)
 
 
+# Distributions are declared by module-level calls (``distribute`` returns nothing a loader
+# could find again), so each process has this one registry of them.
 distributions = DistributionRegistry()
 
 

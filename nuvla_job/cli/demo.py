@@ -13,6 +13,7 @@ import sys
 import time
 
 import click
+from nuvla.api import Api
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -23,7 +24,7 @@ from ..localstack.zookeeper import ZooKeeperNotAvailable, ZooKeeperServer
 from ..states import FINAL_STATES
 
 
-def _submit(api, count: int, seconds: float, failing: float, batch: str) -> list[str]:
+def _submit(api: Api, count: int, seconds: float, failing: float, batch: str) -> list[str]:
     rng = random.Random(7)
     ids = []
     for i in range(count):
@@ -41,7 +42,7 @@ def _submit(api, count: int, seconds: float, failing: float, batch: str) -> list
     return ids
 
 
-def _states(api, batch: str) -> dict[str, int]:
+def _states(api: Api, batch: str) -> dict[str, int]:
     result = api.search("job", filter=f"tags='{batch}'", last=0, aggregation="terms:state")
     buckets = result.data["aggregations"]["terms:state"]["buckets"]
     return {b["key"]: b["doc_count"] for b in buckets}

@@ -17,7 +17,8 @@ import click  # noqa: E402
 
 from ..distributor import Distributor, SelectionError, select  # noqa: E402
 from ..monitoring import setup_logging, setup_sentry  # noqa: E402
-from ..registry import Distribution, DistributionRegistry, distributions, load_actions  # noqa: E402
+from ..registry import Distribution, DistributionRegistry, distributions  # noqa: E402
+from .actions_options import ActionSources, actions_options  # noqa: E402
 from .metrics_options import MetricsEndpoint, metrics_options  # noqa: E402
 from .options import (  # noqa: E402
     CommonConfig,
@@ -81,27 +82,20 @@ def select_distributions(
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @common_options
 @distribution_options
-@click.option(
-    "--actions-path",
-    multiple=True,
-    envvar="JOB_ACTIONS_PATH",
-    type=click.Path(file_okay=False),
-    help="Extra directory of action and distribution modules (repeatable; the "
-    "variable takes a space-separated list).",
-)
+@actions_options("action and distribution")
 @metrics_options
 def main(
     common: CommonConfig,
     distribution_interval: tuple[str, ...],
     distribution_exclude: tuple[str, ...],
     distribution_include: tuple[str, ...],
-    actions_path: tuple[str, ...],
+    action_sources: ActionSources,
     metrics: MetricsEndpoint | None = None,
 ) -> None:
     """Create the jobs of every distribution this process is elected for, until SIGTERM."""
     setup_logging(common.log_level, common.log_format)
     setup_sentry(common.sentry_dsn, common.name)
-    load_actions(actions_path)
+    action_sources.load()  # their modules declare the distributions
     selected = select_distributions(
         distributions, distribution_include, distribution_exclude, distribution_interval
     )

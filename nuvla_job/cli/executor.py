@@ -28,6 +28,7 @@ from ..middleware.time_limit import TimeLimit  # noqa: E402
 from ..monitoring import setup_logging, setup_sentry  # noqa: E402
 from ..presence import ExecutorPresence  # noqa: E402
 from ..timeutil import now_iso  # noqa: E402
+from .actions_options import ActionSources, actions_options  # noqa: E402
 from .distributor import (  # noqa: E402
     DISTRIBUTION_FLAGS,
     distribution_options,
@@ -86,14 +87,7 @@ BLOCKING_WARNING = 1.0
     help="Longest an action may run; a job over it is FAILED (0: no limit). An "
     "action's own @action(..., timeout=) wins.",
 )
-@click.option(
-    "--actions-path",
-    multiple=True,
-    envvar="JOB_ACTIONS_PATH",
-    type=click.Path(file_okay=False),
-    help="Extra directory of action modules (repeatable; the variable takes a "
-    "space-separated list).",
-)
+@actions_options("action")
 @click.option(
     "--job-id",
     envvar="JOB_ID",
@@ -114,7 +108,7 @@ def main(
     concurrency: int,
     grace_period: float,
     action_timeout: float,
-    actions_path: tuple[str, ...],
+    action_sources: ActionSources,
     job_id: str | None,
     distributions: bool,
     distribution_interval: tuple[str, ...],
@@ -128,9 +122,8 @@ def main(
     if job_id is not None and not job_id.startswith("job/"):
         raise click.BadParameter("must look like job/<uuid>", param_hint="--job-id")
     from ..registry import distributions as registered
-    from ..registry import load_actions
 
-    actions = load_actions(actions_path)
+    actions = action_sources.require(action_sources.load())
     # Checked even when distributions are off, so a typo is found before it matters.
     selected = select_distributions(
         registered, distribution_include, distribution_exclude, distribution_interval

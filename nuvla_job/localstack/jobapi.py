@@ -11,12 +11,12 @@ Usage::
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import requests
@@ -24,9 +24,7 @@ from nuvla.api import Api
 
 from .lifecycle import Service
 from .ports import free_port
-from .processes import stop_process
-
-REPO = Path(__file__).resolve().parents[2]
+from .processes import child_env, stop_process
 
 
 class JobApiProcess(Service):
@@ -40,7 +38,11 @@ class JobApiProcess(Service):
         *extra_args: str,
         start_timeout: float = 30.0,
         env: dict[str, str] | None = None,
+        program: Sequence[str] | None = None,
     ) -> None:
+        # The `job-api` command: this interpreter's module, or e.g. an installed console script.
+        self.this_copy = not program
+        self.program = list(program) if program else [sys.executable, "-m", "nuvla_job.cli.api"]
         self.zk_hosts = zk_hosts
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
@@ -66,9 +68,7 @@ class JobApiProcess(Service):
 
     def command(self) -> list[str]:
         return [
-            sys.executable,
-            "-m",
-            "nuvla_job.cli.api",
+            *self.program,
             "serve",
             "--host",
             self.host,
@@ -87,7 +87,7 @@ class JobApiProcess(Service):
         """Start and wait until it answers (and, by default, is connected to ZooKeeper)."""
         if self.pid:
             return
-        env = {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
+        env = child_env(self.env, this_copy=self.this_copy)
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 self.command(),
@@ -174,13 +174,12 @@ class JobApiProcess(Service):
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run a `job-api` management subcommand on this server's database."""
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
         return subprocess.run(
-            [sys.executable, "-m", "nuvla_job.cli.api", *args, "--db", str(self.db)],
+            [*self.program, *args, "--db", str(self.db)],
             capture_output=True,
             text=True,
             input=input,
-            env=env,
+            env=child_env(this_copy=self.this_copy),
             timeout=60,
         )
 
@@ -192,5 +191,5 @@ class JobApiProcess(Service):
         api = self.api()
         response = api.login_password(username, password)
         assert response.status_code == 201, response.text
-        api.user_id = result.stdout.strip()  # type: ignore[attr-defined]
+        api.user_id = result.stdout.strip()
         return api

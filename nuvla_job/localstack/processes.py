@@ -9,11 +9,32 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-# The directory holding the nuvla_job package, so children import this very copy.
+# The directory holding the nuvla_job package: a source checkout (tests, `make run`), or
+# site-packages when installed.
 REPO = Path(__file__).resolve().parents[2]
-TEST_ACTIONS = REPO / "tests" / "actions"
+# In a checkout, children get it on PYTHONPATH so that they import this very copy; an installed
+# package is found by the interpreter itself, and the checkout-only parts are absent.
+IN_CHECKOUT = (REPO / "pyproject.toml").is_file()
+TEST_ACTIONS: Path | None = REPO / "tests" / "actions" if IN_CHECKOUT else None
+
+
+def child_env(*layers: dict[str, str], this_copy: bool = True) -> dict[str, str]:
+    """This process's environment for a child, with ``layers`` on top (later ones win).
+
+    ``this_copy``: the child is this interpreter running the package (``-m``); False for
+    a program of another install, which imports that install only (no PYTHONPATH).
+    """
+    env = dict(os.environ)
+    if not this_copy:
+        env.pop("PYTHONPATH", None)
+    elif IN_CHECKOUT:
+        env["PYTHONPATH"] = str(REPO)
+    for layer in layers:
+        env.update(layer)
+    return env
 
 
 def stop_process(process: subprocess.Popen, timeout: float) -> int:
@@ -31,21 +52,32 @@ def stop_process(process: subprocess.Popen, timeout: float) -> int:
 
 
 class EngineProcess:
-    """`python -m <module> <args>` with its output in a log file; stopped by pid."""
+    """`python -m <module> <args>` with its output in a log file; stopped by pid.
 
-    def __init__(self, module: str, args: list[str], env: dict[str, str] | None = None) -> None:
+    ``program``: run this command instead of the module (e.g. an installed console script).
+    """
+
+    def __init__(
+        self,
+        module: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        program: Sequence[str] | None = None,
+    ) -> None:
         self.module = module
         self.args = args
         self.env = env or {}
+        self.this_copy = not program
+        self.program = list(program) if program else [sys.executable, "-m", module]
         self.dir = Path(tempfile.mkdtemp(prefix="engine-"))
         self.log_path = self.dir / "process.log"
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> EngineProcess:
-        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
+        env = child_env(self.env, this_copy=self.this_copy)
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.args],
+                [*self.program, *self.args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,5 +1,5 @@
-"""The built-in actions of `actions/`, each run by a real executor process against the real
-job API and ZooKeeper."""
+"""The built-in actions (`nuvla_job/actions/`), each run by a real executor process against
+the real job API and ZooKeeper."""
 
 from __future__ import annotations
 

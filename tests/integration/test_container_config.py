@@ -29,6 +29,7 @@ import yaml
 from kazoo.client import KazooClient
 from nuvla.api import Api
 
+from nuvla_job.cli.actions_options import Directories
 from nuvla_job.distributor import election_path
 from nuvla_job.localstack.ports import free_port
 from nuvla_job.localstack.processes import REPO, stop_process
@@ -166,7 +167,9 @@ def test_image_runs_the_executor_under_tini_as_a_non_root_user() -> None:
     assert image.cmd[0] in console_scripts()
     user = image.user.split(":")[0]
     assert user and user not in ("root", "0")
-    assert any(copy[0] == "actions" and copy[-1] == IMAGE_ACTIONS for copy in image.copies)
+    # The built-in actions come with the installed package: nothing of actions/ is copied,
+    # and JOB_ACTIONS_PATH names the (empty) folder for users' own modules.
+    assert not any(copy[0].startswith("actions") for copy in image.copies)
     assert image.env["JOB_ACTIONS_PATH"] == IMAGE_ACTIONS
 
 
@@ -297,6 +300,17 @@ def wait_for(
         time.sleep(0.05)
 
 
+def container_folders(value: str, root: Path) -> str:
+    """A JOB_ACTIONS_PATH of the container with each folder moved under ``root`` (and made, as
+    the image makes its own)."""
+    folders = []
+    for folder in Directories().split_envvar_value(value):
+        local = root / folder.lstrip("/")
+        local.mkdir(parents=True, exist_ok=True)
+        folders.append(str(local))
+    return " ".join(folders)
+
+
 def container_env(
     image: Dockerfile, service: dict[str, Any], root: Path, zk_hosts: str, api_port: int
 ) -> dict[str, str]:
@@ -316,10 +330,8 @@ def container_env(
     for key, value in env.items():
         if value.startswith(IMAGE_HOME):
             env[key] = str(root / value[len(IMAGE_HOME) + 1 :])
-    # The image's copy of actions/ is, in a checkout, the folder beside the package that is
-    # always loaded: pointing JOB_ACTIONS_PATH at it too would load every action twice.
-    if env.get("JOB_ACTIONS_PATH") == IMAGE_ACTIONS:
-        del env["JOB_ACTIONS_PATH"]
+    if "JOB_ACTIONS_PATH" in env:
+        env["JOB_ACTIONS_PATH"] = container_folders(env["JOB_ACTIONS_PATH"], root)
     env["ZK_HOSTS"] = zk_hosts
     if "JOB_API_URL" in env:
         env["JOB_API_URL"] = f"http://127.0.0.1:{api_port}"

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from nuvla_job.registry import ActionRegistry, action, registry
+from nuvla_job import registry as registry_module
+from nuvla_job.registry import ActionRegistry, action
 
 
 @pytest.fixture
-def forget_test_actions():
-    """The decorator writes to the process-wide registry: leave it as it was."""
-    yield
-    for name in ("unit_timeout_kept", "unit_timeout_none"):
-        for table in (registry.actions, registry.pull_mode, registry.timeouts):
-            table.pop(name, None)
+def forget_test_actions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decorator feeds the process's default registry: give it an empty one meanwhile."""
+    monkeypatch.setattr(registry_module, "registry", ActionRegistry(lite=False))
 
 
 def test_timeout_is_kept_per_action(forget_test_actions) -> None:
@@ -25,6 +23,7 @@ def test_timeout_is_kept_per_action(forget_test_actions) -> None:
     class WithoutLimit:
         pass
 
+    registry = registry_module.registry
     assert registry.timeout("unit_timeout_kept") == 2.0
     assert registry.timeout("unit_timeout_none") is None
     assert registry.timeout("no_such_action") is None

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from nuvla.api import Api, NuvlaError
 
+from nuvla_job.job import Job
 from nuvla_job.jobsearch import count_by_state, has_unfinished, iter_jobs, quote
 from nuvla_job.registry import action, distribution
 from nuvla_job.states import FINAL_STATES
@@ -88,7 +89,7 @@ def assess(api: Api, parent: dict) -> Outcome | None:
 # -- the generic parent ---------------------------------------------------------------------------
 
 
-def _child_bodies(payload) -> list[dict] | str:
+def _child_bodies(payload: object) -> list[dict] | str:
     """The payload's child bodies, or what is wrong with it."""
     jobs = payload.get("jobs") if isinstance(payload, dict) else None
     if not isinstance(jobs, list):
@@ -103,7 +104,7 @@ def _child_bodies(payload) -> list[dict] | str:
 class BulkJobs:
     """Creates the child jobs of its payload, then follows them until all are final."""
 
-    def __init__(self, job):
+    def __init__(self, job: Job) -> None:
         self.job = job
         self.api = job.api
 
@@ -164,7 +165,7 @@ class BulkJobs:
 class MonitorBulkJobs:
     """Updates every RUNNING bulk parent from its children; settles those that are done."""
 
-    def __init__(self, job):
+    def __init__(self, job: Job) -> None:
         self.job = job
         self.api = job.api
 

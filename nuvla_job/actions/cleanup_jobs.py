@@ -3,6 +3,7 @@
 Payload (optional): `{"days": N}`, default 7. Distributed once a day.
 """
 
+from nuvla_job.job import Job
 from nuvla_job.jobsearch import any_of
 from nuvla_job.registry import action, distribute
 from nuvla_job.states import FINAL_STATES
@@ -19,7 +20,7 @@ def cleanup_filter(days: int) -> str:
 class CleanupJobs:
     """Deletes final jobs created more than `days` days ago; reports how many."""
 
-    def __init__(self, job):
+    def __init__(self, job: Job) -> None:
         self.job = job
         self.api = job.api
 

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 
+from nuvla_job.job import Job
 from nuvla_job.monitoring import MASK
 from nuvla_job.registry import action
 
@@ -132,7 +133,7 @@ def _read_text(response: requests.Response, limit: int) -> tuple[str, bool]:
 
 @action("http_request", pull_mode_support=True)
 class HttpRequest:
-    def __init__(self, job):
+    def __init__(self, job: Job) -> None:
         self.job = job
         self.api = job.api
 

@@ -10,6 +10,7 @@ import logging
 from nuvla.api import NuvlaError
 from nuvla.api.models import CimiResource
 
+from nuvla_job.job import Job
 from nuvla_job.jobsearch import any_of, iter_jobs, quote
 from nuvla_job.registry import action
 from nuvla_job.states import UNFINISHED_STATES
@@ -22,7 +23,7 @@ GONE = (404, 409)
 
 @action("cancel_children_jobs")
 class CancelChildrenJobs:
-    def __init__(self, job):
+    def __init__(self, job: Job) -> None:
         self.job = job
         self.api = job.api
 

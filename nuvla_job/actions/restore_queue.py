@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from nuvla.api import Api
 
 from nuvla_job import restore
+from nuvla_job.job import Job
 from nuvla_job.jobsearch import has_unfinished
 from nuvla_job.registry import action, distribution
 
@@ -26,7 +27,7 @@ CONNECT_TIMEOUT = 15.0
 
 @action("restore_queue")
 class RestoreQueue:
-    def __init__(self, job):
+    def __init__(self, job: Job) -> None:
         self.job = job
         self.api = job.api
 

@@ -2,6 +2,7 @@
 
 import time
 
+from nuvla_job.job import Job
 from nuvla_job.registry import action
 
 
@@ -10,10 +11,10 @@ class SleepJob:
     """Sleeps `seconds` from the payload (default 1), reporting progress; fails when the
     payload says `"fail": true` (for demos of failed jobs)."""
 
-    def __init__(self, job):
+    def __init__(self, job: Job) -> None:
         self.job = job
 
-    def do_work(self):
+    def do_work(self) -> int:
         payload = self.job.payload if isinstance(self.job.payload, dict) else {}
         seconds = float(payload.get("seconds", 1))
         time.sleep(seconds)
@@ -27,8 +28,8 @@ class SleepJob:
 class DummyTestAction:
     """Does nothing and succeeds (upstream's test action)."""
 
-    def __init__(self, job):
+    def __init__(self, job: Job) -> None:
         self.job = job
 
-    def do_work(self):
+    def do_work(self) -> int:
         return 0
