@@ -37,7 +37,7 @@ from .job import (
 from .middleware import Chain, JobRun, Middleware
 from .outcome import Decision, Outcome
 from .queue import Entry
-from .registry import ActionRegistry
+from .registry import ActionRegistry, ActionSpec
 from .states import FINAL_STATES
 from .zk import ZkSettings
 
@@ -273,9 +273,7 @@ class Executor:
 
     def _run_job(self, run: JobRun, job: Job) -> Outcome:
         """Run a fetched job and write its outcome (also the path of pull mode)."""
-        action_cls = self.actions.get(job["action"])
-        run.job = job
-        run.action = job["action"] if action_cls is not None else None
+        run.job, run.spec = job, self.actions.spec(job["action"])
         self.middleware.after_fetch(run)
         job_id, state = job.id, job["state"]
         if state in FINAL_STATES:
@@ -297,27 +295,27 @@ class Executor:
                     f"job version {version} is older than the version "
                     f"{SUPPORTED_VERSION} this engine supports",
                 )
-            if action_cls is None:
+            if run.spec is None:
                 return self._fail(job, f"no action '{job['action']}' is registered in this engine")
             job.update_job(state="RUNNING")
             # A process frozen between the take and here would start a job another executor
             # may run already: ask first (free while the take is recent).
             self._check_still_ours(run)
-            return self._run_action(run, job, action_cls)
+            return self._run_action(run, job, run.spec)
         except ApiUnavailable as exc:
             return self._api_unavailable(job_id, exc)
         except JobConflict as exc:
             log.warning("%s: the job API refused the update (%s): entry dropped", job_id, exc)
             return Outcome.consume()
 
-    def _run_action(self, run: JobRun, job: Job, action_cls: type) -> Outcome:
+    def _run_action(self, run: JobRun, job: Job, spec: ActionSpec) -> Outcome:
         """Run the action through the middleware and write what it returned or raised."""
-        name = job["action"]
+        name = spec.name
         log.debug("%s: running %s", job.id, name)  # its outcome is logged at INFO
         return_code: object = None
         raised: BaseException | None = None
         try:
-            return_code = self.middleware.around_action(run, lambda: action_cls(job).do_work())
+            return_code = self.middleware.around_action(run, lambda: spec.cls(job).do_work())
         except gevent.GreenletExit:
             raise  # lost or released: handle() settles it
         except BaseException as exc:  # noqa: B036 - an action's SystemExit must not stop us

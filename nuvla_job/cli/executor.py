@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
     from ..distributor import Distributor
     from ..executor import Executor
-    from ..registry import ActionRegistry
 
 MULTI_VALUE_FLAGS = ("--zk-hosts", "--actions-path", *DISTRIBUTION_FLAGS)
 # How often the executor's running jobs are copied to its presence node (which itself is
@@ -137,7 +136,7 @@ def main(
     blocked_loop = BlockedLoopWarning(BLOCKING_WARNING)
     published = metrics is not None and job_id is None
     middleware = executor_middleware(
-        common.name, action_timeout or None, actions, blocked_loop, metrics=published
+        common.name, action_timeout or None, blocked_loop, metrics=published
     )
     if job_id is not None:
         executor = Executor(
@@ -197,7 +196,6 @@ def main(
 def executor_middleware(
     name: str,
     action_timeout: float | None,
-    actions: ActionRegistry,
     blocked_loop: BlockedLoopWarning,
     *,
     metrics: bool,
@@ -209,7 +207,7 @@ def executor_middleware(
         LogContext(),
         blocked_loop,
         Sentry(name),
-        TimeLimit(action_timeout, actions.timeout),
+        TimeLimit(action_timeout),
     ]
 
 

@@ -6,8 +6,8 @@ One queue entry goes through these hooks, in this order, all in the entry's gree
 ``after_take(run)``
     the entry was taken; its job is not fetched yet (``run.job`` is None).
 ``after_fetch(run)``
-    the job was read from the job API (``run.job`` and ``run.action`` are set). Pull mode,
-    which takes no entry, starts here.
+    the job was read from the job API (``run.job`` is set, and ``run.spec`` when its action
+    is registered). Pull mode, which takes no entry, starts here.
 ``around_action(run, call)``
     wraps the action: returns ``call()`` (the action's return code) or raises. Only jobs
     that get as far as running their action pass here.
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ..job import Job
     from ..outcome import Outcome
     from ..queue import Entry
+    from ..registry import ActionSpec
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,16 @@ class JobRun:
     entry: Entry | None  # None in pull mode
     job_id: str | None  # None when the entry holds no job id
     job: Job | None = None  # once fetched
-    # The job's action when it is a registered one (else None), once the job is fetched;
-    # unregistered names never reach metrics labels.
-    action: str | None = None
+    # The spec of the job's action once the job is fetched; None while it is not, or when
+    # no action of that name is registered.
+    spec: ActionSpec | None = None
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def action(self) -> str | None:
+        """The name of the job's action when it is a registered one (else None): only such
+        names become metrics labels, whatever the jobs hold."""
+        return self.spec.name if self.spec is not None else None
 
 
 class Middleware:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import gevent
 
+from ..registry import ActionSpec
 from .hooks import JobRun, Middleware
 
 log = logging.getLogger(__name__)
@@ -17,26 +18,23 @@ class ActionTimeLimitExceeded(Exception):
 
 
 class TimeLimit(Middleware):
-    """Stops an action after its own limit (the decorator's ``timeout=``), or else after
-    ``default`` seconds (``--action-timeout``; None: no limit).
+    """Stops an action after its own limit (its spec's ``timeout``, from the decorator's
+    ``timeout=``), or else after ``default`` seconds (``--action-timeout``; None: no limit).
 
     The limit is a :class:`gevent.Timeout`, a BaseException: an action's ``except
     Exception`` cannot eat it. It interrupts only where the action yields (I/O, sleep), not
     a CPU-bound loop (the blocked-loop warning names those).
     """
 
-    def __init__(
-        self, default: float | None = None, own: Callable[[str], float | None] | None = None
-    ) -> None:
+    def __init__(self, default: float | None = None) -> None:
         self.default = default
-        self.own = own or (lambda name: None)
 
-    def limit(self, action: str) -> float | None:
-        return self.own(action) or self.default
+    def limit(self, spec: ActionSpec) -> float | None:
+        return spec.timeout or self.default
 
     def around_action(self, run: JobRun, call: Callable[[], object]) -> object:
-        assert run.action is not None
-        limit = self.limit(run.action)
+        assert run.spec is not None  # only registered actions run
+        limit = self.limit(run.spec)
         if not limit:
             return call()
         timer = gevent.Timeout(limit)

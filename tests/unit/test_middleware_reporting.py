@@ -13,12 +13,13 @@ from nuvla_job.middleware.log_context import LogContext
 from nuvla_job.middleware.metrics import Metrics
 from nuvla_job.middleware.sentry import Sentry
 from nuvla_job.outcome import Decision, Outcome
+from nuvla_job.registry import ActionSpec
 
 
 def fetched_run(job_id: str = "job/abc", action: str = "act") -> JobRun:
     run = JobRun(None, job_id)
     run.job = Job(None, {"id": job_id, "action": action, "state": "RUNNING"})  # type: ignore[arg-type]
-    run.action = action
+    run.spec = ActionSpec(action, object)
     return run
 
 

@@ -9,11 +9,12 @@ import pytest
 
 from nuvla_job.middleware import JobRun
 from nuvla_job.middleware.time_limit import ActionTimeLimitExceeded, TimeLimit
+from nuvla_job.registry import ActionSpec
 
 
-def run_of(action: str = "slow") -> JobRun:
+def run_of(action: str = "slow", timeout: float | None = None) -> JobRun:
     run = JobRun(None, "job/1")
-    run.action = action
+    run.spec = ActionSpec(action, object, timeout=timeout)
     return run
 
 
@@ -35,15 +36,16 @@ def test_an_action_over_the_limit_raises_naming_it_and_where_it_was() -> None:
 
 
 def test_the_action_own_limit_wins_over_the_default() -> None:
-    limit = TimeLimit(default=10, own={"slow": 0.05}.get)
-    assert limit.limit("slow") == 0.05 and limit.limit("other") == 10
+    limit = TimeLimit(default=10)
+    assert limit.limit(ActionSpec("slow", object, timeout=0.05)) == 0.05
+    assert limit.limit(ActionSpec("other", object)) == 10
     with pytest.raises(ActionTimeLimitExceeded, match="of 0.05 s"):
-        limit.around_action(run_of(), stuck_in_sleep)
+        limit.around_action(run_of(timeout=0.05), stuck_in_sleep)
 
 
 def test_no_limit_runs_the_action_as_it_is() -> None:
     assert TimeLimit().around_action(run_of(), lambda: 3) == 3
-    assert TimeLimit(default=None, own=lambda name: None).limit("slow") is None
+    assert TimeLimit(default=None).limit(ActionSpec("slow", object)) is None
 
 
 def test_an_action_timeout_of_its_own_passes_through() -> None:
