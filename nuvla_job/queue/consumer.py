@@ -22,7 +22,7 @@ from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 
 from . import zkext
 from .batching import Batcher, Slots
-from .layout import ENTRIES, ROOT, TAKEN, Entry, entry_path, taken_path
+from .layout import ENTRIES, ROOT, TAKEN, Entry
 from .view import QueueView, TakeOutcome
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class QueueConsumer:
         self._slots = Slots(client.handler, max_in_flight)
         self._reads = Batcher(client.handler, self._read_many, _MAX_READS_PER_REQUEST)
         self._finishes = Batcher(client.handler, self._finish_many, _MAX_FINISHES_PER_REQUEST)
-        self._view = QueueView(on_available=lambda: self._wake(1))
+        self._view = QueueView(on_available=self._wake_one)
         self._waiters: deque[Any] = deque()
         self._started = False
         self._stopped = False
@@ -302,7 +302,7 @@ class QueueConsumer:
     def _take_on_server(self, name: str) -> tuple[TakeOutcome, bytes]:
         """(outcome, entry data): TAKEN, GONE, BUSY (someone holds it) or ORPHAN."""
         client = self.client
-        entry, taken = entry_path(name), taken_path(name)
+        entry, taken = f"{ENTRIES}/{name}", f"{TAKEN}/{name}"
         for _ in range(2):
             transaction = client.transaction()
             # Version -1 matches any version: this only asserts that the entry exists.
@@ -344,8 +344,8 @@ class QueueConsumer:
                 return reading  # (a read that failed, e.g. on a connection loss, is redone)
             ahead = self._view.next_in_line(_PREFETCH)
         # Submitted in one go, so they share one multiRead.
-        reading = self._reads.submit(entry_path(name))
-        readings = [(other, self._reads.submit(entry_path(other))) for other in ahead]
+        reading = self._reads.submit(f"{ENTRIES}/{name}")
+        readings = [(other, self._reads.submit(f"{ENTRIES}/{other}")) for other in ahead]
         with self._lock:
             for other, result in readings:
                 self._view.prefetch(other, result)
@@ -369,13 +369,13 @@ class QueueConsumer:
 
     def _delete_own_node(self, name: str, session: int | None) -> bool:
         try:
-            data, stat = self.client.get(taken_path(name))
+            data, stat = self.client.get(f"{TAKEN}/{name}")
         except NoNodeError:
             return False
         if not self._is_ours(data, stat, session):
             return False
         try:
-            self.client.delete(taken_path(name), version=stat.version)
+            self.client.delete(f"{TAKEN}/{name}", version=stat.version)
         except (NoNodeError, BadVersionError):
             return False
         return True
@@ -405,7 +405,7 @@ class QueueConsumer:
 
     def _finish_on_server(self, name: str, consume: bool, session: int | None) -> bool:
         client = self.client
-        entry, taken = entry_path(name), taken_path(name)
+        entry, taken = f"{ENTRIES}/{name}", f"{TAKEN}/{name}"
         unsure = False  # an earlier attempt may have been applied before the connection dropped
         spurious = 0
         with self._lock:
@@ -461,9 +461,9 @@ class QueueConsumer:
                 if consume:
                     # The entry first: its deletion is reported before the taken node's, so
                     # no consumer sees it as available in between.
-                    transaction.delete(entry_path(name))
+                    transaction.delete(f"{ENTRIES}/{name}")
                     owners.append((index, True))
-                transaction.delete(taken_path(name), version=version)
+                transaction.delete(f"{TAKEN}/{name}", version=version)
                 owners.append((index, False))
             results = transaction.commit()
             failed = next(
@@ -563,6 +563,9 @@ class QueueConsumer:
             session = self._view.session
         if orphaned and session is not None:
             self.client.handler.spawn(self._give_back, name, session)
+
+    def _wake_one(self) -> None:
+        self._wake(1)
 
     def _wake(self, count: int | None = None) -> None:
         """Wake `count` waiting takes (all by default); called with the lock held."""

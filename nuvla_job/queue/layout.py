@@ -101,11 +101,11 @@ class Entry:
 
     @property
     def path(self) -> str:
-        return entry_path(self.name)
+        return f"{ENTRIES}/{self.name}"
 
     @property
     def taken_path(self) -> str:
-        return taken_path(self.name)
+        return f"{TAKEN}/{self.name}"
 
     @property
     def priority(self) -> int | None:
