@@ -370,7 +370,8 @@ def bench_search(
     """The search through the API, the same SQL straight in SQLite, and the full scan."""
     import orjson
 
-    from nuvla_job.api.query import order_by_sql, parse_query, where_sql
+    from nuvla_job.api.query import parse_query
+    from nuvla_job.api.sqlite_sql import filter_sql, order_by_sql
 
     def api_search() -> None:
         result = api.search("job", filter=SEARCH_FILTER, orderby=SEARCH_ORDER, last=SEARCH_LAST)
@@ -384,7 +385,8 @@ def bench_search(
     query = parse_query(
         {"filter": [SEARCH_FILTER], "orderby": [SEARCH_ORDER], "last": [str(SEARCH_LAST)]}
     )
-    where, params = where_sql(query)
+    assert query.filter is not None
+    where, params = filter_sql(query.filter)
     count_sql = f"SELECT count(*) FROM job WHERE {where}"
     page_sql = f"SELECT doc FROM job WHERE {where} {order_by_sql(query)} LIMIT {SEARCH_LAST}"
     # The baseline: the same answer with no index, the filter and order read from the JSON.

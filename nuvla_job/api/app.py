@@ -18,9 +18,9 @@ import orjson
 from ..timeutil import now_iso
 from . import dashboard, metrics_http
 from .errors import ApiError, bad_request, forbidden, not_found
-from .identity import ANONYMOUS, Caller, IdentityStore
+from .identity import ANONYMOUS, Caller, Identities
 from .jobs import JobService
-from .query import QueryError, parse_query
+from .query import Query, QueryError, parse_query
 from .store import StoreError
 from .throttle import LoginLimits, LoginThrottle, TooManyFailures
 
@@ -48,7 +48,7 @@ def _send(resp: falcon.Response, status: int, body: Any) -> None:
 class Context:
     """What every resource needs: the services, the settings, and who is calling."""
 
-    def __init__(self, jobs: JobService, identities: IdentityStore, settings: Settings) -> None:
+    def __init__(self, jobs: JobService, identities: Identities, settings: Settings) -> None:
         self.jobs = jobs
         self.identities = identities
         self.settings = settings
@@ -101,7 +101,7 @@ class Context:
                 params.setdefault(key, []).extend(values)
         return params
 
-    def query(self, req: falcon.Request):
+    def query(self, req: falcon.Request) -> Query:
         try:
             return parse_query(self.params(req))
         except (QueryError, ValueError) as exc:
@@ -330,16 +330,22 @@ class JobOperation:
         _send(resp, 200, result)
 
 
-def _api_error(req: falcon.Request, resp: falcon.Response, exc: ApiError, params) -> None:
+def _api_error(
+    req: falcon.Request, resp: falcon.Response, exc: ApiError, params: dict[str, Any]
+) -> None:
     _send(resp, exc.status, exc.body())
 
 
-def _store_error(req: falcon.Request, resp: falcon.Response, exc: StoreError, params) -> None:
+def _store_error(
+    req: falcon.Request, resp: falcon.Response, exc: StoreError, params: dict[str, Any]
+) -> None:
     log.error("database error on %s %s: %s", req.method, req.path, exc)
     _send(resp, 503, {"status": 503, "message": str(exc)})
 
 
-def _http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params) -> None:
+def _http_error(
+    req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params: dict[str, Any]
+) -> None:
     status = exc.status_code
     message = exc.description or exc.title or "error"
     if status == 404:
@@ -347,18 +353,20 @@ def _http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPErro
     elif status == 405:
         message = f"method {req.method} not allowed on {req.path}"
     _send(resp, status, {"status": status, "message": message})
-    for name, value in (exc.headers or {}).items():
-        resp.set_header(name, value)
+    if exc.headers:
+        resp.set_headers(exc.headers)
 
 
-def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params) -> None:
+def _unexpected(
+    req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]
+) -> None:
     log.exception("unexpected error on %s %s", req.method, req.path)
     _send(resp, 500, {"status": 500, "message": "internal server error"})
 
 
 def create_app(
     jobs: JobService,
-    identities: IdentityStore,
+    identities: Identities,
     settings: Settings | None = None,
     queue_state: Callable[[], str] = lambda: "CONNECTED",
 ) -> falcon.App:

@@ -1,11 +1,12 @@
-"""The CIMI filter language: parsing, SQL compilation and Python evaluation.
+"""The CIMI filter language: one tree, parsed once and checked, that each store compiles.
 
 A filter such as ``state=['QUEUED','RUNNING'] and created<'now-7d'`` is parsed into a small tree
-of immutable nodes (`And`, `Or`, `Comparison`). The same tree is either compiled to a
-parameterised SQLite expression over the ``job`` table (`to_sql`) or evaluated against a
-document in Python (`evaluate`); both give the same answer for every document.
+of immutable nodes (`And`, `Or`, `Comparison`), with every path, operator, value and limit
+checked here, so a tree that exists is valid. Each store compiles the tree into its own
+dialect (sqlite_sql.py for SQLite); evaluate.py runs it in Python, the reference the SQL
+dialects are tested against. Every dialect gives the same answer for every document.
 
-Semantics, shared by both back ends:
+Semantics, shared by every dialect:
 
 - A path in ``schema.LIST_PATHS`` names a list (only a JSON array counts; anything else reads
   as an empty list); a comparison holds when it holds for ANY element, as in Elasticsearch.
@@ -13,13 +14,9 @@ Semantics, shared by both back ends:
   ``a!=v`` is exactly ``not (a=v)``.
 - Values only match values of their own kind: strings with strings, numbers with numbers,
   booleans with booleans (``=``/``!=`` only). Anything else is simply false.
-- A path of ``schema.INDEXED_COLUMNS`` is read from its generated column, which keeps only
-  values of the column's type (string for TEXT, integer for INTEGER) and NULL otherwise; so a
-  wrongly typed value there reads as null. The store must build those columns as::
-
-      <column> <TYPE> GENERATED ALWAYS AS (CASE json_type(doc, '<json path>')
-          WHEN '<text|integer>' THEN json_extract(doc, '<json path>') END)
-
+- A path of ``schema.INDEXED`` holds only values of its declared type (string or integer);
+  any other value there reads as null. (Stores keep those paths in indexed columns of that
+  type, written from the document, so filters on them run on indexes.)
 - Dates (paths of ``schema.DATE_ATTRIBUTES``) are normalised to ``YYYY-MM-DDTHH:MM:SS.mmmZ`` at
   parse time, date math (``now-7d/d``) included, so they compare as plain strings.
 """
@@ -31,9 +28,10 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Any, cast
 
 from lark import Lark, Token, Transformer
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from nuvla_job.api import schema
 
@@ -43,11 +41,15 @@ __all__ = [
     "Or",
     "Comparison",
     "Node",
+    "Scalar",
+    "Value",
+    "OPERATORS",
+    "MAX_DEPTH",
+    "MAX_VALUES",
     "parse",
     "combine",
-    "to_sql",
-    "evaluate",
-    "json_path",
+    "segments",
+    "list_split",
     "normalize_date",
     "format_date",
 ]
@@ -55,9 +57,10 @@ __all__ = [
 OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "^=")
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+\Z")
 _INT64 = (-(2**63), 2**63 - 1)
-# Limits that keep a hostile filter a 400: the evaluators recurse, SQLite caps parameters.
+# Limits that keep a hostile filter a 400: the dialects recurse, and a database caps the
+# parameters of one statement (SQLite at 32,766; a value costs a dialect at most two).
 MAX_DEPTH = 50
-MAX_PARAMETERS = 10_000
+MAX_VALUES = 10_000
 _CACHED_LENGTH = 4096  # longer texts are parsed every time rather than kept in the cache
 
 
@@ -95,11 +98,9 @@ class Or:
 Node = Comparison | And | Or
 
 
-@dataclass(frozen=True, slots=True)
-class _DateMath:
-    """A ``now...`` value, resolved against the caller's clock after the (cached) parse."""
-
-    text: str
+class _DateMath(str):
+    """The text of a ``now...`` value in a cached tree: `parse` resolves it against the
+    caller's clock before any tree leaves this module."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,9 +226,9 @@ _conj: conj | _atom
 conj: _atom (_AND _atom)+
 _atom: comparison | _LPAR _disj _RPAR
 comparison: PATH OP _value
-_value: _scalar | list
+_value: _scalar | value_list
 _scalar: STRING | INT | DATE | TRUE | FALSE | NULL
-list: _LSQB [_scalar (_COMMA _scalar)*] _RSQB
+value_list: _LSQB [_scalar (_COMMA _scalar)*] _RSQB
 
 PATH: /[A-Za-z0-9_-]+(\/[A-Za-z0-9_-]+)*/
 OP: /[=!<>^~]+/
@@ -271,7 +272,7 @@ _EXPECTED = {
 
 
 @dataclass(frozen=True, slots=True)
-class _List:
+class _ValueList:
     tokens: tuple[Token, ...]
 
 
@@ -289,7 +290,7 @@ def _pos(token: Token) -> int:
     return (token.start_pos or 0) + 1
 
 
-def _literal(token: Token, path: str, op: str) -> Scalar | _DateMath:
+def _literal(token: Token, path: str, op: str) -> Scalar:
     """The value of one literal token, as seen by `path` (dates are normalised there)."""
     kind = token.type
     if kind == "NULL":
@@ -336,20 +337,19 @@ def _kind_name(value: object) -> str:
     return "null" if value is None else "true/false"
 
 
-class _Build(Transformer):
+class _Build(Transformer[Token, Node]):
     """Turns the parse tree into nodes while LALR parsing (no intermediate tree)."""
 
-    def comparison(self, items: list) -> Comparison:
+    def comparison(self, items: list[Any]) -> Comparison:
         path_token, op_token, raw = items
         path = _check_path(path_token)
         op = _check_operator(op_token)
-        if isinstance(raw, _List):
+        if isinstance(raw, _ValueList):
             if op not in ("=", "!="):
                 raise FilterError(
                     f"a list value only works with = and != (position {_pos(op_token)})"
                 )
-            value = tuple(_literal(t, path, op) for t in raw.tokens)
-            return Comparison(path, op, value)
+            return Comparison(path, op, tuple(_literal(t, path, op) for t in raw.tokens))
         value = _literal(raw, path, op)
         if op not in ("=", "!=") and (value is None or isinstance(value, bool)):
             raise FilterError(
@@ -359,23 +359,26 @@ class _Build(Transformer):
             raise FilterError(f"^= needs a string value (position {_pos(op_token)})")
         return Comparison(path, op, value)
 
-    def list(self, items: list) -> _List:
-        return _List(tuple(t for t in items if t is not None))
+    def value_list(self, items: list[Token | None]) -> _ValueList:
+        return _ValueList(tuple(t for t in items if t is not None))
 
-    def conj(self, items: list) -> And:
+    def conj(self, items: list[Node]) -> And:
         return And(_flatten(And, items))
 
-    def disj(self, items: list) -> Or:
+    def disj(self, items: list[Node]) -> Or:
         return Or(_flatten(Or, items))
 
-    def start(self, items: list) -> Node:
+    def start(self, items: list[Node]) -> Node:
         return items[0]
 
 
-def _flatten(kind: type, items: list) -> tuple[Node, ...]:
+def _flatten(kind: type[And] | type[Or], items: list[Node]) -> tuple[Node, ...]:
     children: list[Node] = []
     for item in items:
-        children.extend(item.children if isinstance(item, kind) else (item,))
+        if isinstance(item, kind):
+            children.extend(item.children)
+        else:
+            children.append(item)
     return tuple(children)
 
 
@@ -401,7 +404,7 @@ def _describe(expected: set[str]) -> str:
 def _syntax_error(text: str, exc: UnexpectedInput) -> FilterError:
     """A short, positioned message for a lark parse failure."""
     if isinstance(exc, UnexpectedCharacters):
-        pos = exc.pos_in_stream
+        pos = exc.pos_in_stream or 0
         char = text[pos]
         if char in "'\"":
             return FilterError(f"unterminated string starting at position {pos + 1}")
@@ -419,44 +422,48 @@ def _syntax_error(text: str, exc: UnexpectedInput) -> FilterError:
             f"unexpected {token.value!r} at position {_pos(token)}; "
             f"expected {_describe(exc.expected)}"
         )
-    expected = exc.expected if isinstance(exc, UnexpectedToken | UnexpectedEOF) else set()
+    # The LALR parser reports the end of the text as an UnexpectedToken of type $END.
+    expected: set[str] = exc.expected if isinstance(exc, UnexpectedToken) else set()
     if "_RPAR" in expected and not expected & {"_RSQB", "_COMMA"}:
         return FilterError("unbalanced parentheses: missing ')' at the end of the filter")
     return FilterError(f"the filter ends too early; expected {_describe(expected)}")
 
 
 def _parse_text(text: str) -> tuple[Node, bool]:
-    """The tree for `text` (date math left unresolved) and whether it holds date math."""
+    """The checked tree for `text` (date math left unresolved) and whether it holds date
+    math."""
     if not text.strip():
         raise FilterError("empty filter")
     try:
-        node = _PARSER.parse(text)
+        # The inline transformer makes the parser return our nodes, not a lark tree.
+        node = cast(Node, _PARSER.parse(text))
     except UnexpectedInput as exc:
         raise _syntax_error(text, exc) from None
-    if _depth(node) > MAX_DEPTH:
+    depth, values, has_date_math = _measure(node)
+    if depth > MAX_DEPTH:
         raise FilterError(f"the filter nests and/or groups more than {MAX_DEPTH} levels deep")
-    return node, _has_date_math(node)
+    if values > MAX_VALUES:
+        raise FilterError(f"the filter has more than {MAX_VALUES} values")
+    return node, has_date_math
 
 
 _parse_cached = lru_cache(maxsize=1024)(_parse_text)
 
 
-def _depth(node: Node) -> int:
-    """How deep and/or groups nest (iteratively: the tree may be too deep to recurse)."""
-    deepest, stack = 0, [(node, 1)]
+def _measure(node: Node) -> tuple[int, int, bool]:
+    """How deep and/or groups nest, how many values the tree holds, and whether one is date
+    math (iteratively: the tree may be too deep to recurse)."""
+    deepest, values, has_date_math, stack = 0, 0, False, [(node, 1)]
     while stack:
         current, depth = stack.pop()
         deepest = max(deepest, depth)
-        if not isinstance(current, Comparison):
+        if isinstance(current, Comparison):
+            items = current.value if isinstance(current.value, tuple) else (current.value,)
+            values += len(items)
+            has_date_math = has_date_math or any(isinstance(v, _DateMath) for v in items)
+        else:
             stack.extend((child, depth + 1) for child in current.children)
-    return deepest
-
-
-def _has_date_math(node: Node) -> bool:
-    if isinstance(node, Comparison):
-        values = node.value if isinstance(node.value, tuple) else (node.value,)
-        return any(isinstance(v, _DateMath) for v in values)
-    return any(_has_date_math(child) for child in node.children)
+    return deepest, values, has_date_math
 
 
 def _resolve(node: Node, now: datetime) -> Node:
@@ -469,8 +476,8 @@ def _resolve(node: Node, now: datetime) -> Node:
     return type(node)(tuple(_resolve(child, now) for child in node.children))
 
 
-def _resolve_value(value: Scalar | _DateMath, now: datetime) -> Scalar:
-    return _apply_date_math(value.text, now) if isinstance(value, _DateMath) else value
+def _resolve_value(value: Scalar, now: datetime) -> Scalar:
+    return _apply_date_math(value, now) if isinstance(value, _DateMath) else value
 
 
 def parse(text: str, now: datetime | None = None) -> Node:
@@ -504,308 +511,22 @@ def combine(texts: list[str], now: datetime | None = None) -> Node | None:
 
 
 @lru_cache(maxsize=256)
-def _segments(path: str, relative: bool = False) -> tuple[str, ...]:
-    """The validated segments of a filter path (this guards the SQL text against injection);
-    a `relative` path is one inside a list element, whose head is not an attribute."""
-    segments = tuple(path.split("/"))
-    if not all(_SEGMENT.match(s) for s in segments):
+def segments(path: str, relative: bool = False) -> tuple[str, ...]:
+    """The checked segments of a path (``a/b`` -> ``("a", "b")``): a dialect may paste them
+    into its SQL text, so they hold only ``[A-Za-z0-9_-]``. A `relative` path is one inside
+    a list element, whose head is not an attribute. FilterError for anything else."""
+    parts = tuple(path.split("/"))
+    if not all(_SEGMENT.match(s) for s in parts):
         raise FilterError(f"invalid attribute path '{path}'")
-    if not relative and segments[0] not in schema.ATTRIBUTES:
-        raise FilterError(f"unknown attribute '{segments[0]}'")
-    return segments
+    if not relative and parts[0] not in schema.ATTRIBUTES:
+        raise FilterError(f"unknown attribute '{parts[0]}'")
+    return parts
 
 
-def json_path(path: str, relative: bool = False) -> str:
-    """The SQLite JSON path of a validated filter path: ``a/b`` -> ``$."a"."b"``."""
-    return "$" + "".join(f'."{s}"' for s in _segments(path, relative))
-
-
-def _list_split(path: str) -> tuple[str, str | None]:
-    """For a list path: the path of the list, and the path inside each element (or None)."""
+def list_split(path: str) -> tuple[str, str | None]:
+    """For a path of ``schema.LIST_PATHS``: the path of the list, and the path inside each
+    element (None when the elements are the values themselves)."""
     head, _, rest = path.partition("/")
     if schema.ATTRIBUTES[head] == "hrefs":
         return head, rest
     return path, None
-
-
-# --------------------------------------------------------------------------------------------
-# SQL
-
-
-_NUMERIC_TYPES = "('integer', 'real')"
-
-
-@dataclass(frozen=True, slots=True)
-class _Fragment:
-    sql: str
-    params: tuple
-    nullable: bool  # may be NULL where the comparison is false (matters only under negation)
-    negation: str | None = None  # a simpler negation than the generic one, same params
-
-
-_FALSE = _Fragment("0", (), False)
-_TRUE = _Fragment("1", (), False)
-
-
-def _kind(value: object) -> str:
-    """Which JSON values a filter value can match: 'str', 'num', 'bool' or 'null'."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    return "num" if isinstance(value, int) else "str"
-
-
-def _group(value: Value) -> dict[str, list]:
-    """Values by kind, in first-seen order (a scalar is a one-value group)."""
-    values = value if isinstance(value, tuple) else (value,)
-    groups: dict[str, list] = {}
-    for v in values:
-        groups.setdefault(_kind(v), []).append(v)
-    return groups
-
-
-def _test(op: str, expr: str, values: list) -> tuple[str, tuple]:
-    """`expr op value` for one value, or membership for several (only with '=')."""
-    if op == "=" and len(values) > 1:
-        return f"{expr} IN ({', '.join('?' * len(values))})", tuple(values)
-    value = values[0]
-    if op == "^=":
-        upper = _prefix_upper(value)
-        if upper is None:
-            return f"{expr} >= ?", (value,)
-        return f"{expr} >= ? AND {expr} < ?", (value, upper)
-    return f"{expr} {op} ?", (value,)
-
-
-def _prefix_upper(prefix: str) -> str | None:
-    """The least string above every string starting with `prefix` (code point order, which
-    is SQLite's BINARY order on UTF-8), or None when there is none."""
-    chars = list(prefix)
-    while chars:
-        code = ord(chars[-1])
-        if code < 0x10FFFF:
-            code += 1
-            if 0xD800 <= code <= 0xDFFF:
-                code = 0xE000  # surrogates never occur in valid text
-            chars[-1] = chr(code)
-            return "".join(chars)
-        chars.pop()
-    return None
-
-
-def _typed_test(op: str, kind: str, type_expr: str, value_expr: str, values: list) -> _Fragment:
-    """A comparison against JSON values whose type is given by `type_expr`."""
-    if kind == "bool":  # only '=' reaches here: a boolean is matched by its JSON type
-        names = ["true" if v else "false" for v in values]
-        sql, params = _test("=", type_expr, names)
-        return _Fragment(sql, params, True)
-    type_test = f"{type_expr} = 'text'" if kind == "str" else f"{type_expr} IN {_NUMERIC_TYPES}"
-    sql, params = _test(op, value_expr, values)
-    return _Fragment(f"{type_test} AND {sql}", params, True)
-
-
-def _any_of(parts: list[_Fragment]) -> _Fragment:
-    if not parts:
-        return _FALSE
-    if len(parts) == 1:
-        return parts[0]
-    return _Fragment(
-        " OR ".join(f"({p.sql})" for p in parts),
-        tuple(v for p in parts for v in p.params),
-        any(p.nullable for p in parts),
-    )
-
-
-def _indexed(path: str, op: str, value: Value) -> _Fragment:
-    column, sql_type = schema.INDEXED_COLUMNS[path]
-    # The generated column only holds values of its own type (see the module docstring).
-    column_kind = "num" if sql_type == "INTEGER" else "str"
-    parts = []
-    for kind, values in _group(value).items():
-        if kind == "null":
-            parts.append(_Fragment(f"{column} IS NULL", (), False, f"{column} IS NOT NULL"))
-        elif kind == column_kind:
-            sql, params = _test(op, column, values)
-            # `column = ?` is NULL on a NULL column; `IS NOT` is its null-safe negation
-            negation = f"{column} IS NOT ?" if sql == f"{column} = ?" else None
-            parts.append(_Fragment(sql, params, True, negation))
-    return _any_of(parts)
-
-
-def _scalar(path: str, op: str, value: Value) -> _Fragment:
-    where = json_path(path)
-    type_expr = f"json_type(doc, '{where}')"
-    value_expr = f"json_extract(doc, '{where}')"
-    parts = []
-    for kind, values in _group(value).items():
-        if kind == "null":
-            parts.append(_Fragment(f"{value_expr} IS NULL", (), False, f"{value_expr} IS NOT NULL"))
-        else:
-            parts.append(_typed_test(op, kind, type_expr, value_expr, values))
-    return _any_of(parts)
-
-
-def _element_exprs(inner: str | None) -> tuple[str, str]:
-    """(type, value) SQL of one element of a json_each over a list path."""
-    if inner is None:
-        return "j.type", "j.value"
-    where = json_path(inner, relative=True)  # the CASE keeps json_* off elements that are not maps
-    return (
-        f"CASE WHEN j.type = 'object' THEN json_type(j.value, '{where}') END",
-        f"CASE WHEN j.type = 'object' THEN json_extract(j.value, '{where}') END",
-    )
-
-
-def _list(path: str, op: str, value: Value) -> _Fragment:
-    list_path, inner = _list_split(path)
-    type_expr, value_expr = _element_exprs(inner)
-    # typeof(j.key) = 'integer' keeps array elements only: a scalar or a map is not a list.
-    source = f"json_each(doc, '{json_path(list_path)}') AS j WHERE typeof(j.key) = 'integer'"
-    parts, tests = [], []
-    for kind, values in _group(value).items():
-        if kind == "null":
-            no_value = f"NOT EXISTS (SELECT 1 FROM {source} AND {type_expr} != 'null')"
-            parts.append(_Fragment(no_value, (), False))
-        else:
-            tests.append(_typed_test(op, kind, type_expr, value_expr, values))
-    if tests:
-        test = _any_of(tests)
-        parts.append(
-            _Fragment(f"EXISTS (SELECT 1 FROM {source} AND ({test.sql}))", test.params, False)
-        )
-    return _any_of(parts)
-
-
-def _comparison_sql(node: Comparison) -> _Fragment:
-    op = "=" if node.op == "!=" else node.op
-    if node.path in schema.LIST_PATHS:
-        fragment = _list(node.path, op, node.value)
-    elif node.path in schema.INDEXED_COLUMNS:
-        fragment = _indexed(node.path, op, node.value)
-    else:
-        fragment = _scalar(node.path, op, node.value)
-    if node.op != "!=":
-        return fragment
-    if fragment is _FALSE:
-        return _TRUE
-    if fragment.negation is not None:
-        return _Fragment(fragment.negation, fragment.params, False)
-    if fragment.nullable:
-        return _Fragment(f"({fragment.sql}) IS NOT 1", fragment.params, False)
-    return _Fragment(f"NOT ({fragment.sql})", fragment.params, False)
-
-
-def _node_sql(node: Node) -> _Fragment:
-    if isinstance(node, Comparison):
-        return _comparison_sql(node)
-    if isinstance(node, And | Or) and node.children:
-        joiner = " AND " if isinstance(node, And) else " OR "
-        parts = [_node_sql(child) for child in node.children]
-        return _Fragment(
-            joiner.join(_wrap(p.sql) for p in parts),
-            tuple(v for p in parts for v in p.params),
-            any(p.nullable for p in parts),
-        )
-    raise FilterError(f"not a filter node: {node!r}")
-
-
-def _wrap(sql: str) -> str:
-    # Parenthesise anything with a top-level AND/OR in it (over-wrapping is harmless).
-    return f"({sql})" if " AND " in sql or " OR " in sql else sql
-
-
-def to_sql(node: Node) -> tuple[str, list]:
-    """A parameterised SQLite boolean expression selecting the rows of table ``job`` whose
-    ``doc`` matches `node`; values only ever travel as ``?`` parameters."""
-    fragment = _node_sql(node)
-    if len(fragment.params) > MAX_PARAMETERS:
-        raise FilterError(f"the filter has more than {MAX_PARAMETERS} values")
-    return fragment.sql, list(fragment.params)
-
-
-# --------------------------------------------------------------------------------------------
-# Python evaluation
-
-_MISSING = object()
-
-
-def _walk(value: object, segments: tuple[str, ...]) -> object:
-    for segment in segments:
-        if not isinstance(value, dict) or segment not in value:
-            return _MISSING
-        value = value[segment]
-    return value
-
-
-def _scalar_value(doc: dict, path: str) -> object:
-    value = _walk(doc, _segments(path))
-    if value is _MISSING:
-        return None
-    if path in schema.INDEXED_COLUMNS:
-        # mirror the generated column, which keeps only values of its own type
-        wanted = str if schema.INDEXED_COLUMNS[path][1] == "TEXT" else int
-        if not isinstance(value, wanted) or isinstance(value, bool):
-            return None
-    return value
-
-
-def _elements(doc: dict, path: str) -> list:
-    list_path, inner = _list_split(path)
-    items = _walk(doc, _segments(list_path))
-    if not isinstance(items, list):
-        return []
-    if inner is None:
-        return items
-    inner_segments = _segments(inner, relative=True)
-    found = [_walk(item, inner_segments) for item in items]
-    return [None if v is _MISSING else v for v in found]
-
-
-def _match(actual: object, op: str, expected: Scalar) -> bool:
-    """One non-null filter value against one JSON value, kinds kept apart."""
-    if isinstance(expected, bool):
-        return isinstance(actual, bool) and actual == expected
-    if isinstance(expected, int):
-        if not isinstance(actual, int | float) or isinstance(actual, bool):
-            return False
-    elif not isinstance(actual, str):
-        return False
-    if op == "=":
-        return actual == expected
-    if op == "^=":
-        return actual.startswith(expected)
-    if op == "<":
-        return actual < expected
-    if op == "<=":
-        return actual <= expected
-    if op == ">":
-        return actual > expected
-    return actual >= expected
-
-
-def _holds(doc: dict, path: str, op: str, value: Value) -> bool:
-    if isinstance(value, tuple):
-        return any(_holds(doc, path, op, v) for v in value)
-    if path in schema.LIST_PATHS:
-        elements = _elements(doc, path)
-        if value is None:
-            return all(e is None for e in elements)
-        return any(_match(e, op, value) for e in elements)
-    actual = _scalar_value(doc, path)
-    if value is None:
-        return actual is None
-    return _match(actual, op, value)
-
-
-def evaluate(node: Node, doc: dict) -> bool:
-    """Whether `doc` (a job document as parsed from JSON) matches `node`."""
-    if isinstance(node, Comparison):
-        if node.op == "!=":
-            return not _holds(doc, node.path, "=", node.value)
-        return _holds(doc, node.path, node.op, node.value)
-    if isinstance(node, And):
-        return all(evaluate(child, doc) for child in node.children)
-    if isinstance(node, Or):
-        return any(evaluate(child, doc) for child in node.children)
-    raise FilterError(f"not a filter node: {node!r}")

@@ -1,7 +1,8 @@
-"""Who is calling: users, API keys and sessions, stored in the job API's database.
+"""Who is calling: users, API keys and sessions, kept in the job API's store.
 
 Secrets (passwords, API-key secrets) are stored only as argon2 hashes. Session tokens are
 random and stored as SHA-256 digests, so a copy of the database does not let anyone in.
+The rules live here; the records go to any store.IdentityStore.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import gevent
-import orjson
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from .sqlite import Database
+from .store import DuplicateId, IdentityStore, Principal, SessionRecord
 
 ADMIN_GROUP = "group/nuvla-admin"
 USER_GROUP = "group/nuvla-user"
@@ -29,26 +30,6 @@ _hasher = PasswordHasher()
 # Verifying against this keeps a login for an unknown user as slow as for a known one,
 # so response times do not tell which names exist.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
-
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS principal (
-  id TEXT PRIMARY KEY,
-  kind TEXT NOT NULL,              -- 'user' or 'api-key'
-  name TEXT NOT NULL UNIQUE,       -- username, or the key id itself for an API key
-  secret_hash TEXT NOT NULL,
-  identity TEXT NOT NULL,          -- the user id a key acts as
-  claims TEXT NOT NULL,            -- JSON list of groups beyond the identity
-  created REAL NOT NULL
-)""",
-    """CREATE TABLE IF NOT EXISTS session (
-  id TEXT PRIMARY KEY,
-  token_hash TEXT NOT NULL UNIQUE,
-  identity TEXT NOT NULL,
-  claims TEXT NOT NULL,
-  created REAL NOT NULL,
-  expiry REAL NOT NULL
-)""",
-]
 
 
 @dataclass(frozen=True)
@@ -82,14 +63,11 @@ def _verify(secret_hash: str, secret: str) -> bool:
         return False
 
 
-class IdentityStore:
-    """Users, API keys and sessions in the job API's SQLite database."""
+class Identities:
+    """Users, API keys and sessions, on a store.IdentityStore."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        with db.write() as conn:
-            for statement in _SCHEMA:
-                conn.execute(statement)
+    def __init__(self, store: IdentityStore) -> None:
+        self.store = store
         # token digest -> Caller, expiry: saves a database read on every request.
         self._sessions: dict[str, tuple[Caller, float]] = {}
 
@@ -99,30 +77,20 @@ class IdentityStore:
         self, kind: str, name: str, secret: str, identity: str, groups: list[str]
     ) -> str:
         principal_id = name if kind == "api-key" else identity
-        claims = sorted({identity, USER_GROUP, ANON_GROUP, *groups})
-        with self.db.write() as conn:
-            conn.execute(
-                "INSERT INTO principal(id, kind, name, secret_hash, identity, claims, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    principal_id,
-                    kind,
-                    name,
-                    _hasher.hash(secret),
-                    identity,
-                    orjson.dumps(claims).decode(),
-                    time.time(),
-                ),
-            )
+        claims = tuple(sorted({identity, USER_GROUP, ANON_GROUP, *groups}))
+        self.store.add_principal(
+            Principal(principal_id, kind, name, _hasher.hash(secret), identity, claims, time.time())
+        )
         return principal_id
 
     def add_user(self, username: str, password: str, groups: list[str] | None = None) -> str:
-        """Create a user; returns its id (``user/<uuid>``)."""
-        if self.db.read("SELECT 1 FROM principal WHERE name = ?", (username,)):
-            raise ValueError(f"user {username!r} already exists")
-        return self._add_principal(
-            "user", username, password, f"user/{uuid.uuid4()}", list(groups or [])
-        )
+        """Create a user; returns its id (``user/<uuid>``). ValueError when the name is taken."""
+        try:
+            return self._add_principal(
+                "user", username, password, f"user/{uuid.uuid4()}", list(groups or [])
+            )
+        except DuplicateId:
+            raise ValueError(f"user {username!r} already exists") from None
 
     def add_api_key(self, identity: str, groups: list[str] | None = None) -> tuple[str, str]:
         """Create an API key acting as ``identity``; returns (key id, secret)."""
@@ -132,27 +100,19 @@ class IdentityStore:
         return key, secret
 
     def has_admin_key(self) -> bool:
-        return bool(
-            self.db.read(
-                "SELECT 1 FROM principal WHERE kind = 'api-key' AND claims LIKE ?",
-                (f'%"{ADMIN_GROUP}"%',),
-            )
-        )
+        return self.store.has_api_key_with(ADMIN_GROUP)
 
     def check(self, kind: str, name: str, secret: str) -> Caller | None:
         """The caller these credentials identify, or None. Constant work either way."""
-        rows = self.db.read(
-            "SELECT secret_hash, identity, claims FROM principal WHERE kind = ? AND name = ?",
-            (kind, name),
-        )
+        principal = self.store.principal(kind, name)
         # An unknown name still costs one verification, against a hash of the same cost.
-        secret_hash = rows[0][0] if rows else _DUMMY_HASH
+        secret_hash = principal.secret_hash if principal else _DUMMY_HASH
         # argon2 is CPU-heavy and releases the GIL: verify in the hub's thread pool so other
         # requests keep being served meanwhile.
         ok = gevent.get_hub().threadpool.apply(_verify, (secret_hash, secret))
-        if not ok or not rows:
+        if not ok or principal is None:
             return None
-        return Caller(rows[0][1], frozenset(orjson.loads(rows[0][2])))
+        return Caller(principal.identity, frozenset(principal.claims))
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -161,19 +121,10 @@ class IdentityStore:
         session_id = f"session/{uuid.uuid4()}"
         token = secrets.token_urlsafe(32)
         now = time.time()
-        with self.db.write() as conn:
-            conn.execute(
-                "INSERT INTO session(id, token_hash, identity, claims, created, expiry)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    session_id,
-                    _digest(token),
-                    caller.identity,
-                    orjson.dumps(sorted(caller.claims)).decode(),
-                    now,
-                    now + ttl,
-                ),
-            )
+        claims = tuple(sorted(caller.claims))
+        self.store.add_session(
+            SessionRecord(session_id, _digest(token), caller.identity, claims, now, now + ttl)
+        )
         return session_id, token
 
     def session_caller(self, token: str) -> Caller | None:
@@ -188,34 +139,26 @@ class IdentityStore:
                 return caller
             self._sessions.pop(digest, None)
             return None
-        rows = self.db.read(
-            "SELECT id, identity, claims, expiry FROM session WHERE token_hash = ?", (digest,)
-        )
-        if not rows or rows[0][3] <= now:
+        record = self.store.session_by_token(digest)
+        if record is None or record.expiry <= now:
             return None
-        session_id, identity, claims, expiry = rows[0]
-        caller = Caller(identity, frozenset(orjson.loads(claims)), session_id)
-        self._sessions[digest] = (caller, expiry)
+        caller = Caller(record.identity, frozenset(record.claims), record.id)
+        self._sessions[digest] = (caller, record.expiry)
         return caller
 
-    def session(self, session_id: str) -> dict | None:
-        rows = self.db.read(
-            "SELECT id, identity, claims, created, expiry FROM session WHERE id = ?",
-            (session_id,),
-        )
-        if not rows:
+    def session(self, session_id: str) -> dict[str, Any] | None:
+        record = self.store.session(session_id)
+        if record is None:
             return None
-        sid, identity, claims, created, expiry = rows[0]
         return {
-            "id": sid,
-            "identity": identity,
-            "roles": " ".join(orjson.loads(claims)),
-            "created": created,
-            "expiry": expiry,
+            "id": record.id,
+            "identity": record.identity,
+            "roles": " ".join(record.claims),
+            "created": record.created,
+            "expiry": record.expiry,
         }
 
     def close_session(self, session_id: str) -> bool:
-        with self.db.write() as conn:
-            deleted = conn.execute("DELETE FROM session WHERE id = ?", (session_id,)).rowcount
+        deleted = self.store.delete_session(session_id)
         self._sessions = {k: v for k, v in self._sessions.items() if v[0].session_id != session_id}
-        return deleted > 0
+        return deleted

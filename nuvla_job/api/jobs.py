@@ -150,8 +150,8 @@ class JobService:
         if not isinstance(data.get("action"), str) or not data["action"]:
             raise bad_request("'action' is required and must be a non-empty string")
         mode = data.get("execution-mode", "push")
-        if mode not in ("push", "pull", "mixed"):
-            raise bad_request("'execution-mode' must be one of push, pull, mixed")
+        if mode not in EXECUTION_MODES:
+            raise bad_request(f"'execution-mode' must be one of {', '.join(EXECUTION_MODES)}")
         now = now_iso()
         doc: Doc = {
             **data,
@@ -182,7 +182,7 @@ class JobService:
         queued = _queued(doc)
         try:
             self.store.insert(doc, enqueue_pending=queued)
-        except Conflict as exc:
+        except Conflict as exc:  # DuplicateId: the id is taken
             raise ApiError(409, str(exc), doc["id"]) from exc
         if not queued:
             return

@@ -1,20 +1,9 @@
 """A CIMI search: filter, ordering, paging, projection and aggregations.
 
-`parse_query` turns the request parameters into a `Query`; the helpers below turn a `Query`
-into the SQL pieces the SQLite store runs, and shape aggregation results as Nuvla (backed by
-Elasticsearch) answers them.
-
-How the store runs a search (``where_sql`` gives ``1`` when there is no filter)::
-
-    where, params = where_sql(query)
-    limit, offset = limit_offset(query)
-    count = SELECT COUNT(*) FROM job WHERE <where>                      -- params
-    rows  = SELECT doc FROM job WHERE <where> <order_by_sql(query)>
-            LIMIT <limit or -1> OFFSET <offset>                         -- skipped when limit == 0
-    for op, path in query.aggregations:                                 -- one statement each
-        rows = WITH hits AS (SELECT * FROM job WHERE <where>) <aggregation_sql(op, path)>
-        aggregations[aggregation_key(op, path)] = aggregation_result(op, rows)
-    resources = [apply_select(doc, query.select) for doc in docs]
+`parse_query` turns the request parameters into a checked `Query`; each store compiles it
+into its own dialect (sqlite_sql.py for SQLite). The helpers here are the parts every store
+shares: the page a first/last pair means, and aggregation answers shaped as Nuvla (backed by
+Elasticsearch) gives them.
 """
 
 from __future__ import annotations
@@ -22,29 +11,29 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from nuvla_job.api import schema
-from nuvla_job.api.filters import FilterError, Node, combine, json_path, to_sql
+from nuvla_job.api.filters import FilterError, Node, combine, segments
 
 __all__ = [
     "AGGREGATION_OPS",
+    "METRIC_OPS",
     "QueryError",
     "Query",
     "parse_query",
-    "where_sql",
-    "order_by_sql",
+    "check_path",
     "limit_offset",
     "aggregation_key",
-    "aggregation_sql",
-    "aggregation_result",
+    "terms_answer",
+    "metric_answer",
     "apply_select",
 ]
 
 AGGREGATION_OPS = ("terms", "value_count", "max", "min", "sum", "avg")
-_METRIC_OPS = frozenset({"max", "min", "sum", "avg"})
+METRIC_OPS = frozenset({"max", "min", "sum", "avg"})
 _NUMERIC = frozenset({"int", "number"})
-_MAX_INDEX = 2**63 - 1  # LIMIT/OFFSET are bound as 64-bit SQLite integers
-_SCALAR_TYPES = "('text', 'integer', 'real', 'true', 'false')"
+_MAX_INDEX = 2**63 - 1  # first/last fit a signed 64-bit integer, as databases bind them
 
 
 class QueryError(ValueError):
@@ -77,24 +66,21 @@ def _items(values: Iterable[str]) -> list[str]:
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
-def _json_path(path: str) -> str:
-    """The JSON path of a validated attribute path; QueryError when it is not one."""
+def check_path(path: str) -> tuple[str, ...]:
+    """The checked segments of an attribute path (see filters.segments); QueryError when it
+    is not one."""
     try:
-        return json_path(path)
+        return segments(path)
     except FilterError as exc:
         raise QueryError(str(exc)) from None
-
-
-def _check_path(path: str) -> str:
-    _json_path(path)
-    return path
 
 
 def _orderby(values: list[str]) -> list[tuple[str, bool]]:
     order = []
     for item in _items(values):
         path, _, direction = item.partition(":")
-        path, direction = _check_path(path.strip()), direction.strip().lower() or "asc"
+        path, direction = path.strip(), direction.strip().lower() or "asc"
+        check_path(path)
         if direction not in ("asc", "desc"):
             raise QueryError(f"invalid sort direction '{direction}' for '{path}': use asc or desc")
         if path in schema.LIST_PATHS:
@@ -128,8 +114,8 @@ def _aggregations(values: list[str]) -> list[tuple[str, str]]:
             raise QueryError(f"aggregation '{item}' must look like op:attribute (terms:state)")
         if op not in AGGREGATION_OPS:
             raise QueryError(f"unknown aggregation '{op}': use one of {', '.join(AGGREGATION_OPS)}")
-        _check_path(path)
-        if op in _METRIC_OPS and schema.ATTRIBUTES.get(path) not in _NUMERIC:
+        check_path(path)
+        if op in METRIC_OPS and schema.ATTRIBUTES.get(path) not in _NUMERIC:
             raise QueryError(f"aggregation {op} needs a numeric attribute, not '{path}'")
         result.append((op, path))
     return result
@@ -157,27 +143,7 @@ def parse_query(params: Mapping[str, Sequence[str]], now: datetime | None = None
 
 
 # --------------------------------------------------------------------------------------------
-# SQL
-
-
-def where_sql(query: Query) -> tuple[str, list]:
-    """The WHERE expression and its parameters (``1`` when there is no filter)."""
-    return ("1", []) if query.filter is None else to_sql(query.filter)
-
-
-def _sort_expr(path: str) -> str:
-    if path in schema.INDEXED_COLUMNS:
-        return schema.INDEXED_COLUMNS[path][0]
-    return f"json_extract(doc, '{_json_path(path)}')"
-
-
-def order_by_sql(query: Query) -> str:
-    """``ORDER BY ...`` for the query; `id` always ends it so that paging is stable."""
-    order = query.orderby or [("created", False)]
-    if all(path != "id" for path, _ in order):
-        order = [*order, ("id", False)]
-    terms = [f"{_sort_expr(path)} {'DESC' if desc else 'ASC'}" for path, desc in order]
-    return "ORDER BY " + ", ".join(terms)
+# Paging and aggregation answers, for every store
 
 
 def limit_offset(query: Query) -> tuple[int | None, int]:
@@ -188,104 +154,32 @@ def limit_offset(query: Query) -> tuple[int | None, int]:
     return max(query.last - offset, 0), offset
 
 
-# --------------------------------------------------------------------------------------------
-# Aggregations
-
-
 def aggregation_key(op: str, path: str) -> str:
     """The key of an aggregation in the answer's ``aggregations`` map."""
     return f"{op}:{path}"
 
 
-def _list_source(path: str) -> tuple[str, str, str]:
-    """FROM clause over the elements of a list path, and the (type, value) of an element."""
-    head, _, inner = path.partition("/")
-    list_path, inner = (head, inner) if schema.ATTRIBUTES[head] == "hrefs" else (path, "")
-    source = (
-        f"FROM hits, json_each(hits.doc, '{_json_path(list_path)}') AS j "
-        "WHERE typeof(j.key) = 'integer'"
-    )
-    if not inner:
-        return source, "j.type", "j.value"
-    where = json_path(inner, relative=True)
-    return (
-        source,
-        f"CASE WHEN j.type = 'object' THEN json_type(j.value, '{where}') END",
-        f"CASE WHEN j.type = 'object' THEN json_extract(j.value, '{where}') END",
-    )
-
-
-def aggregation_sql(op: str, path: str) -> str:
-    """One SELECT statement computing an aggregation over a relation named ``hits`` (the
-    searched rows of table ``job``, all columns); run it as
-    ``WITH hits AS (SELECT * FROM job WHERE <where>) <this>`` and hand every row it returns to
-    `aggregation_result`. terms rows are (json type, key, doc count); the others one (value,).
-    """
-    if op not in AGGREGATION_OPS:
-        raise QueryError(f"unknown aggregation '{op}'")
-    where = _json_path(path)  # validates the path
-    if path in schema.LIST_PATHS:
-        source, type_expr, value_expr = _list_source(path)
-        if op == "terms":
-            # a document counts once per distinct element; ids are unique among documents
-            return (
-                f"SELECT {type_expr} AS t, {value_expr} AS k, "
-                f"COUNT(DISTINCT json_extract(hits.doc, '$.\"id\"')) AS n {source} "
-                f"AND {type_expr} IN {_SCALAR_TYPES} GROUP BY t, k"
-            )
-        if op == "value_count":
-            return f"SELECT COUNT(*) {source} AND {type_expr} != 'null'"
-        raise QueryError(f"aggregation {op} does not work on the list '{path}'")
-    if path in schema.INDEXED_COLUMNS:
-        column, sql_type = schema.INDEXED_COLUMNS[path]
-        json_type = "text" if sql_type == "TEXT" else "integer"
-        if op == "terms":
-            return (
-                f"SELECT '{json_type}' AS t, {column} AS k, COUNT(*) AS n FROM hits "
-                f"WHERE {column} IS NOT NULL GROUP BY k"
-            )
-        return f"SELECT {_metric(op, column)} FROM hits"
-    type_expr, value_expr = f"json_type(doc, '{where}')", f"json_extract(doc, '{where}')"
-    if op == "terms":
-        return (
-            f"SELECT {type_expr} AS t, {value_expr} AS k, COUNT(*) AS n FROM hits "
-            f"WHERE {type_expr} IN {_SCALAR_TYPES} GROUP BY t, k"
-        )
-    if op == "value_count":
-        return f"SELECT COUNT({value_expr}) FROM hits"
-    number = f"CASE WHEN {type_expr} IN ('integer', 'real') THEN {value_expr} END"
-    return f"SELECT {_metric(op, number)} FROM hits"
-
-
-_SQL_FUNCTIONS = {"value_count": "COUNT", "max": "MAX", "min": "MIN", "sum": "SUM", "avg": "AVG"}
-
-
-def _metric(op: str, expr: str) -> str:
-    return f"{_SQL_FUNCTIONS[op]}({expr})"
-
-
-def _bucket_key(json_type: str, key: object) -> object:
-    return json_type == "true" if json_type in ("true", "false") else key
-
-
-def _bucket_order(bucket: dict) -> tuple:
+def _bucket_order(bucket: dict[str, Any]) -> tuple[int, int, Any]:
     # Elasticsearch: most documents first, then by key; keys of mixed kinds stay apart.
     key = bucket["key"]
     rank = 0 if isinstance(key, bool) else 1 if isinstance(key, int | float) else 2
     return -bucket["doc_count"], rank, key
 
 
-def aggregation_result(op: str, rows: Iterable[Sequence]) -> dict:
-    """The Elasticsearch-shaped answer for the rows of `aggregation_sql(op, path)`."""
-    if op == "terms":
-        buckets = [{"key": _bucket_key(t, k), "doc_count": n} for t, k, n in rows]
-        return {
-            "doc_count_error_upper_bound": 0,
-            "sum_other_doc_count": 0,
-            "buckets": sorted(buckets, key=_bucket_order),
-        }
-    found = [row[0] for row in rows]
-    value = found[0] if found else None
+def terms_answer(buckets: Iterable[tuple[object, int]]) -> dict[str, Any]:
+    """The answer of a ``terms`` aggregation from its (key, document count) pairs; a key is
+    a JSON scalar as Python reads it (a boolean stays a bool, apart from 0 and 1)."""
+    shaped = [{"key": key, "doc_count": count} for key, count in buckets]
+    return {
+        "doc_count_error_upper_bound": 0,
+        "sum_other_doc_count": 0,
+        "buckets": sorted(shaped, key=_bucket_order),
+    }
+
+
+def metric_answer(op: str, value: float | None) -> dict[str, Any]:
+    """The answer of a ``value_count``, ``max``, ``min``, ``sum`` or ``avg`` aggregation
+    from its value (None when no document had one)."""
     if op == "value_count":
         return {"value": int(value or 0)}
     if op == "sum":
@@ -298,7 +192,7 @@ def aggregation_result(op: str, rows: Iterable[Sequence]) -> dict:
 # Projection
 
 
-def apply_select(doc: dict, select: Sequence[str] | None) -> dict:
+def apply_select(doc: dict[str, Any], select: Sequence[str] | None) -> dict[str, Any]:
     """`doc` reduced to `select` (plus ``id`` and ``resource-type``); all of it when None."""
     if select is None:
         return doc

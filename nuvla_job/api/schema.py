@@ -1,13 +1,10 @@
-"""The job resource's attributes: their types, and how the store indexes them.
+"""The job resource's attributes: their types, and which of them stores index.
 
-One table of facts shared by validation (jobs.py), the filter compiler (filters.py)
-and the SQLite store (sqlite.py), so that the three never disagree.
+One table of facts shared by validation (validation.py, jobs.py), the query language
+(filters.py, query.py, evaluate.py) and every store (sqlite.py), so that they never disagree.
 """
 
 from __future__ import annotations
-
-RESOURCE_TYPE = "job"
-COLLECTION = "job"
 
 EXECUTION_MODES = ("push", "pull", "mixed")
 
@@ -66,16 +63,18 @@ LIST_PATHS = frozenset(
     {"tags", "nested-jobs", "affected-resources/href"} | {f"acl/{r}" for r in ACL_RIGHTS}
 )
 
-# Filter paths stored in their own indexed SQLite column, beside the JSON document (which
-# stays the source of truth). Path -> (column name, SQL type). `id` is the primary key.
-INDEXED_COLUMNS: dict[str, tuple[str, str]] = {
-    "id": ("id", "TEXT"),
-    "state": ("state", "TEXT"),
-    "action": ("action", "TEXT"),
-    "created": ("created", "TEXT"),
-    "updated": ("updated", "TEXT"),
-    "priority": ("priority", "INTEGER"),
-    "target-resource/href": ("target_href", "TEXT"),
-    "parent-job": ("parent_job", "TEXT"),
-    "execution-mode": ("execution_mode", "TEXT"),
+# Filter paths every store keeps in a column of its own, indexed, beside the JSON document
+# (which stays the source of truth), with the one type of value the column holds: "str" or
+# "int". Any other value there reads as null in filters, sorting and aggregations, in every
+# store and in evaluate.py. `id` is the primary key.
+INDEXED: dict[str, str] = {
+    "id": "str",
+    "state": "str",
+    "action": "str",
+    "created": "str",
+    "updated": "str",
+    "priority": "int",
+    "target-resource/href": "str",
+    "parent-job": "str",
+    "execution-mode": "str",
 }

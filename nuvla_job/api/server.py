@@ -1,4 +1,4 @@
-"""Assembling and running the job API: database, identities, ZooKeeper, the WSGI server."""
+"""Assembling and running the job API: store, identities, ZooKeeper, the WSGI server."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from ..zk import make_client
 from ..zk_security import ZkAccessDenied, ZkSecurity, secure_tree
 from .app import Settings, create_app
 from .draining import Draining
-from .identity import ADMIN_GROUP, IdentityStore
+from .identity import ADMIN_GROUP, Identities
 from .jobs import JobService, QueueUnavailable
 from .request_headers import RequestHeaders
-from .sqlite import Database, SqliteJobStore
+from .store import StoreUrl, open_store, parse_store_url
 from .throttle import LoginLimits
 from .zk_queue import ZooKeeperJobQueue
 
@@ -152,11 +152,16 @@ def default_data_dir() -> Path:
     return Path(base) / "nuvla-job"
 
 
+def default_db() -> str:
+    """The database when none is given: a SQLite file in the user's data folder."""
+    return str(default_data_dir() / "jobs.sqlite")
+
+
 @dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8200
-    db: str = ""
+    db: str | None = None  # a file path or URL (store.parse_store_url); None: default_db()
     zk_hosts: str = "127.0.0.1:2181"
     zk_security: ZkSecurity = ZkSecurity()
     admin_credentials: str = ""
@@ -172,10 +177,15 @@ class ServerConfig:
     metrics: bool = True
 
     def resolved(self) -> ServerConfig:
-        data_dir = default_data_dir()
-        db = self.db or str(data_dir / "jobs.sqlite")
-        creds = self.admin_credentials or str(Path(db).parent / "admin-credentials.json")
+        """The defaults filled in; StoreUrlError when `db` names no store."""
+        db = default_db() if self.db is None else self.db
+        creds = self.admin_credentials or str(self.store_url.folder / "admin-credentials.json")
         return ServerConfig(**{**self.__dict__, "db": db, "admin_credentials": creds})
+
+    @property
+    def store_url(self) -> StoreUrl:
+        """The store `db` names (StoreUrlError when it names none)."""
+        return parse_store_url(default_db() if self.db is None else self.db)
 
     @property
     def endpoint(self) -> str:
@@ -183,7 +193,7 @@ class ServerConfig:
         return f"{scheme}://{self.host}:{self.port}"
 
 
-def ensure_admin_key(identities: IdentityStore, path: str, endpoint: str) -> bool:
+def ensure_admin_key(identities: Identities, path: str, endpoint: str) -> bool:
     """Create the first admin API key and write it to ``path`` (mode 0600). True if created."""
     if identities.has_admin_key():
         return False
@@ -207,15 +217,14 @@ class JobApiServer:
         ssl_args = {}
         if self.config.tls_cert:
             ssl_args = {"ssl_context": tls_context(self.config.tls_cert, self.config.tls_key or "")}
-        Path(self.config.db).parent.mkdir(parents=True, exist_ok=True)
-        self.db = Database(self.config.db)
-        self.identities = IdentityStore(self.db)
+        self.store = open_store(self.config.store_url)
+        self.identities = Identities(self.store.identities)
         ensure_admin_key(self.identities, self.config.admin_credentials, self.config.endpoint)
         self.zk: KazooClient = make_client(
             self.config.zk_hosts, use_gevent=True, security=self.config.zk_security
         )
         self.zk.add_listener(self._on_zk_state)
-        self.jobs = JobService(SqliteJobStore(self.db), ZooKeeperJobQueue(self.zk))
+        self.jobs = JobService(self.store.jobs, ZooKeeperJobQueue(self.zk))
         settings = Settings(
             trust_authn_header=self.config.trust_authn_header,
             secure_cookie=bool(self.config.tls_cert),
@@ -277,7 +286,9 @@ class JobApiServer:
         # ZooKeeper is still unreachable; queued adds answer 503 until it is connected.
         self.zk.start_async()
         self.http.start()
-        log.info("job API listening on %s (database %s)", self.config.endpoint, self.config.db)
+        log.info(
+            "job API listening on %s (database %s)", self.config.endpoint, self.config.store_url
+        )
 
     def stop(self, timeout: float = 5.0) -> None:
         # Stop accepting, let running requests finish, then drop the idle connections.
@@ -289,7 +300,7 @@ class JobApiServer:
             self.zk.stop()
             self.zk.close()
         finally:
-            self.db.close()
+            self.store.close()
 
     def serve_forever(self) -> None:
         self.start()

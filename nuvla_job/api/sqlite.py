@@ -1,8 +1,10 @@
-"""The SQLite implementation of the job store: one database file in WAL mode.
+"""The SQLite store: jobs and identities in one database file in WAL mode.
 
-Every document is kept as JSON text; the attributes jobs are searched by are generated
-columns of that text with indexes on them, so filters on them run on indexes and the
-document stays the single source of truth.
+Every document is kept as JSON text; the attributes jobs are searched by (schema.INDEXED) are
+also written, from the document, into columns of their own with indexes on them, so filters
+on them run on indexes while the document stays the single source of truth. A column keeps
+only values of its type (NULL otherwise), as the filter language says. The SQL for searches
+comes from sqlite_sql.py, this store's dialect of the query language.
 
 Concurrency: the API serves many requests on gevent greenlets in one thread. SQLite calls
 never yield to other greenlets, so one connection for reads is enough; writes go through
@@ -15,22 +17,27 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import gevent.lock
 import orjson
 
 from . import query as cimi_query
-from .filters import to_sql
-from .schema import ACL_RIGHTS, INDEXED_COLUMNS
-from .store import Conflict, Doc, StoreError
+from . import sqlite_sql
+from .schema import ACL_RIGHTS
+from .store import Doc, DuplicateId, Principal, SessionRecord, StoreError
 
 # Rights that let a principal see a document (every right implies viewing it).
 VIEW_RIGHTS = ACL_RIGHTS
 
 
-# The indexed attributes the store writes itself: `id` is the primary key column already.
-STORED_COLUMNS = {path: spec for path, spec in INDEXED_COLUMNS.items() if path != "id"}
+# The indexed paths the store writes itself, with (column, SQL type): `id` is the primary key.
+STORED_COLUMNS = {
+    path: (column, sqlite_sql.column_sql_type(path))
+    for path, column in sqlite_sql.COLUMNS.items()
+    if path != "id"
+}
 
 
 def _schema_sql() -> list[str]:
@@ -58,6 +65,23 @@ def _schema_sql() -> list[str]:
         # time would cost tens of milliseconds.
         "CREATE TABLE IF NOT EXISTS job_total (one INTEGER PRIMARY KEY CHECK (one = 1), n INTEGER)",
         "INSERT OR IGNORE INTO job_total(one, n) SELECT 1, count(*) FROM job",
+        """CREATE TABLE IF NOT EXISTS principal (
+  id TEXT PRIMARY KEY,
+  kind TEXT NOT NULL,              -- 'user' or 'api-key'
+  name TEXT NOT NULL UNIQUE,       -- username, or the key id itself for an API key
+  secret_hash TEXT NOT NULL,
+  identity TEXT NOT NULL,          -- the user id a key acts as
+  claims TEXT NOT NULL,            -- JSON list of groups beyond the identity
+  created REAL NOT NULL
+)""",
+        """CREATE TABLE IF NOT EXISTS session (
+  id TEXT PRIMARY KEY,
+  token_hash TEXT NOT NULL UNIQUE,
+  identity TEXT NOT NULL,
+  claims TEXT NOT NULL,
+  created REAL NOT NULL,
+  expiry REAL NOT NULL
+)""",
     ]
 
 
@@ -69,7 +93,7 @@ def _column_value(doc: Doc, path: str, sql_type: str) -> Any:
     for part in path.split("/"):
         value = value.get(part) if isinstance(value, dict) else None
     # A column keeps only values of its own JSON type (others are NULL), so SQLite's type
-    # affinity cannot make '5' equal 5: SQL agrees with filters.evaluate.
+    # affinity cannot make '5' equal 5: SQL agrees with evaluate.py.
     if sql_type == "TEXT":
         return value if isinstance(value, str) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -114,15 +138,28 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+# An in-memory database (":memory:") is for tests of the store in one process: the server
+# refuses it (store.parse_store_url), as jobs must outlive it.
+_MEMORY = ":memory:"
+
+
 class Database:
     """The SQLite file: one reader and one writer connection, and the schema."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        if path != _MEMORY:
+            folder = Path(path).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the folder {folder} for the database: {exc.strerror or exc}"
+                ) from None
         try:
             self._writer = _connect(path)
             # An in-memory database exists once per connection: share it.
-            self._reader = self._writer if path == ":memory:" else _connect(path)
+            self._reader = self._writer if path == _MEMORY else _connect(path)
             self._lock = gevent.lock.RLock()
             with self.write() as conn:
                 for statement in _schema_sql():
@@ -142,6 +179,11 @@ class Database:
                 conn.execute("BEGIN IMMEDIATE")
                 yield conn
                 conn.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                _rollback(conn)
+                if exc.sqlite_errorcode in _DUPLICATE_KEY:
+                    raise DuplicateId(str(exc)) from exc
+                raise StoreError(_describe(exc)) from exc
             except sqlite3.Error as exc:
                 _rollback(conn)
                 raise StoreError(_describe(exc)) from exc
@@ -149,7 +191,7 @@ class Database:
                 _rollback(conn)
                 raise
 
-    def read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+    def read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             return self._reader.execute(sql, tuple(params)).fetchall()
         except sqlite3.Error as exc:
@@ -160,6 +202,10 @@ class Database:
             self._writer.close()
             if self._reader is not self._writer:
                 self._reader.close()
+
+
+# The kinds of IntegrityError that say a primary key or UNIQUE value is taken.
+_DUPLICATE_KEY = frozenset({sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE})
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -196,7 +242,7 @@ def _acl_sql(principals: frozenset[str] | None) -> tuple[str, list[Any]]:
 
 
 class SqliteJobStore:
-    """JobStore on a :class:`Database`."""
+    """store.JobStore on a :class:`Database`."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -210,10 +256,8 @@ class SqliteJobStore:
                     _INSERT, (doc["id"], _dumps(doc), int(enqueue_pending), *_columns(doc))
                 )
                 conn.execute("UPDATE job_total SET n = n + 1")
-        except StoreError as exc:
-            if "UNIQUE" in str(exc):
-                raise Conflict(f"{doc['id']} already exists") from exc
-            raise
+        except DuplicateId as exc:
+            raise DuplicateId(f"{doc['id']} already exists") from exc
 
     def insert_many(self, docs: Iterable[Doc]) -> int:
         rows = ((d["id"], _dumps(d), 0, *_columns(d)) for d in docs)
@@ -277,7 +321,7 @@ class SqliteJobStore:
         acl, params = _acl_sql(principals)
         if query.filter is None:
             return acl, params
-        sql, filter_params = to_sql(query.filter)
+        sql, filter_params = sqlite_sql.filter_sql(query.filter)
         return f"({sql}) AND {acl}", [*filter_params, *params]
 
     def search(
@@ -291,7 +335,7 @@ class SqliteJobStore:
         limit, offset = cimi_query.limit_offset(query)
         if limit == 0 or count == 0:
             return count, []
-        sql = f"SELECT doc FROM job WHERE {where} {cimi_query.order_by_sql(query)}"
+        sql = f"SELECT doc FROM job WHERE {where} {sqlite_sql.order_by_sql(query)}"
         page_params = list(params)
         sql += " LIMIT ? OFFSET ?"
         page_params += [-1 if limit is None else limit, offset]
@@ -305,10 +349,103 @@ class SqliteJobStore:
         result: dict[str, Any] = {}
         for op, path in query.aggregations:
             sql = f"WITH hits AS (SELECT * FROM job WHERE {where}) "
-            sql += cimi_query.aggregation_sql(op, path)
+            sql += sqlite_sql.aggregation_sql(op, path)
             rows = self.db.read(sql, params)
-            result[cimi_query.aggregation_key(op, path)] = cimi_query.aggregation_result(op, rows)
+            result[cimi_query.aggregation_key(op, path)] = sqlite_sql.aggregation_result(op, rows)
         return result
+
+
+def _claims(text: str) -> tuple[str, ...]:
+    return tuple(orjson.loads(text))
+
+
+class SqliteIdentityStore:
+    """store.IdentityStore on a :class:`Database`: tables ``principal`` and ``session``."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add_principal(self, principal: Principal) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT INTO principal(id, kind, name, secret_hash, identity, claims, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    principal.id,
+                    principal.kind,
+                    principal.name,
+                    principal.secret_hash,
+                    principal.identity,
+                    orjson.dumps(list(principal.claims)).decode(),
+                    principal.created,
+                ),
+            )
+
+    def principal(self, kind: str, name: str) -> Principal | None:
+        rows = self.db.read(
+            "SELECT id, kind, name, secret_hash, identity, claims, created FROM principal"
+            " WHERE kind = ? AND name = ?",
+            (kind, name),
+        )
+        if not rows:
+            return None
+        pid, kind, name, secret_hash, identity, claims, created = rows[0]
+        return Principal(pid, kind, name, secret_hash, identity, _claims(claims), created)
+
+    def has_api_key_with(self, claim: str) -> bool:
+        # Claims are stored as a JSON list of strings: the quoted claim is one element.
+        quoted = orjson.dumps(claim).decode()
+        return bool(
+            self.db.read(
+                "SELECT 1 FROM principal WHERE kind = 'api-key' AND instr(claims, ?) LIMIT 1",
+                (quoted,),
+            )
+        )
+
+    def add_session(self, session: SessionRecord) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT INTO session(id, token_hash, identity, claims, created, expiry)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    session.id,
+                    session.token_hash,
+                    session.identity,
+                    orjson.dumps(list(session.claims)).decode(),
+                    session.created,
+                    session.expiry,
+                ),
+            )
+
+    def _session(self, where: str, value: str) -> SessionRecord | None:
+        rows = self.db.read(
+            "SELECT id, token_hash, identity, claims, created, expiry FROM session"
+            f" WHERE {where} = ?",
+            (value,),
+        )
+        if not rows:
+            return None
+        sid, token_hash, identity, claims, created, expiry = rows[0]
+        return SessionRecord(sid, token_hash, identity, _claims(claims), created, expiry)
+
+    def session_by_token(self, token_hash: str) -> SessionRecord | None:
+        return self._session("token_hash", token_hash)
+
+    def session(self, session_id: str) -> SessionRecord | None:
+        return self._session("id", session_id)
+
+    def delete_session(self, session_id: str) -> bool:
+        with self.db.write() as conn:
+            return conn.execute("DELETE FROM session WHERE id = ?", (session_id,)).rowcount > 0
+
+
+class SqliteStore:
+    """store.Store on one SQLite file (its folder is created when missing)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.db = Database(str(path))
+        self.jobs = SqliteJobStore(self.db)
+        self.identities = SqliteIdentityStore(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -1,13 +1,20 @@
-"""The storage interface of the job API: what any database behind it must provide.
+"""The storage seam of the job API: what any database behind it provides, and which one a
+``--db`` value names.
 
-The job API's rules (jobs.py) speak only to this interface, so another database can be
-added beside the SQLite one (sqlite.py) without touching them.
+The job rules (jobs.py) and the identity rules (identity.py) speak only to the protocols
+here; everything a database speaks itself (SQL, its dialect of the filter language, its
+schema) lives in the module that implements them, today sqlite.py (with sqlite_sql.py). A
+second database is a sibling module and one more branch in :func:`open_store`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 from .query import Query
 
@@ -19,7 +26,15 @@ class StoreError(Exception):
 
 
 class Conflict(Exception):
-    """The document changed in a way that forbids the write (e.g. a duplicate id)."""
+    """The write would break a rule the database keeps (e.g. a duplicate id)."""
+
+
+class DuplicateId(Conflict):
+    """A record with this id (or unique name) exists already."""
+
+
+class StoreUrlError(ValueError):
+    """A ``--db`` value that names no store this server can open (a usage error)."""
 
 
 class JobStore(Protocol):
@@ -30,7 +45,8 @@ class JobStore(Protocol):
     """
 
     def insert(self, doc: Doc, enqueue_pending: bool = False) -> None:
-        """Store a new document. ``enqueue_pending`` marks it as still owed a queue entry."""
+        """Store a new document (DuplicateId when its id exists). ``enqueue_pending`` marks
+        it as still owed a queue entry."""
 
     def get(self, job_id: str) -> Doc | None: ...
 
@@ -52,7 +68,9 @@ class JobStore(Protocol):
     def search(self, query: Query, principals: frozenset[str] | None) -> tuple[int, list[Doc]]:
         """(count of all matches, the page of documents the query asks for)."""
 
-    def aggregate(self, query: Query, principals: frozenset[str] | None) -> dict[str, Any]: ...
+    def aggregate(self, query: Query, principals: frozenset[str] | None) -> dict[str, Any]:
+        """The query's aggregations, keyed and shaped as query.aggregation_key and
+        query.terms_answer / query.metric_answer say."""
 
     def delete_matching(self, query: Query, principals: frozenset[str] | None) -> int:
         """Delete every document the query's filter matches; return how many."""
@@ -60,4 +78,126 @@ class JobStore(Protocol):
     def insert_many(self, docs: Iterable[Doc]) -> int:
         """Bulk load (benchmarks, imports): no queue entries are made."""
 
+
+@dataclass(frozen=True)
+class Principal:
+    """Who can log in: a user (by name and password) or an API key (by key id and secret)."""
+
+    id: str
+    kind: str  # "user" or "api-key"
+    name: str  # the user name, or the key id itself for an API key
+    secret_hash: str  # argon2
+    identity: str  # the user id a key acts as (a user's own id)
+    claims: tuple[str, ...]  # sorted: the identity and every group it holds
+    created: float  # epoch seconds
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A login session; only the digest of its token is stored."""
+
+    id: str
+    token_hash: str
+    identity: str
+    claims: tuple[str, ...]
+    created: float
+    expiry: float
+
+
+class IdentityStore(Protocol):
+    """Principals and sessions: storage only (hashing, tokens and caching are identity.py's)."""
+
+    def add_principal(self, principal: Principal) -> None:
+        """DuplicateId when the id or the name is taken."""
+
+    def principal(self, kind: str, name: str) -> Principal | None: ...
+
+    def has_api_key_with(self, claim: str) -> bool:
+        """Whether some API key holds `claim` (is there an admin key yet?)."""
+
+    def add_session(self, session: SessionRecord) -> None: ...
+
+    def session_by_token(self, token_hash: str) -> SessionRecord | None: ...
+
+    def session(self, session_id: str) -> SessionRecord | None: ...
+
+    def delete_session(self, session_id: str) -> bool: ...
+
+
+class Store(Protocol):
+    """One database: the jobs and the identities in it."""
+
+    @property
+    def jobs(self) -> JobStore: ...
+
+    @property
+    def identities(self) -> IdentityStore: ...
+
     def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Which store a --db value names
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_SQLITE_FORMS = "a file path or sqlite:///absolute/path"
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    """A parsed ``--db`` value. Only SQLite exists so far: ``path`` is its file."""
+
+    scheme: str
+    path: Path
+
+    @property
+    def folder(self) -> Path:
+        """Where the database lives (the admin credentials go beside it by default)."""
+        return self.path.parent
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def parse_store_url(value: str) -> StoreUrl:
+    """The store a ``--db`` value names: a file path or ``sqlite:///path`` (SQLite).
+
+    Raises StoreUrlError, with a message fit for a usage error, for anything else. The
+    message never repeats a URL (it may hold a password).
+    """
+    if not value.strip():
+        raise StoreUrlError(f"the database is empty: give {_SQLITE_FORMS}")
+    if value == ":memory:" or value.startswith("file::memory:"):
+        # A server on a memory database loses every job at each restart while their queue
+        # entries stay in ZooKeeper, and writes a new admin key each time.
+        raise StoreUrlError(
+            ":memory: is not served: jobs must outlive the server, as their queue entries "
+            "do; give a file path (a temporary folder for a throw-away server)"
+        )
+    if not _URL.match(value):
+        return StoreUrl("sqlite", Path(value).expanduser())
+    scheme = value.split(":", 1)[0].lower()
+    if scheme in ("postgresql", "postgres"):
+        raise StoreUrlError(f"the PostgreSQL store is not available yet; give {_SQLITE_FORMS}")
+    if scheme != "sqlite":
+        raise StoreUrlError(f"unknown database scheme '{scheme}://': give {_SQLITE_FORMS}")
+    parts = urlsplit(value)
+    if parts.netloc or parts.query or parts.fragment or not parts.path.strip("/"):
+        raise StoreUrlError(
+            "a sqlite URL is sqlite:/// and the file's absolute path "
+            "(sqlite:///var/lib/nuvla-job/jobs.sqlite), with no host or options"
+        )
+    return StoreUrl("sqlite", Path(unquote(parts.path)))
+
+
+def open_store(url: StoreUrl | str) -> Store:
+    """The store `url` names, opened (its folder and schema created when missing).
+
+    StoreUrlError for a value that names no store; StoreError when it cannot be opened.
+    """
+    if isinstance(url, str):
+        url = parse_store_url(url)
+    # Imported here: each store module imports this one for the protocols and errors.
+    from .sqlite import SqliteStore
+
+    return SqliteStore(url.path)

@@ -1,5 +1,7 @@
 """`job-api`: run the job API server, and manage its users and API keys."""
 
+from __future__ import annotations
+
 from gevent import monkey
 
 # Before anything imports sockets, so that every blocking call yields to other greenlets.
@@ -7,6 +9,7 @@ monkey.patch_all()
 
 import json  # noqa: E402
 import sys  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import click  # noqa: E402
 
@@ -14,13 +17,39 @@ from ..monitoring import setup_logging  # noqa: E402
 from .options import log_format_option  # noqa: E402
 from .zk_options import zk_security_options  # noqa: E402
 
+if TYPE_CHECKING:
+    from ..api.identity import Identities
+    from ..api.server import ServerConfig
+
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
 
 
-def _server_config(**options):
+def _server_config(**options: Any) -> ServerConfig:
     from ..api.server import ServerConfig
 
     return ServerConfig(**options)
+
+
+def _check_db(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A --db naming no store this server can open is a usage error (None: the default)."""
+    from ..api.store import StoreUrlError, parse_store_url
+
+    if value is not None:
+        try:
+            parse_store_url(value)
+        except StoreUrlError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+    return value
+
+
+db_option = click.option(
+    "--db",
+    default=None,
+    envvar="JOB_API_DB",
+    callback=_check_db,
+    help="The job database: a SQLite file path or sqlite:///absolute/path "
+    "[default: ~/.local/share/nuvla-job/jobs.sqlite].",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,12 +73,7 @@ def main() -> None:
     envvar="JOB_API_PORT",
     help="Port to listen on.",
 )
-@click.option(
-    "--db",
-    default="",
-    envvar="JOB_API_DB",
-    help="SQLite database file [default: ~/.local/share/nuvla-job/jobs.sqlite].",
-)
+@db_option
 @click.option(
     "--zk-hosts",
     default="127.0.0.1:2181",
@@ -140,7 +164,7 @@ def main() -> None:
     "-l", "--log-level", default="INFO", type=LOG_LEVELS, envvar="JOB_LOG_LEVEL", show_default=True
 )
 @log_format_option()
-def serve(log_level: str, log_format: str, **options) -> None:
+def serve(log_level: str, log_format: str, **options: Any) -> None:
     """Run the job API server until SIGTERM or SIGINT."""
     if bool(options["tls_cert"]) != bool(options["tls_key"]):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -160,14 +184,12 @@ def serve(log_level: str, log_format: str, **options) -> None:
         ) from None
 
 
-def _identities(db: str):
-    from ..api.identity import IdentityStore
-    from ..api.sqlite import Database
-    from ..api.store import StoreError
+def _identities(db: str | None) -> Identities:
+    from ..api.identity import Identities
+    from ..api.store import StoreError, open_store
 
-    config = _server_config(db=db).resolved()
     try:
-        return IdentityStore(Database(config.db))
+        return Identities(open_store(_server_config(db=db).store_url).identities)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -188,14 +210,14 @@ def _identities(db: str):
 )
 @click.option("--admin", is_flag=True, help="Make the user an administrator.")
 @click.option("--group", "groups", multiple=True, help="Extra group claims (repeatable).")
-@click.option("--db", default="", envvar="JOB_API_DB")
+@db_option
 def add_user(
     username: str,
     password: str | None,
     password_file: str | None,
     admin: bool,
     groups: tuple[str, ...],
-    db: str,
+    db: str | None,
 ) -> None:
     """Create a user who logs in with USERNAME and a password."""
     from ..api.identity import ADMIN_GROUP
@@ -222,8 +244,8 @@ def add_user(
 @click.option("--identity", required=True, help="The user id the key acts as (user/...).")
 @click.option("--admin", is_flag=True, help="Give the key administrator rights.")
 @click.option("--group", "groups", multiple=True, help="Extra group claims (repeatable).")
-@click.option("--db", default="", envvar="JOB_API_DB")
-def add_key(identity: str, admin: bool, groups: tuple[str, ...], db: str) -> None:
+@db_option
+def add_key(identity: str, admin: bool, groups: tuple[str, ...], db: str | None) -> None:
     """Create an API key; prints {"key", "secret"} as JSON (the secret is shown only once)."""
     from ..api.identity import ADMIN_GROUP
 

@@ -205,6 +205,20 @@ def test_errors_are_json_with_status_and_message(job_api: JobApiProcess, admin_a
     assert str(err.value) == f"{missing} not found"
 
 
+def test_a_filter_over_the_value_limit_is_a_400(admin_api: Api) -> None:
+    # The limit belongs to the parsed filter: it used to be checked only while compiling
+    # the SQL, inside the store, where it ended as a 500.
+    values = ",".join(f"'v{i}'" for i in range(10_001))
+    with pytest.raises(NuvlaError) as err:
+        admin_api.search("job", filter=f"state=[{values}]", last=0)
+    assert err.value.response.status_code == 400
+    assert err.value.response.json()["message"] == (
+        "invalid filter: the filter has more than 10000 values"
+    )
+    at_limit = ",".join(f"'v{i}'" for i in range(10_000))
+    assert admin_api.search("job", filter=f"state=[{at_limit}]", last=0).count == 0
+
+
 # -- the nuvla-authn-info header ----------------------------------------------------------------
 
 

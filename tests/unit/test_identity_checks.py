@@ -5,19 +5,20 @@ exist. (The behaviour is asserted, not the timing.)"""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from nuvla_job.api import identity
-from nuvla_job.api.identity import IdentityStore
-from nuvla_job.api.sqlite import Database
+from nuvla_job.api.identity import Identities
+from nuvla_job.api.sqlite import SqliteStore
 
 
 @pytest.fixture
-def store() -> Iterator[IdentityStore]:
-    db = Database(":memory:")
-    yield IdentityStore(db)
-    db.close()
+def store(tmp_path: Path) -> Iterator[Identities]:
+    sqlite = SqliteStore(tmp_path / "jobs.sqlite")
+    yield Identities(sqlite.identities)
+    sqlite.close()
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def _parameters(argon2_hash: str) -> str:
 
 
 def test_every_kind_of_failure_costs_one_verification(
-    store: IdentityStore, verified: list[str]
+    store: Identities, verified: list[str]
 ) -> None:
     store.add_user("alice", "right-password")
     key, secret = store.add_api_key("user/x")
@@ -64,7 +65,7 @@ def test_every_kind_of_failure_costs_one_verification(
 
 
 def test_right_credentials_cost_the_same_one_verification(
-    store: IdentityStore, verified: list[str]
+    store: Identities, verified: list[str]
 ) -> None:
     user_id = store.add_user("bob", "pw-Secret-1")
     caller = store.check("user", "bob", "pw-Secret-1")
@@ -72,7 +73,7 @@ def test_right_credentials_cost_the_same_one_verification(
     assert len(verified) == 1 and verified[0] != identity._DUMMY_HASH
 
 
-def test_the_dummy_hash_never_lets_anyone_in(store: IdentityStore) -> None:
+def test_the_dummy_hash_never_lets_anyone_in(store: Identities) -> None:
     # Even the exact text the stand-in hash was made from would not be accepted for a name
     # that does not exist: an unknown name fails whatever the verification says.
     assert store.check("user", "ghost", "") is None

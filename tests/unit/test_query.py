@@ -1,67 +1,42 @@
-"""CIMI search parameters: parsing, ordering, paging, projection and aggregations."""
+"""CIMI search parameters: parsing, ordering, paging, projection and aggregations.
+
+Ordering, paging and aggregations run on the SQLite store itself (its own schema, in a
+temporary folder), not on a copy of its table.
+"""
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nuvla_job.api import schema
 from nuvla_job.api.filters import And, Comparison
 from nuvla_job.api.query import (
     Query,
     QueryError,
-    aggregation_key,
-    aggregation_result,
-    aggregation_sql,
     apply_select,
     limit_offset,
-    order_by_sql,
     parse_query,
-    where_sql,
 )
+from nuvla_job.api.sqlite_sql import aggregation_result, aggregation_sql, order_by_sql
+from tests.support.stores import sqlite_store_with
 
 NOW = datetime(2026, 3, 31, 14, 45, 30, 987654, tzinfo=UTC)
 
 
-def table_with(docs: list[dict]) -> sqlite3.Connection:
-    """A job table as the store builds it (generated columns keep only their own type)."""
-    conn = sqlite3.connect(":memory:")
-    columns = []
-    for path, (column, sql_type) in schema.INDEXED_COLUMNS.items():
-        where = "$" + "".join(f'."{s}"' for s in path.split("/"))
-        json_type = "text" if sql_type == "TEXT" else "integer"
-        columns.append(
-            f"{column} {sql_type} GENERATED ALWAYS AS (CASE json_type(doc, '{where}') "
-            f"WHEN '{json_type}' THEN json_extract(doc, '{where}') END) VIRTUAL"
-        )
-    conn.execute(f"CREATE TABLE job (doc TEXT NOT NULL, {', '.join(columns)})")
-    conn.executemany("INSERT INTO job (doc) VALUES (?)", [(json.dumps(d),) for d in docs])
-    return conn
+def search(docs: list[dict[str, Any]], query: Query) -> list[str]:
+    """The ids the store's own search returns, in order (as an administrator: no ACL)."""
+    with sqlite_store_with(docs) as store:
+        _, found = store.jobs.search(query, None)
+    return [doc["id"] for doc in found]
 
 
-def search(conn: sqlite3.Connection, query: Query) -> list[str]:
-    """The ids a store following query.py's recipe returns."""
-    where, params = where_sql(query)
-    limit, offset = limit_offset(query)
-    sql = (
-        f"SELECT json_extract(doc, '$.id') FROM job WHERE {where} {order_by_sql(query)} "
-        "LIMIT ? OFFSET ?"
-    )
-    return [row[0] for row in conn.execute(sql, [*params, -1 if limit is None else limit, offset])]
-
-
-def aggregate(conn: sqlite3.Connection, query: Query) -> dict:
-    where, params = where_sql(query)
-    answer = {}
-    for op, path in query.aggregations:
-        sql = f"WITH hits AS (SELECT * FROM job WHERE {where}) {aggregation_sql(op, path)}"
-        answer[aggregation_key(op, path)] = aggregation_result(op, conn.execute(sql, params))
-    return answer
+def aggregate(docs: list[dict[str, Any]], query: Query) -> dict[str, Any]:
+    with sqlite_store_with(docs) as store:
+        return store.jobs.aggregate(query, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,15 +155,14 @@ def test_search_orders_and_pages_in_sqlite():
         {"id": "job/c", "created": "2026-01-01T00:00:00.000Z", "priority": 1, "state": "FAILED"},
         {"id": "job/d", "created": "2026-01-03T00:00:00.000Z", "priority": 9, "state": "QUEUED"},
     ]
-    conn = table_with(docs)
-    assert search(conn, parse_query({})) == ["job/b", "job/c", "job/a", "job/d"]
+    assert search(docs, parse_query({})) == ["job/b", "job/c", "job/a", "job/d"]
     by_priority = parse_query({"orderby": ["priority:desc"]})
-    assert search(conn, by_priority) == ["job/d", "job/a", "job/b", "job/c"]
+    assert search(docs, by_priority) == ["job/d", "job/a", "job/b", "job/c"]
     page = parse_query({"orderby": ["priority"], "first": ["2"], "last": ["3"]})
-    assert search(conn, page) == ["job/a", "job/b"]
-    assert search(conn, parse_query({"last": ["0"]})) == []
+    assert search(docs, page) == ["job/a", "job/b"]
+    assert search(docs, parse_query({"last": ["0"]})) == []
     queued = parse_query({"filter": ["state='QUEUED'"], "orderby": ["created:desc"]})
-    assert search(conn, queued) == ["job/d", "job/a", "job/b"]
+    assert search(docs, queued) == ["job/d", "job/a", "job/b"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,7 +194,7 @@ def test_aggregations_in_sqlite():
             ]
         }
     )
-    answer = aggregate(table_with(AGG_DOCS), query)
+    answer = aggregate(AGG_DOCS, query)
 
     def buckets(*pairs):
         return {
@@ -253,7 +227,7 @@ def test_aggregations_in_sqlite():
 
 def test_aggregations_follow_the_filter():
     query = parse_query({"filter": ["state='QUEUED'"], "aggregation": ["terms:state,sum:priority"]})
-    answer = aggregate(table_with(AGG_DOCS), query)
+    answer = aggregate(AGG_DOCS, query)
     assert answer["terms:state"]["buckets"] == [{"key": "QUEUED", "doc_count": 2}]
     assert answer["sum:priority"] == {"value": 30.0}
 
@@ -289,7 +263,7 @@ def test_terms_buckets_sort_by_count_then_key():
 )
 def test_terms_count_documents(docs):
     docs = [{"id": f"job/{i}", **doc} for i, doc in enumerate(docs)]
-    answer = aggregate(table_with(docs), parse_query({"aggregation": ["terms:state,terms:tags"]}))
+    answer = aggregate(docs, parse_query({"aggregation": ["terms:state,terms:tags"]}))
     for path in ("state", "tags"):
         counts: dict[str, int] = {}
         for doc in docs:

@@ -1,0 +1,359 @@
+"""The SQLite dialect of the query language: filter trees, orderings and aggregations
+compiled to parameterised SQL over the store's ``job`` table (sqlite.py).
+
+The table holds each document as JSON text in ``doc`` and the paths of ``schema.INDEXED`` in
+columns of their own (`COLUMNS`), which the store writes from the document, keeping only
+values of the column's type (NULL otherwise). Filters and orderings on those paths read the
+columns, and so run on their indexes; every other path is read with SQLite's JSON1 functions.
+Values only ever travel as ``?`` parameters; the only user text in the SQL is a path's
+segments, which filters.segments has checked.
+
+The answers are those of evaluate.py for every document (filters.py gives the semantics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import schema
+from .filters import And, Comparison, FilterError, Node, Or, Scalar, Value, list_split, segments
+from .query import (
+    AGGREGATION_OPS,
+    Query,
+    QueryError,
+    check_path,
+    metric_answer,
+    terms_answer,
+)
+
+__all__ = [
+    "COLUMNS",
+    "column_sql_type",
+    "json_path",
+    "filter_sql",
+    "order_by_sql",
+    "aggregation_sql",
+    "aggregation_result",
+]
+
+# The column of each indexed path (schema.INDEXED): `id` is the primary key.
+COLUMNS: dict[str, str] = {
+    "id": "id",
+    "state": "state",
+    "action": "action",
+    "created": "created",
+    "updated": "updated",
+    "priority": "priority",
+    "target-resource/href": "target_href",
+    "parent-job": "parent_job",
+    "execution-mode": "execution_mode",
+}
+_SQL_TYPES = {"str": "TEXT", "int": "INTEGER"}
+
+
+def column_sql_type(path: str) -> str:
+    """The SQL type of an indexed path's column."""
+    return _SQL_TYPES[schema.INDEXED[path]]
+
+
+def json_path(path: str, relative: bool = False) -> str:
+    """The SQLite JSON path of a checked filter path: ``a/b`` -> ``$."a"."b"``."""
+    return "$" + "".join(f'."{s}"' for s in segments(path, relative))
+
+
+# --------------------------------------------------------------------------------------------
+# Filters
+
+
+_NUMERIC_TYPES = "('integer', 'real')"
+
+
+@dataclass(frozen=True, slots=True)
+class _Fragment:
+    sql: str
+    params: tuple[Any, ...]
+    nullable: bool  # may be NULL where the comparison is false (matters only under negation)
+    negation: str | None = None  # a simpler negation than the generic one, same params
+
+
+_FALSE = _Fragment("0", (), False)
+_TRUE = _Fragment("1", (), False)
+
+
+def _kind(value: object) -> str:
+    """Which JSON values a filter value can match: 'str', 'num', 'bool' or 'null'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    return "num" if isinstance(value, int) else "str"
+
+
+def _group(value: Value) -> dict[str, list[Scalar]]:
+    """Values by kind, in first-seen order (a scalar is a one-value group)."""
+    values = value if isinstance(value, tuple) else (value,)
+    groups: dict[str, list[Scalar]] = {}
+    for v in values:
+        groups.setdefault(_kind(v), []).append(v)
+    return groups
+
+
+def _test(op: str, expr: str, values: list[Scalar]) -> tuple[str, tuple[Any, ...]]:
+    """`expr op value` for one value, or membership for several (only with '=')."""
+    if op == "=" and len(values) > 1:
+        return f"{expr} IN ({', '.join('?' * len(values))})", tuple(values)
+    value = values[0]
+    if op == "^=":
+        upper = _prefix_upper(str(value))
+        if upper is None:
+            return f"{expr} >= ?", (value,)
+        return f"{expr} >= ? AND {expr} < ?", (value, upper)
+    return f"{expr} {op} ?", (value,)
+
+
+def _prefix_upper(prefix: str) -> str | None:
+    """The least string above every string starting with `prefix` (code point order, which
+    is SQLite's BINARY order on UTF-8), or None when there is none."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1])
+        if code < 0x10FFFF:
+            code += 1
+            if 0xD800 <= code <= 0xDFFF:
+                code = 0xE000  # surrogates never occur in valid text
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+def _typed_test(
+    op: str, kind: str, type_expr: str, value_expr: str, values: list[Scalar]
+) -> _Fragment:
+    """A comparison against JSON values whose type is given by `type_expr`."""
+    if kind == "bool":  # only '=' reaches here: a boolean is matched by its JSON type
+        names: list[Scalar] = ["true" if v else "false" for v in values]
+        sql, params = _test("=", type_expr, names)
+        return _Fragment(sql, params, True)
+    type_test = f"{type_expr} = 'text'" if kind == "str" else f"{type_expr} IN {_NUMERIC_TYPES}"
+    sql, params = _test(op, value_expr, values)
+    return _Fragment(f"{type_test} AND {sql}", params, True)
+
+
+def _any_of(parts: list[_Fragment]) -> _Fragment:
+    if not parts:
+        return _FALSE
+    if len(parts) == 1:
+        return parts[0]
+    return _Fragment(
+        " OR ".join(f"({p.sql})" for p in parts),
+        tuple(v for p in parts for v in p.params),
+        any(p.nullable for p in parts),
+    )
+
+
+def _indexed(path: str, op: str, value: Value) -> _Fragment:
+    column = COLUMNS[path]
+    # The column only holds values of its own type (see the module docstring).
+    column_kind = "num" if schema.INDEXED[path] == "int" else "str"
+    parts = []
+    for kind, values in _group(value).items():
+        if kind == "null":
+            parts.append(_Fragment(f"{column} IS NULL", (), False, f"{column} IS NOT NULL"))
+        elif kind == column_kind:
+            sql, params = _test(op, column, values)
+            # `column = ?` is NULL on a NULL column; `IS NOT` is its null-safe negation
+            negation = f"{column} IS NOT ?" if sql == f"{column} = ?" else None
+            parts.append(_Fragment(sql, params, True, negation))
+    return _any_of(parts)
+
+
+def _scalar(path: str, op: str, value: Value) -> _Fragment:
+    where = json_path(path)
+    type_expr = f"json_type(doc, '{where}')"
+    value_expr = f"json_extract(doc, '{where}')"
+    parts = []
+    for kind, values in _group(value).items():
+        if kind == "null":
+            parts.append(_Fragment(f"{value_expr} IS NULL", (), False, f"{value_expr} IS NOT NULL"))
+        else:
+            parts.append(_typed_test(op, kind, type_expr, value_expr, values))
+    return _any_of(parts)
+
+
+def _element_exprs(inner: str | None) -> tuple[str, str]:
+    """(type, value) SQL of one element ``j`` of a json_each over a list path."""
+    if inner is None:
+        return "j.type", "j.value"
+    where = json_path(inner, relative=True)  # the CASE keeps json_* off elements that are not maps
+    return (
+        f"CASE WHEN j.type = 'object' THEN json_type(j.value, '{where}') END",
+        f"CASE WHEN j.type = 'object' THEN json_extract(j.value, '{where}') END",
+    )
+
+
+def _list(path: str, op: str, value: Value) -> _Fragment:
+    list_path, inner = list_split(path)
+    type_expr, value_expr = _element_exprs(inner)
+    # typeof(j.key) = 'integer' keeps array elements only: a scalar or a map is not a list.
+    source = f"json_each(doc, '{json_path(list_path)}') AS j WHERE typeof(j.key) = 'integer'"
+    parts, tests = [], []
+    for kind, values in _group(value).items():
+        if kind == "null":
+            no_value = f"NOT EXISTS (SELECT 1 FROM {source} AND {type_expr} != 'null')"
+            parts.append(_Fragment(no_value, (), False))
+        else:
+            tests.append(_typed_test(op, kind, type_expr, value_expr, values))
+    if tests:
+        test = _any_of(tests)
+        parts.append(
+            _Fragment(f"EXISTS (SELECT 1 FROM {source} AND ({test.sql}))", test.params, False)
+        )
+    return _any_of(parts)
+
+
+def _comparison_sql(node: Comparison) -> _Fragment:
+    op = "=" if node.op == "!=" else node.op
+    if node.path in schema.LIST_PATHS:
+        fragment = _list(node.path, op, node.value)
+    elif node.path in schema.INDEXED:
+        fragment = _indexed(node.path, op, node.value)
+    else:
+        fragment = _scalar(node.path, op, node.value)
+    if node.op != "!=":
+        return fragment
+    if fragment is _FALSE:
+        return _TRUE
+    if fragment.negation is not None:
+        return _Fragment(fragment.negation, fragment.params, False)
+    if fragment.nullable:
+        return _Fragment(f"({fragment.sql}) IS NOT 1", fragment.params, False)
+    return _Fragment(f"NOT ({fragment.sql})", fragment.params, False)
+
+
+def _node_sql(node: Node) -> _Fragment:
+    if isinstance(node, Comparison):
+        return _comparison_sql(node)
+    if isinstance(node, And | Or) and node.children:
+        joiner = " AND " if isinstance(node, And) else " OR "
+        parts = [_node_sql(child) for child in node.children]
+        return _Fragment(
+            joiner.join(_wrap(p.sql) for p in parts),
+            tuple(v for p in parts for v in p.params),
+            any(p.nullable for p in parts),
+        )
+    raise FilterError(f"not a filter node: {node!r}")
+
+
+def _wrap(sql: str) -> str:
+    # Parenthesise anything with a top-level AND/OR in it (over-wrapping is harmless).
+    return f"({sql})" if " AND " in sql or " OR " in sql else sql
+
+
+def filter_sql(node: Node) -> tuple[str, list[Any]]:
+    """A parameterised boolean expression selecting the rows of table ``job`` whose ``doc``
+    matches `node` (a tree from filters.parse, whose limits keep the parameters well under
+    SQLite's 32,766)."""
+    fragment = _node_sql(node)
+    return fragment.sql, list(fragment.params)
+
+
+# --------------------------------------------------------------------------------------------
+# Ordering
+
+
+def _sort_expr(path: str) -> str:
+    if path in COLUMNS:
+        return COLUMNS[path]
+    check_path(path)
+    return f"json_extract(doc, '{json_path(path)}')"
+
+
+def order_by_sql(query: Query) -> str:
+    """``ORDER BY ...`` for the query; `id` always ends it so that paging is stable."""
+    order = query.orderby or [("created", False)]
+    if all(path != "id" for path, _ in order):
+        order = [*order, ("id", False)]
+    terms = [f"{_sort_expr(path)} {'DESC' if desc else 'ASC'}" for path, desc in order]
+    return "ORDER BY " + ", ".join(terms)
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregations
+
+_SCALAR_TYPES = "('text', 'integer', 'real', 'true', 'false')"
+_SQL_FUNCTIONS = {"value_count": "COUNT", "max": "MAX", "min": "MIN", "sum": "SUM", "avg": "AVG"}
+
+
+def _list_source(path: str) -> tuple[str, str, str]:
+    """FROM clause over the elements of a list path, and the (type, value) of an element."""
+    list_path, inner = list_split(path)
+    source = (
+        f"FROM hits, json_each(hits.doc, '{json_path(list_path)}') AS j "
+        "WHERE typeof(j.key) = 'integer'"
+    )
+    type_expr, value_expr = _element_exprs(inner or None)
+    return source, type_expr, value_expr
+
+
+def _metric(op: str, expr: str) -> str:
+    return f"{_SQL_FUNCTIONS[op]}({expr})"
+
+
+def aggregation_sql(op: str, path: str) -> str:
+    """One SELECT statement computing an aggregation over a relation named ``hits`` (the
+    searched rows of table ``job``, all columns); run it as
+    ``WITH hits AS (SELECT * FROM job WHERE <where>) <this>`` and hand every row it returns to
+    `aggregation_result`. terms rows are (json type, key, doc count); the others one (value,).
+    """
+    if op not in AGGREGATION_OPS:
+        raise QueryError(f"unknown aggregation '{op}'")
+    check_path(path)
+    where = json_path(path)
+    if path in schema.LIST_PATHS:
+        source, type_expr, value_expr = _list_source(path)
+        if op == "terms":
+            # a document counts once per distinct element; ids are unique among documents
+            return (
+                f"SELECT {type_expr} AS t, {value_expr} AS k, "
+                f"COUNT(DISTINCT json_extract(hits.doc, '$.\"id\"')) AS n {source} "
+                f"AND {type_expr} IN {_SCALAR_TYPES} GROUP BY t, k"
+            )
+        if op == "value_count":
+            return f"SELECT COUNT(*) {source} AND {type_expr} != 'null'"
+        raise QueryError(f"aggregation {op} does not work on the list '{path}'")
+    if path in COLUMNS:
+        column = COLUMNS[path]
+        json_type = "text" if schema.INDEXED[path] == "str" else "integer"
+        if op == "terms":
+            return (
+                f"SELECT '{json_type}' AS t, {column} AS k, COUNT(*) AS n FROM hits "
+                f"WHERE {column} IS NOT NULL GROUP BY k"
+            )
+        return f"SELECT {_metric(op, column)} FROM hits"
+    type_expr, value_expr = f"json_type(doc, '{where}')", f"json_extract(doc, '{where}')"
+    if op == "terms":
+        return (
+            f"SELECT {type_expr} AS t, {value_expr} AS k, COUNT(*) AS n FROM hits "
+            f"WHERE {type_expr} IN {_SCALAR_TYPES} GROUP BY t, k"
+        )
+    if op == "value_count":
+        return f"SELECT COUNT({value_expr}) FROM hits"
+    number = f"CASE WHEN {type_expr} IN ('integer', 'real') THEN {value_expr} END"
+    return f"SELECT {_metric(op, number)} FROM hits"
+
+
+def _bucket_key(json_type: str, key: object) -> object:
+    # SQLite reads a JSON true/false as 1/0: its JSON type tells them apart from numbers.
+    return json_type == "true" if json_type in ("true", "false") else key
+
+
+def aggregation_result(op: str, rows: Iterable[Sequence[Any]]) -> dict[str, Any]:
+    """The answer (query.terms_answer / metric_answer) for the rows of
+    `aggregation_sql(op, path)`."""
+    if op == "terms":
+        return terms_answer((_bucket_key(t, k), n) for t, k, n in rows)
+    found = [row[0] for row in rows]
+    return metric_answer(op, found[0] if found else None)
