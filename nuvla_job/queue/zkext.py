@@ -168,45 +168,59 @@ def _server_path(client: KazooClient, path: str) -> str:
 # -- persistent recursive watches ----------------------------------------------------------------
 
 
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
+class _Watchers:
+    """The recursive-watch callbacks of one client connection, by server path.
+
+    `routes` is an immutable snapshot rebuilt on every change, read by the connection's
+    reader without a lock: (root, root + "/", callbacks) for each watched path.
+    """
+
+    def __init__(self) -> None:
+        self.by_path: dict[str, tuple[WatchCallback, ...]] = {}
+        self.routes: tuple[tuple[str, str, tuple[WatchCallback, ...]], ...] = ()
+
+    def set(self, path: str, callbacks: tuple[WatchCallback, ...]) -> None:
+        if callbacks:
+            self.by_path[path] = callbacks
+        else:
+            self.by_path.pop(path, None)
+        self.routes = tuple(
+            (root, root.rstrip("/") + "/", cbs) for root, cbs in self.by_path.items()
+        )
 
 
-def _recursive_watchers(client: KazooClient) -> dict[str, list[WatchCallback]]:
-    """The client's recursive-watch callbacks by server path; hooks its connection once."""
+def _recursive_watchers(client: KazooClient) -> _Watchers:
+    """The client's recursive-watch callbacks; hooks its connection once."""
     _require_tested_kazoo()
     connection = client._connection
-    watchers: dict[str, list[WatchCallback]] | None = getattr(
-        connection, "_nuvla_recursive_watchers", None
-    )
+    watchers: _Watchers | None = getattr(connection, "_nuvla_recursive_watchers", None)
     if watchers is not None:
         return watchers
     if not hasattr(connection, "_read_watch_event"):
         raise UnsupportedKazoo("this kazoo version cannot be hooked for persistent watches")
-    registry: dict[str, list[WatchCallback]] = {}
+    registry = _Watchers()
     read_watch_event = connection._read_watch_event
 
     def read_watch_event_too(buffer: bytes, offset: int) -> Any:
-        if registry:
+        routes = registry.routes
+        if routes:
             watch, _ = Watch.deserialize(buffer, offset)
-            event_type = EVENT_TYPE_MAP.get(watch.type)
-            # The lists are replaced, never changed in place, so no lock is needed here.
+            path = watch.path
             callbacks = [
                 callback
-                for root, callbacks in list(registry.items())
-                if _under(watch.path, root)
+                for root, prefix, callbacks in routes
+                if path == root or path.startswith(prefix)
                 for callback in callbacks
             ]
+            event_type = EVENT_TYPE_MAP.get(watch.type)
             if event_type is not None and callbacks:
-                event = WatchedEvent(event_type, client.client_state, client.unchroot(watch.path))
+                event = WatchedEvent(event_type, client.client_state, client.unchroot(path))
                 for callback in callbacks:
                     try:
                         callback(event)
                     except Exception:  # never let it break kazoo's connection loop
-                        log.exception("error in the watch callback for %s", watch.path)
-                if watch.path not in client._data_watchers and (
-                    watch.path not in client._child_watchers
-                ):
+                        log.exception("error in the watch callback for %s", path)
+                if path not in client._data_watchers and path not in client._child_watchers:
                     return None  # no kazoo watch to fire: spare kazoo's own parsing
         return read_watch_event(buffer, offset)
 
@@ -224,9 +238,9 @@ def add_recursive_watch(client: KazooClient, path: str, callback: WatchCallback)
     """
     server_path = _server_path(client, path)
     registry = _recursive_watchers(client)
-    callbacks = registry.get(server_path, [])
+    callbacks = registry.by_path.get(server_path, ())
     if callback not in callbacks:
-        registry[server_path] = [*callbacks, callback]
+        registry.set(server_path, (*callbacks, callback))
     _send(client, _WatchRequest(_ADD_WATCH, server_path, _MODE_PERSISTENT_RECURSIVE)).get()
 
 
@@ -234,11 +248,10 @@ def remove_recursive_watch(client: KazooClient, path: str, callback: WatchCallba
     """Stop calling `callback`; the server watch goes when no callback is left on `path`."""
     server_path = _server_path(client, path)
     registry = _recursive_watchers(client)
-    callbacks = [cb for cb in registry.get(server_path, []) if cb != callback]
+    callbacks = tuple(cb for cb in registry.by_path.get(server_path, ()) if cb != callback)
+    registry.set(server_path, callbacks)
     if callbacks:
-        registry[server_path] = callbacks
         return
-    registry.pop(server_path, None)
     if not client.connected:
         return  # the watch went with the connection
     try:
