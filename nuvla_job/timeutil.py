@@ -6,8 +6,15 @@ from datetime import UTC, datetime
 
 
 def format_time(moment: datetime) -> str:
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """The stored form of an instant: UTC, millisecond precision, ``Z`` suffix (a naive
+    `moment` is taken as UTC; years below 1000 keep four digits)."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
+        f"{moment.microsecond // 1000:03d}Z"
+    )
 
 
 def now_iso() -> str:

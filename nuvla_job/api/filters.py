@@ -34,6 +34,7 @@ from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from nuvla_job.api import schema
+from nuvla_job.timeutil import format_time
 
 __all__ = [
     "FilterError",
@@ -51,7 +52,6 @@ __all__ = [
     "segments",
     "list_split",
     "normalize_date",
-    "format_date",
 ]
 
 OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "^=")
@@ -114,17 +114,6 @@ _ISO_DATE = re.compile(
 _DATE_MATH = re.compile(r"now(?:[+-]\d{1,9}[smhdwMy]|/[smhdwMy])*\Z")
 _DATE_MATH_OP = re.compile(r"([+-])(\d+)([smhdwMy])|/([smhdwMy])")
 _FIXED_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def format_date(moment: datetime) -> str:
-    """The stored form of an instant: UTC, millisecond precision, ``Z`` suffix."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
-        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
-        f"{moment.microsecond // 1000:03d}Z"
-    )
 
 
 def _parse_iso(text: str) -> datetime | None:
@@ -192,7 +181,7 @@ def _apply_date_math(text: str, now: datetime) -> str:
                 moment = _add_months(moment, n * 12 if unit == "y" else n)
     except (ValueError, OverflowError):
         raise FilterError(f"date math '{text}' gives a date out of range") from None
-    return format_date(moment)
+    return format_time(moment)
 
 
 def normalize_date(text: str, now: datetime | None = None) -> str:
@@ -206,7 +195,7 @@ def normalize_date(text: str, now: datetime | None = None) -> str:
         raise FilterError(
             f"invalid date '{text}': use ISO-8601 (2026-11-28T00:00:00Z) or date math (now-7d)"
         )
-    return format_date(moment)
+    return format_time(moment)
 
 
 def _utc(now: datetime | None) -> datetime:

@@ -254,6 +254,7 @@ def test_date_math_resolves_in_utc_and_defaults_to_the_clock():
         ("2026-11-28T23:30:00-0100", "2026-11-29T00:30:00.000Z"),
         ("2026-11-28T23:30:00-01", "2026-11-29T00:30:00.000Z"),
         ("2026-02", "2026-02-01T00:00:00.000Z"),
+        ("0005-01-01", "0005-01-01T00:00:00.000Z"),  # timeutil.format_time keeps 4 digits
     ],
 )
 def test_iso_dates_normalise(text, expected):
