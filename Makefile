@@ -62,10 +62,12 @@ test: test-deps venv
 faults: deps venv
 	$(VENV)/bin/python -m pytest tests/faults -m faults $(PYTEST_ARGS)
 
-# ruff; hadolint for the Dockerfile; the compose file against the compose-spec JSON schema
-# (vendored in check-jsonschema, so no network is needed).
+# ruff (lint and format), mypy (config in pyproject.toml); hadolint for the Dockerfile; the
+# compose file against the compose-spec JSON schema (vendored in check-jsonschema: no network).
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint --config .hadolint.yaml Dockerfile
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
