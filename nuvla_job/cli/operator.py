@@ -729,7 +729,9 @@ def run(argv: list[str]) -> int:
     logging.getLogger().addHandler(logging.NullHandler())
     try:
         result = cli.main(
-            args=expand_multi_values(argv, ("--zk-hosts",)), prog_name="job", standalone_mode=False
+            args=expand_multi_values(argv, ("--zk-hosts",), cli.commands),
+            prog_name="job",
+            standalone_mode=False,
         )
         return result if isinstance(result, int) else EXIT_OK
     except click.exceptions.Exit as exc:

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,12 +38,18 @@ LOG_FORMAT_CHOICE = click.Choice(LOG_FORMATS, case_sensitive=False)
 DEFAULT_API_URL = "http://127.0.0.1:8200"
 
 
-def expand_multi_values(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
-    """Turn ``--flag a b`` into ``--flag a --flag b`` for the given flags (upstream's form)."""
+def expand_multi_values(
+    argv: Sequence[str], flags: Sequence[str], commands: Collection[str] = ()
+) -> list[str]:
+    """Turn ``--flag a b`` into ``--flag a --flag b`` for the given flags (upstream's form).
+
+    A word in ``commands`` (a command group's subcommand names) ends the values, so that
+    ``job --zk-hosts h submit ...`` keeps ``submit`` as the subcommand.
+    """
     result: list[str] = []
     current: str | None = None
     for arg in argv:
-        if arg.startswith("-"):
+        if arg.startswith("-") or arg in commands:
             current = arg if arg in flags else None
             result.append(arg)
         elif current is not None and result[-1] != current:

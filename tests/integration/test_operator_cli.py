@@ -248,6 +248,13 @@ def test_queue_shows_depth_takers_and_oldest(cli: Cli, admin_api: Api, zk: Kazoo
     assert f"oldest entry: {taken}" in human.stdout
 
 
+def test_zk_hosts_before_the_subcommand(cli: Cli, zookeeper: ZooKeeperServer) -> None:
+    # Upstream's multi-value form (--zk-hosts a b) must stop at the subcommand's name.
+    result = cli("--zk-hosts", zookeeper.hosts, "queue", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["entries"] >= 0
+
+
 def test_queue_without_zookeeper_is_one_line(cli: Cli) -> None:
     assert_one_line_error(
         cli("--zk-hosts", "127.0.0.1:1", "--zk-timeout", "1", "queue"),

@@ -68,3 +68,17 @@ def test_jobs_carry_the_settings_they_are_given() -> None:
     api: Any = object()
     assert Job(api, {"id": "job/1"}, zookeeper=zookeeper).zookeeper is zookeeper
     assert Job(api, {"id": "job/1"}).zookeeper is None
+
+
+def test_multi_values_end_at_a_subcommand() -> None:
+    argv = ["--zk-hosts", "a:1", "b:2", "submit", "sleep", "--zk-hosts", "c:3"]
+    assert expand_multi_values(argv, ("--zk-hosts",), {"submit"}) == [
+        "--zk-hosts",
+        "a:1",
+        "--zk-hosts",
+        "b:2",
+        "submit",
+        "sleep",
+        "--zk-hosts",
+        "c:3",
+    ]
