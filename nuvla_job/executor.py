@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import gevent
@@ -24,10 +24,11 @@ from kazoo.protocol.states import KazooState
 from nuvla.api import Api
 
 from . import monitoring
-from .backoff import backoff_delay
+from .backoff import backoff_delay, jittered_backoff
 from .job import (
     SUPPORTED_VERSION,
     ApiUnavailable,
+    CredentialsRefused,
     Job,
     JobConflict,
     JobError,
@@ -81,6 +82,10 @@ TAKERS = 4
 NEWER_VERSION_DELAY = 5.0
 # Release delays after failed calls to the job API: doubled per failure in a row, up to the cap.
 API_RETRY_FIRST, API_RETRY_MAX = 0.5, 30.0
+# Waits between attempts to write an action's outcome (jittered): the action has run, so the
+# entry is kept and the write retried until it lands; the cap keeps the landing prompt once
+# the job API is back.
+OUTCOME_RETRY_FIRST, OUTCOME_RETRY_MAX = 0.2, 10.0
 
 
 class Executor:
@@ -325,8 +330,34 @@ class Executor:
         self._check_still_ours(run)
         self.middleware.after_action(run, raised)
         if raised is not None:
-            return self._write_exception(job, name, raised)
-        return self._write_return_code(job, name, return_code)
+            return self._write_outcome(run, lambda: self._write_exception(job, name, raised))
+        return self._write_outcome(run, lambda: self._write_return_code(job, name, return_code))
+
+    def _write_outcome(self, run: JobRun, write: Callable[[], Outcome]) -> Outcome:
+        """Write what the action ended in; when the job API cannot take it, keep the entry
+        and try again, with back-off, while the entry is ours.
+
+        The action has run: releasing the entry would run it again. The retries end when the
+        write lands, when the entry is lost (JobLost: the session ended) or when shutdown's
+        grace period ends (JobReleased: the entry goes back, as any running job's does).
+        """
+        failures = 0
+        while True:
+            try:
+                return write()
+            except (ApiUnavailable, CredentialsRefused) as exc:
+                failures += 1
+                delay = jittered_backoff(failures, OUTCOME_RETRY_FIRST, OUTCOME_RETRY_MAX)
+                log.warning(
+                    "%s: its outcome could not be written (%s): the entry is kept, "
+                    "write %d retried in %.1f s",
+                    run.job_id,
+                    exc,
+                    failures + 1,
+                    delay,
+                )
+            gevent.sleep(delay)
+            self._check_still_ours(run)
 
     def _write_exception(self, job: Job, name: str, exc: BaseException) -> Outcome:
         # The message is stored in the job, readable by its users: no secrets in it.

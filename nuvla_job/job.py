@@ -45,6 +45,11 @@ class JobConflict(JobError):
     """The job API refused the update (409): the job is final (e.g. cancelled meanwhile)."""
 
 
+class CredentialsRefused(JobError):
+    """The job API refused our credentials (401/403) even after the client logged in again
+    (an expired session whose new login failed, e.g. on a full disk)."""
+
+
 def _classify(exc: Exception, job_id: str) -> JobError:
     if isinstance(exc, NuvlaError) and exc.response is not None:
         status = exc.response.status_code
@@ -52,6 +57,8 @@ def _classify(exc: Exception, job_id: str) -> JobError:
             return JobNotFound(job_id)
         if status == 409:
             return JobConflict(f"{job_id}: {exc.reason}")
+        if status in (401, 403):
+            return CredentialsRefused(f"job API answered {status}: {exc.reason}")
         if status >= 500:
             return ApiUnavailable(f"job API answered {status}: {exc.reason}")
         return JobError(f"job API answered {status}: {exc.reason}")

@@ -54,9 +54,16 @@ class Verdict:
     still_queued: int = 0
     duplicate_executions: int = 0
     jobs_run_twice: list[str] = field(default_factory=list)
+    # False where the fault leaves every executor alive and holding its entries (the job
+    # API down, its disk full): then no action may run twice.
+    duplicates_allowed: bool = True
 
     def hard_failures(self) -> list[str]:
         problems = []
+        if not self.duplicates_allowed and self.jobs_run_twice:
+            problems.append(
+                f"duplicate executions: {self.duplicate_executions} e.g. {self.jobs_run_twice[:5]}"
+            )
         for name in (
             "lost",
             "not_success",
@@ -85,6 +92,7 @@ def check(
     executions: list[Execution],
     writer_of_pid: dict[int, str],
     abandoned_by_pid: dict[int, Counter[str]] | None = None,
+    duplicates_allowed: bool = True,
 ) -> Verdict:
     """Check the invariants.
 
@@ -96,8 +104,10 @@ def check(
     - the final state was written by the executor that ran the job last: an executor that
       lost its entry (frozen, cut off) must not write it (`updated-by` of a final job is
       its final writer, each executor has its own API key);
-    - duplicate executions (a job's action started more than once) are counted, not
-      refused: a frozen or killed executor's job is run again by design.
+    - duplicate executions (a job's action started more than once) are counted, and
+      refused only when ``duplicates_allowed`` is False: a frozen or killed executor's job
+      is run again by design, but a job whose executor lives is not (an outcome the job
+      API could not take is written again, the action is not run again).
 
     `writer_of_pid` maps each executor pid to the identity its API key acts as;
     `abandoned_by_pid` says which runs ended abandoned (no final write by design): they do
@@ -105,7 +115,7 @@ def check(
     a frozen executor resumes a job between its take and its action before it learns that
     its session has expired.
     """
-    verdict = Verdict(jobs=len(added))
+    verdict = Verdict(jobs=len(added), duplicates_allowed=duplicates_allowed)
     entries_of: dict[str, list[str]] = defaultdict(list)
     for name, data in entries.items():
         entries_of[data.decode("utf-8", "replace")].append(name)

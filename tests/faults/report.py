@@ -51,8 +51,12 @@ def write_doc(rows: list[Row], doc: Path = DOC) -> None:
     for row in rows:
         kept[row.number] = row.markdown()
     lines = [HEADER, *(kept[n] for n in sorted(kept))]
+    run = "Last full run"
+    if set(kept) - {row.number for row in rows}:
+        numbers = ", ".join(str(n) for n in sorted(row.number for row in rows))
+        run = f"Scenarios {numbers} re-run (the other rows are from an earlier full run)"
     stamp = (
-        f"Last full run: {time.strftime('%Y-%m-%d %H:%M')}, {platform.system()} "
+        f"{run}: {time.strftime('%Y-%m-%d %H:%M')}, {platform.system()} "
         f"{platform.machine()}, Python {platform.python_version()}."
     )
     doc.write_text(f"{before}{START}\n{chr(10).join(lines)}\n\n{stamp}\n{END}{after}", "utf-8")

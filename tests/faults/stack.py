@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -34,6 +35,8 @@ from tests.faults.invariants import (
 from tests.support import waiting
 
 EXECUTORS = ("a", "b")
+# The executor's warning when the job API did not take an outcome (nuvla_job/executor.py).
+_LATE_OUTCOME = re.compile(r"(job/[0-9a-f-]+): its outcome could not be written")
 CONCURRENCY = 100
 ADD_THREADS = 8
 # Share of short jobs (0-0.2 s); the others sleep 1-5 s.
@@ -273,6 +276,14 @@ class FaultStack:
         ]
         return min(times) if times else None
 
+    def outcomes_written_late(self) -> int:
+        """Jobs whose outcome an executor had to write again (the job API did not take it),
+        from the executors' logs (nuvla_job/executor.py's warning)."""
+        late = set()
+        for process in self.executors.values():
+            late.update(_LATE_OUTCOME.findall(process.log()))
+        return len(late)
+
     def final_count(self) -> int | None:
         """How many jobs are in a final state, None while the job API does not answer."""
         states = " or ".join(f"state='{s}'" for s in sorted(FINAL_STATES))
@@ -330,7 +341,7 @@ class FaultStack:
             client.close()
         return entries, taken
 
-    def verdict(self) -> Verdict:
+    def verdict(self, duplicates_allowed: bool = True) -> Verdict:
         """Stop the executors (taken nodes of a dead one expire), then check everything."""
         self.stop_executors()
         # A killed executor's taken nodes go when its session expires; what stays is stale.
@@ -338,4 +349,13 @@ class FaultStack:
         entries, taken = self.queue_snapshot()
         writers = {p.pid: self.identities[n] for n, p in self.executors.items()}
         abandoned = {p.pid: abandoned_jobs(p.log()) for p in self.executors.values()}
-        return check(self.added, self.jobs(), entries, taken, self.executions(), writers, abandoned)
+        return check(
+            self.added,
+            self.jobs(),
+            entries,
+            taken,
+            self.executions(),
+            writers,
+            abandoned,
+            duplicates_allowed=duplicates_allowed,
+        )

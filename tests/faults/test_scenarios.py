@@ -57,8 +57,13 @@ def conclude(
     scenario: str,
     faults: str,
     recover_s: float | None,
+    *,
+    duplicates_allowed: bool = True,
 ) -> None:
-    """Wait for the load to drain, check the invariants, add the row, fail on violations."""
+    """Wait for the load to drain, check the invariants, add the row, fail on violations.
+
+    ``duplicates_allowed``: False where no executor dies or loses its session, so that no
+    action may run twice."""
     if stack.target:
         stack.finish_load()
     if stack.refused:
@@ -66,7 +71,7 @@ def conclude(
         faults += f"; {len(stack.refused)} adds refused ({statuses}) and retried"
     # `>=`: a job the API refused but stored anyway is counted too (the checker finds it).
     poll(lambda: (stack.final_count() or 0) >= len(stack.added), 300, interval=0.5)
-    verdict = stack.verdict()
+    verdict = stack.verdict(duplicates_allowed)
     problems = verdict.hard_failures()
     if verdict.still_queued:
         problems.append(f"{verdict.still_queued} jobs never ran")
@@ -209,14 +214,17 @@ def test_job_api_down_and_back(
     resumed = wait_for(
         lambda: stack.first_start_after(back_at), 90, "a job started after the job API came back"
     )
-    # Jobs were released, not failed: the checker refuses any job that is not SUCCESS.
+    # Jobs were released, not failed: the checker refuses any job that is not SUCCESS; and
+    # none ran twice: an outcome the job API could not take was written again later.
     conclude(
         stack,
         fault_rows,
         4,
         "job API down, then back",
-        f"job API stopped for {API_OUTAGE:.0f} s",
+        f"job API stopped for {API_OUTAGE:.0f} s; "
+        f"{stack.outcomes_written_late()} outcomes written late",
         resumed - back_at,
+        duplicates_allowed=False,  # outcomes are written again, actions not run again
     )
 
 
@@ -320,8 +328,10 @@ def test_disk_full_under_the_job_api(
             fault_rows,
             7,
             "disk full under the job API",
-            f"database's file system filled ({len(refused.errors)} adds refused)",
+            f"database's file system filled ({len(refused.errors)} adds refused; "
+            f"{stack.outcomes_written_late()} outcomes written late)",
             recovered,
+            duplicates_allowed=False,  # outcomes are written again, actions not run again
         )
         # An add whose entry was made but not recorded (the disk filled in between) keeps
         # its "owed an entry" mark until the job API's recovery: it must clear the mark

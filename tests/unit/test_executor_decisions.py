@@ -21,7 +21,7 @@ from nuvla_job.job import SUPPORTED_VERSION
 from nuvla_job.middleware import JobRun, Middleware
 from nuvla_job.outcome import Decision, Outcome
 from nuvla_job.registry import ActionRegistry
-from tests.support.executor_doubles import FakeApi, FakeConsumer
+from tests.support.executor_doubles import FakeApi, FakeConsumer, api_error
 
 
 class Recorder(Middleware):
@@ -330,7 +330,6 @@ def test_unexpected_error_is_reported_and_consumed(
     assert "400" in str(error)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: the outcome write is retried, not the action")
 def test_outcome_write_failing_is_retried_without_running_the_action_again(
     api: FakeApi, consumer: FakeConsumer, executor: Executor, actions: ActionRegistry
 ) -> None:
@@ -339,6 +338,82 @@ def test_outcome_write_failing_is_retried_without_running_the_action_again(
     assert handle(executor, consumer, job_id) == Outcome.consume("SUCCESS")
     assert actions.get("ok").seen == ["RUNNING"]
     assert api.jobs[job_id]["state"] == "SUCCESS"
+
+
+@pytest.fixture
+def short_write_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outcome-write retries a few milliseconds apart (the real ones start at 0.2 s)."""
+    monkeypatch.setattr(executor_module, "OUTCOME_RETRY_FIRST", 0.005)
+    monkeypatch.setattr(executor_module, "OUTCOME_RETRY_MAX", 0.02)
+
+
+@pytest.mark.parametrize(
+    ("action", "state", "error"),
+    [
+        ("ok", "SUCCESS", requests.ConnectionError("refused")),
+        ("fails_3", "FAILED", 507),
+        ("raises", "FAILED", 500),
+        ("ok", "SUCCESS", 403),  # a session whose new login failed too
+        ("ok", "SUCCESS", 401),
+    ],
+)
+def test_outcome_write_is_retried_until_it_lands_and_the_entry_kept_meanwhile(
+    api: FakeApi,
+    consumer: FakeConsumer,
+    executor: Executor,
+    actions: ActionRegistry,
+    short_write_retries: None,
+    action: str,
+    state: str,
+    error: Any,
+) -> None:
+    job_id = api.add_job(action)
+    api.fail("edit", error, times=5, state=state)
+    assert handle(executor, consumer, job_id) == Outcome.consume(state)
+    assert api.jobs[job_id]["state"] == state
+    assert api.states_written(job_id) == ["RUNNING", state]  # written once, when it landed
+    assert consumed_only(consumer)
+    if action == "ok":
+        assert actions.get("ok").seen == ["RUNNING"]  # the action ran once
+
+
+def test_outcome_write_retries_end_when_the_entry_is_lost(
+    api: FakeApi, consumer: FakeConsumer, executor: Executor, short_write_retries: None
+) -> None:
+    job_id = api.add_job("ok")
+    api.fail("edit", 503, times=10**6, state="SUCCESS")
+    entry = consumer.take_now(job_id)
+    greenlet = gevent.spawn(executor.handle, entry)
+    wait_for(lambda: len(api.gets) == 1 and api.states_written(job_id) == ["RUNNING"])
+    gevent.sleep(0.05)  # a few retries
+    consumer.lose_session()
+    assert greenlet.get(timeout=5) == Outcome.lost()
+    assert not consumer.consumed and not consumer.released
+    assert api.jobs[job_id]["state"] == "RUNNING"
+
+
+def test_outcome_write_already_landed_is_not_written_twice(
+    api: FakeApi, consumer: FakeConsumer, executor: Executor, short_write_retries: None
+) -> None:
+    # The first write reached the job API but its answer was lost; the retry finds the job
+    # final (409) and the entry is consumed.
+    job_id = api.add_job("ok")
+    original = api.edit
+    lost_answers = [True]
+
+    def edit(job: str, data: dict[str, Any], select: str | None = None) -> Any:
+        answer = original(job, data, select)
+        if data.get("state") == "SUCCESS":
+            if lost_answers:
+                lost_answers.pop()
+                raise requests.ConnectionError("answer lost")
+            raise api_error(409)
+        return answer
+
+    api.edit = edit  # type: ignore[method-assign]
+    assert handle(executor, consumer, job_id) == Outcome.consume()
+    assert api.jobs[job_id]["state"] == "SUCCESS"
+    assert consumed_only(consumer)
 
 
 def test_entry_found_no_longer_ours_before_the_action_is_not_run(
@@ -436,6 +511,26 @@ def test_grace_period_over_releases_running_jobs(
     assert running.get(timeout=10) == 0
     assert [e.job_id for e in consumer.released] == [job_id] and not consumer.consumed
     assert api.states_written(job_id) == ["RUNNING"]
+
+
+def test_outcome_write_retries_last_through_the_grace_period_then_release(
+    api: FakeApi,
+    consumer: FakeConsumer,
+    executor: Executor,
+    running: gevent.Greenlet,
+    short_write_retries: None,
+) -> None:
+    executor.grace_period = 0.3
+    job_id = api.add_job("ok")
+    api.fail("edit", 503, times=10**6, state="SUCCESS")
+    consumer.put(job_id)
+    wait_for(lambda: api.states_written(job_id) == ["RUNNING"])
+    executor.stop()
+    started = gevent.get_hub().loop.now()
+    assert running.get(timeout=10) == 0
+    # Still retried after the stop request, until the grace period was over.
+    assert gevent.get_hub().loop.now() - started >= 0.25
+    assert [e.job_id for e in consumer.released] == [job_id] and not consumer.consumed
 
 
 def test_second_stop_releases_at_once(
