@@ -28,6 +28,7 @@ from .app import Settings, create_app
 from .draining import Draining
 from .identity import ADMIN_GROUP, Identities
 from .jobs import JobService, QueueUnavailable
+from .private_files import FILE_MODE, private_folder, tighten, tighten_fd
 from .request_headers import RequestHeaders
 from .store import StoreUrl, open_store, parse_store_url
 from .throttle import LoginLimits
@@ -199,9 +200,11 @@ def ensure_admin_key(identities: Identities, path: str, endpoint: str) -> bool:
         return False
     key, secret = identities.add_api_key(ADMIN_IDENTITY, [ADMIN_GROUP])
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Created with owner-only permissions from the first byte, not chmod-ed afterwards.
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    private_folder(target.parent)
+    # Created with owner-only permissions from the first byte, not chmod-ed afterwards; a
+    # file that existed keeps its mode through O_CREAT, so it is tightened before the write.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    tighten_fd(fd, target)
     with os.fdopen(fd, "w") as handle:
         json.dump({"endpoint": endpoint, "key": key, "secret": secret}, handle)
     log.info("created the admin API key %s; its secret is in %s", key, target)
@@ -219,7 +222,10 @@ class JobApiServer:
             ssl_args = {"ssl_context": tls_context(self.config.tls_cert, self.config.tls_key or "")}
         self.store = open_store(self.config.store_url)
         self.identities = Identities(self.store.identities)
-        ensure_admin_key(self.identities, self.config.admin_credentials, self.config.endpoint)
+        if not ensure_admin_key(
+            self.identities, self.config.admin_credentials, self.config.endpoint
+        ):
+            tighten(Path(self.config.admin_credentials))
         self.zk: KazooClient = make_client(
             self.config.zk_hosts, use_gevent=True, security=self.config.zk_security
         )

@@ -25,6 +25,7 @@ import orjson
 
 from . import query as cimi_query
 from . import sqlite_sql
+from .private_files import private_file, private_folder, tighten
 from .schema import ACL_RIGHTS
 from .store import Doc, DuplicateId, Principal, SessionRecord, StoreError
 
@@ -138,6 +139,17 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _private_database_files(path: Path) -> None:
+    """The database file owner-only before SQLite opens it: SQLite gives its -wal and -shm
+    files the database file's mode, and would create the file itself 0644."""
+    try:
+        private_file(path)
+        for suffix in ("-wal", "-shm", "-journal"):
+            tighten(Path(f"{path}{suffix}"))
+    except OSError as exc:
+        raise StoreError(f"cannot open database {path}: {exc.strerror or exc}") from None
+
+
 # An in-memory database (":memory:") is for tests of the store in one process: the server
 # refuses it (store.parse_store_url), as jobs must outlive it.
 _MEMORY = ":memory:"
@@ -151,11 +163,12 @@ class Database:
         if path != _MEMORY:
             folder = Path(path).parent
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                private_folder(folder)
             except OSError as exc:
                 raise StoreError(
                     f"cannot create the folder {folder} for the database: {exc.strerror or exc}"
                 ) from None
+            _private_database_files(Path(path))
         try:
             self._writer = _connect(path)
             # An in-memory database exists once per connection: share it.

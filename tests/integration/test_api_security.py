@@ -230,3 +230,60 @@ def test_throttled_client_gets_a_clear_engine_error(zookeeper: ZooKeeperServer) 
             executor.stop()
     finally:
         server.close()
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_files_the_server_creates_are_owner_only_whatever_the_umask(
+    zookeeper: ZooKeeperServer,
+) -> None:
+    # They hold argon2 hashes, session digests and job payloads. Under umask 0 SQLite would
+    # make the database and its -wal/-shm files 0666, and umask 022 leaves them world-readable.
+    server = JobApiProcess(zookeeper.hosts)
+    previous = os.umask(0)
+    try:
+        server.start()
+    finally:
+        os.umask(previous)
+    try:
+        add(server.admin_api(), "test_ok")  # a write: the WAL and its index exist now
+        files = [server.db, Path(f"{server.db}-wal"), Path(f"{server.db}-shm")]
+        files.append(server.credentials_path)
+        assert {str(f): _mode(f) for f in files} == {str(f): 0o600 for f in files}
+        # A user added with the CLI into a folder that does not exist yet: the same.
+        folder = server.base_dir / "new-folder"
+        result = subprocess.run(
+            [sys.executable, "-m", "nuvla_job.cli.api", "add-user", "bob", "--password", "x"]
+            + ["--db", str(folder / "jobs.sqlite")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            umask=0,
+        )
+        assert result.returncode == 0, result.stderr
+        assert _mode(folder) == 0o700
+        assert _mode(folder / "jobs.sqlite") == 0o600
+    finally:
+        server.close()
+
+
+def test_an_existing_world_readable_database_is_made_owner_only(
+    zookeeper: ZooKeeperServer,
+) -> None:
+    server = JobApiProcess(zookeeper.hosts)
+    try:
+        server.start()
+        server.stop()
+        for path in (server.db, server.credentials_path):
+            path.chmod(0o644)
+        server.start()
+        assert _mode(server.db) == 0o600
+        assert "made it readable by its owner only" in server.log_tail(200)
+    finally:
+        server.close()
