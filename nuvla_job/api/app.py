@@ -30,6 +30,14 @@ COOKIE = "com.sixsq.nuvla.cookie"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 
 
+# Methods that change something: a browser sends some of them from any page without asking
+# the server first (a "simple" POST), with the session cookie when the page is same-site.
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+# What browsers say in Sec-Fetch-Site of a request made by a page of another origin.
+_OTHER_SITES = frozenset({"cross-site", "same-site"})
+_JSON = "application/json"
+
+
 @dataclass
 class Settings:
     trust_authn_header: bool = False
@@ -37,6 +45,9 @@ class Settings:
     max_body: int = DEFAULT_MAX_BODY
     login_limits: LoginLimits = field(default_factory=LoginLimits)
     metrics: bool = True  # GET /metrics (unauthenticated, like /api/health) and counting
+    # Where clients reach the API (scheme://host[:port][/prefix]): the cloud entry point's
+    # base-uri. Never read from the request's Host header, which the client chooses.
+    public_url: str = ""
 
 
 def _send(resp: falcon.Response, status: int, body: Any) -> None:
@@ -69,15 +80,35 @@ class Context:
         return ANONYMOUS
 
     def body(self, req: falcon.Request) -> bytes:
+        """The request body, whole: sized by Content-Length or chunked, at most max_body."""
         limit = self.settings.max_body
-        if req.content_length is not None and req.content_length > limit:
-            raise ApiError(413, f"request body larger than {limit} bytes")
-        data = req.bounded_stream.read(limit + 1)
+        too_large = ApiError(413, f"request body larger than {limit} bytes", close=True)
+        length = req.content_length
+        if length is not None and length > limit:
+            raise too_large
+        chunked = length is None and _chunked(req)
+        if length is None and not chunked:
+            return b""
+        try:
+            # A chunked body says its length only at its end: read it in pieces.
+            data = _read(req.stream, limit + 1) if chunked else req.bounded_stream.read(limit)
+        except TimeoutError:
+            raise ApiError(408, "the request body did not arrive in time", close=True) from None
+        except OSError:  # gevent's end of input before the length said, or a bad chunk
+            if chunked:
+                raise ApiError(400, "malformed chunked request body", close=True) from None
+            raise ApiError(
+                400, "the request body is shorter than its Content-Length", close=True
+            ) from None
         if len(data) > limit:
-            raise ApiError(413, f"request body larger than {limit} bytes")
+            raise too_large
         return data
 
     def json(self, req: falcon.Request) -> Any:
+        """The JSON body ({} when there is none); it needs the JSON content type, so that
+        no page can send one the way an HTML form does."""
+        if _has_body(req) and _media_type(req) != _JSON:
+            raise ApiError(415, f"a JSON body needs the header Content-Type: {_JSON}", close=True)
         data = self.body(req)
         if not data.strip():
             return {}
@@ -108,10 +139,52 @@ class Context:
             raise bad_request(str(exc)) from None
 
 
+def _chunked(req: falcon.Request) -> bool:
+    return "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
+
+
+def _has_body(req: falcon.Request) -> bool:
+    return bool(req.content_length) or _chunked(req)
+
+
+def _media_type(req: falcon.Request) -> str:
+    """The content type without its parameters (``; charset=utf-8``), lower case."""
+    return (req.content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _read(stream: Any, most: int) -> bytes:
+    """Up to `most` bytes of a stream, read until its end."""
+    parts, size = [], 0
+    while size < most:
+        part = stream.read(min(65536, most - size))
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
+class OtherSites:
+    """Falcon middleware: refuses changes requested by pages of other sites.
+
+    A browser marks each request with the origin of the page that made it (Sec-Fetch-Site).
+    The API's own dashboard is same-origin; engine clients send no such header. Pages of
+    other sites, a same-site page on another port included, may not change anything, even
+    with a body-less POST, which needs no content type and so passes the JSON check.
+    """
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.method in _UNSAFE_METHODS:
+            site = (req.get_header("Sec-Fetch-Site") or "").strip().lower()
+            if site in _OTHER_SITES:
+                raise ApiError(403, "requests from other sites are refused", close=True)
+
+
 class CloudEntryPoint:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.created = now_iso()
+        self.base_uri = f"{ctx.settings.public_url.rstrip('/')}/api/"
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         _send(
@@ -120,7 +193,7 @@ class CloudEntryPoint:
             {
                 "id": "cloud-entry-point",
                 "resource-type": "cloud-entry-point",
-                "base-uri": f"{req.prefix}/api/",
+                "base-uri": self.base_uri,
                 "created": self.created,
                 "updated": self.created,
                 "collections": {"job": {"href": "job"}, "session": {"href": "session"}},
@@ -334,6 +407,8 @@ def _api_error(
     req: falcon.Request, resp: falcon.Response, exc: ApiError, params: dict[str, Any]
 ) -> None:
     _send(resp, exc.status, exc.body())
+    if exc.close:
+        resp.set_header("Connection", "close")
 
 
 def _store_error(
@@ -372,7 +447,7 @@ def create_app(
 ) -> falcon.App:
     """The WSGI application serving the job API under ``/api``."""
     ctx = Context(jobs, identities, settings or Settings())
-    app = falcon.App(cors_enable=False)
+    app = falcon.App(cors_enable=False, middleware=[OtherSites()])
     app.req_options.auto_parse_form_urlencoded = False
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/api/cloud-entry-point", CloudEntryPoint(ctx))

@@ -6,11 +6,16 @@ from __future__ import annotations
 class ApiError(Exception):
     """A request that cannot be served; becomes ``{"status", "message", "resource-id"}``."""
 
-    def __init__(self, status: int, message: str, resource_id: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, resource_id: str | None = None, close: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.resource_id = resource_id
+        # The request was not read to its end (a body refused half-way): the connection
+        # cannot carry another request.
+        self.close = close
 
     def body(self) -> dict:
         body: dict = {"status": self.status, "message": self.message}

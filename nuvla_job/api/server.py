@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import gevent
 import gevent.event
@@ -176,6 +177,7 @@ class ServerConfig:
     login_backoff: float = LoginLimits.backoff
     login_window: float = LoginLimits.window
     metrics: bool = True
+    public_url: str = ""  # the base URI clients are told (check_public_url); "": endpoint
 
     def resolved(self) -> ServerConfig:
         """The defaults filled in; StoreUrlError when `db` names no store."""
@@ -192,6 +194,21 @@ class ServerConfig:
     def endpoint(self) -> str:
         scheme = "https" if self.tls_cert else "http"
         return f"{scheme}://{self.host}:{self.port}"
+
+
+def check_public_url(value: str) -> str:
+    """A public URL (``https://host[:port][/prefix]``) without its trailing slash; ValueError
+    with a message for a usage error otherwise."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"'{value}' is not an http:// or https:// URL with a host")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"'{value}' must have no user, query or fragment")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError(f"'{value}' has an invalid port") from None
+    return value.strip().rstrip("/")
 
 
 def ensure_admin_key(identities: Identities, path: str, endpoint: str) -> bool:
@@ -236,6 +253,7 @@ class JobApiServer:
             secure_cookie=bool(self.config.tls_cert),
             max_body=self.config.max_body,
             metrics=self.config.metrics,
+            public_url=self.config.public_url or self.config.endpoint,
             login_limits=LoginLimits(
                 max_failures=self.config.login_max_failures,
                 max_failures_per_address=self.config.login_max_failures_per_address,

@@ -42,6 +42,17 @@ def _check_db(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return value
 
 
+def _check_public_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    from ..api.server import check_public_url
+
+    if not value:
+        return ""
+    try:
+        return check_public_url(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 db_option = click.option(
     "--db",
     default=None,
@@ -159,6 +170,15 @@ def main() -> None:
     envvar="JOB_API_METRICS",
     help="Serve Prometheus metrics at /metrics on the API's port (no login "
     "needed: they hold counts and route templates, no ids or names).",
+)
+@click.option(
+    "--public-url",
+    default=None,
+    envvar="JOB_API_PUBLIC_URL",
+    callback=_check_public_url,
+    help="Where clients reach this API (https://jobs.example.org, with a path prefix "
+    "behind a proxy): the base-uri of the cloud entry point [default: the listening "
+    "address].",
 )
 @click.option(
     "-l", "--log-level", default="INFO", type=LOG_LEVELS, envvar="JOB_LOG_LEVEL", show_default=True
