@@ -57,8 +57,9 @@ test-deps:
 test: test-deps venv
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-# The fault-injection suite: seven scenarios of 1,000 jobs each (docs/reliability.md, which
-# it rewrites with the table of the run). `make test` runs only its quick subset.
+# The fault-injection suite: seven scenarios of 1,000 jobs each (docs/reliability.md). The
+# table goes to build/faults/table.md; FAULTS_PUBLISH=1 also rewrites the one in
+# docs/reliability.md. `make test` runs only its quick subset.
 faults: deps venv
 	$(VENV)/bin/python -m pytest tests/faults -m faults $(PYTEST_ARGS)
 

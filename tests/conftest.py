@@ -12,7 +12,7 @@ from nuvla.api import Api
 
 from nuvla_job.zk import make_client
 from tests.support.jobapi import JobApiProcess
-from tests.support.processes import EngineProcess, executor_process
+from tests.support.processes import EngineProcess, executor_process, serving_on_free_port
 from tests.support.zookeeper import ZooKeeperServer
 
 # Trees owned by the engine; wiped before each test that uses `zk`.
@@ -117,18 +117,44 @@ def admin_api(job_api: JobApiProcess, zookeeper: ZooKeeperServer) -> Api:
     return job_api.admin_api()
 
 
+@pytest.fixture(autouse=True)
+def _engine_processes_closed() -> Iterator[None]:
+    """After each test, every engine process it started is stopped and its folder removed
+    (a test may read a stopped process's log until then)."""
+    yield
+    EngineProcess.close_all()
+
+
 @pytest.fixture
 def start_executor(
     zookeeper: ZooKeeperServer, job_api: JobApiProcess, zk: KazooClient
 ) -> Iterator[Callable[..., EngineProcess]]:
-    """Start executor processes on the test stack (test actions loaded); stopped after."""
+    """Start executor processes on the test stack (test actions loaded); stopped after.
+
+    ``metrics=True``: it serves its metrics on a free port, its ``port``.
+    """
     started: list[EngineProcess] = []
 
-    def start(*extra: str, env: dict[str, str] | None = None) -> EngineProcess:
-        process = executor_process(
-            zookeeper.hosts, job_api.endpoint, str(job_api.credentials_path), *extra, env=env
-        )
-        started.append(process.start())
+    def start(
+        *extra: str, env: dict[str, str] | None = None, metrics: bool = False
+    ) -> EngineProcess:
+        def make(*more: str) -> EngineProcess:
+            process = executor_process(
+                zookeeper.hosts,
+                job_api.endpoint,
+                str(job_api.credentials_path),
+                *extra,
+                *more,
+                env=env,
+            )
+            started.append(process.start())
+            return process
+
+        if metrics:
+            return serving_on_free_port(
+                lambda port: make("--metrics-port", str(port)), "running up to"
+            )
+        process = make()
         process.wait_for_log("running up to")
         return process
 

@@ -141,7 +141,7 @@ def main(jobs: int, seconds: float, concurrency: int, failing: float) -> None:
     finally:
         with console.status("stopping"):
             if executor is not None:
-                executor.stop()
+                executor.close()
             if job_api is not None:
                 job_api.close()
             zookeeper.close()

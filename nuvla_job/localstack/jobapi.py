@@ -24,7 +24,11 @@ from nuvla.api import Api
 
 from .lifecycle import Service
 from .ports import free_port
-from .processes import child_env, stop_process
+from .processes import ADDRESS_IN_USE, BIND_ATTEMPTS, child_env, stop_process
+
+
+class BindFailed(RuntimeError):
+    """The server exited because its port was taken."""
 
 
 class JobApiProcess(Service):
@@ -53,6 +57,7 @@ class JobApiProcess(Service):
         self.log_path = self.base_dir / "job-api.log"
         self.port = free_port(self.host)
         self._process: subprocess.Popen[bytes] | None = None
+        self._starts = 0
 
     @property
     def tls(self) -> bool:
@@ -84,9 +89,31 @@ class JobApiProcess(Service):
         ]
 
     def start(self, wait_queue: bool = True) -> None:
-        """Start and wait until it answers (and, by default, is connected to ZooKeeper)."""
+        """Start and wait until it answers (and, by default, is connected to ZooKeeper).
+
+        The port from free_port() may be taken by another process before the server binds
+        it: on its first start the server then moves to another port (at most
+        BIND_ATTEMPTS tries), as ZooKeeperServer does; a restart keeps its port, which
+        clients already know.
+        """
         if self.pid:
             return
+        attempts = 1 if self._starts else BIND_ATTEMPTS
+        for attempt in range(attempts):
+            try:
+                self._spawn()
+                self._wait_ready()
+            except BindFailed:
+                if attempt + 1 < attempts:
+                    self.port = free_port(self.host)
+                    continue
+                raise
+            break
+        self._starts += 1
+        if wait_queue:
+            self.wait_queue_connected(self.start_timeout)
+
+    def _spawn(self) -> None:
         env = child_env(self.env, this_copy=self.this_copy)
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
@@ -97,9 +124,6 @@ class JobApiProcess(Service):
                 cwd=self.base_dir,
                 env=env,
             )
-        self._wait_ready()
-        if wait_queue:
-            self.wait_queue_connected(self.start_timeout)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -107,15 +131,14 @@ class JobApiProcess(Service):
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise RuntimeError(
-                    f"job API exited with {self._process.returncode}:\n{self.log_tail()}"
-                )
+                failure = BindFailed if ADDRESS_IN_USE in self.log_tail(5) else RuntimeError
+                raise failure(f"job API exited with {self._process.returncode}:\n{self.log_tail()}")
             try:
                 # A test certificate is self-signed: nothing to verify it against.
                 if requests.get(url, timeout=1, verify=not self.tls).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except requests.RequestException:
+                pass  # not up yet; or another process holds the port (then ours exits)
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(

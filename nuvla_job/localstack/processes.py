@@ -3,14 +3,18 @@ by pid."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from .ports import free_port
 
 # The directory holding the nuvla_job package: a source checkout (tests, `make run`), or
 # site-packages when installed.
@@ -55,7 +59,14 @@ class EngineProcess:
     """`python -m <module> <args>` with its output in a log file; stopped by pid.
 
     ``program``: run this command instead of the module (e.g. an installed console script).
+    Each has a temporary folder (its working directory and log), removed by :meth:`close`;
+    :meth:`close_all` closes every one not closed yet (the tests call it after each test,
+    and it runs at exit), so a caller may read the log after :meth:`stop`.
     """
+
+    _open: set[EngineProcess] = set()
+    # The port it serves on, when started by serving_on_free_port().
+    port: int | None = None
 
     def __init__(
         self,
@@ -72,6 +83,7 @@ class EngineProcess:
         self.dir = Path(tempfile.mkdtemp(prefix="engine-"))
         self.log_path = self.dir / "process.log"
         self._process: subprocess.Popen[bytes] | None = None
+        EngineProcess._open.add(self)
 
     def start(self) -> EngineProcess:
         env = child_env(self.env, this_copy=self.this_copy)
@@ -91,6 +103,10 @@ class EngineProcess:
         assert self._process is not None
         return self._process.pid
 
+    @property
+    def exited(self) -> bool:
+        return self._process is not None and self._process.poll() is not None
+
     def signal(self, sig: int) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(sig)
@@ -109,6 +125,17 @@ class EngineProcess:
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop it (if running) and remove its folder, log included."""
+        self.stop(timeout)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        EngineProcess._open.discard(self)
+
+    @classmethod
+    def close_all(cls) -> None:
+        for process in list(cls._open):
+            process.close()
 
     def log(self) -> str:
         try:
@@ -130,6 +157,37 @@ class EngineProcess:
                     f"{text!r} not logged within {timeout} s:\n{self.log()[-3000:]}"
                 )
             time.sleep(0.05)
+
+
+atexit.register(EngineProcess.close_all)
+
+# How many ports serving_on_free_port() tries, and a server's report of a lost race for one.
+BIND_ATTEMPTS = 3
+ADDRESS_IN_USE = "Address already in use"
+
+
+def serving_on_free_port(
+    start: Callable[[int], EngineProcess], ready: str, attempts: int = BIND_ATTEMPTS
+) -> EngineProcess:
+    """``start(port)`` a process that serves on a port from free_port(), and wait until it
+    logs ``ready``; its ``port`` is set.
+
+    Another process may take the port between free_port() and the child's bind: the child
+    then exits reporting "Address already in use", and another port is tried.
+    """
+    while True:
+        attempts -= 1
+        port = free_port()
+        process = start(port)
+        try:
+            process.wait_for_log(ready)
+        except AssertionError:
+            if attempts > 0 and process.exited and ADDRESS_IN_USE in process.log():
+                process.close()
+                continue
+            raise
+        process.port = port
+        return process
 
 
 def executor_process(

@@ -1,6 +1,7 @@
 """A real full disk under the job API's database: a small tmpfs, filled up by a filler file.
 
-Mounting needs root (CAP_SYS_ADMIN); elsewhere the scenario is skipped with the reason.
+Mounting needs root (CAP_SYS_ADMIN); elsewhere the scenario is skipped with the reason (a
+failure under CI) and its row of the table is marked "not run".
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from tests.support.jobapi import JobApiProcess
 from tests.support.waiting import wait_for
 
 WAIT = 15.0
+TIMEOUT = 10.0  # each request's
 ENDPOINTS = ("queue", "executors", "leaders")
 
 
@@ -36,6 +37,7 @@ def login_key(api: JobApiProcess) -> requests.Session:
                 "secret": creds["secret"],
             }
         },
+        timeout=TIMEOUT,
     )
     assert response.status_code == 201, response.text
     return session
@@ -50,7 +52,7 @@ def admin(job_api: JobApiProcess, zk: KazooClient) -> requests.Session:
 
 
 def get(session: requests.Session, api: JobApiProcess, name: str) -> dict[str, Any]:
-    response = session.get(f"{api.endpoint}/api/dashboard/{name}")
+    response = session.get(f"{api.endpoint}/api/dashboard/{name}", timeout=TIMEOUT)
     assert response.status_code == 200, response.text
     assert response.headers["Cache-Control"] == "no-store"
     return response.json()
@@ -61,7 +63,7 @@ def get(session: requests.Session, api: JobApiProcess, name: str) -> dict[str, A
 
 @pytest.mark.parametrize("name", ENDPOINTS)
 def test_anonymous_gets_401(job_api: JobApiProcess, name: str) -> None:
-    response = requests.get(f"{job_api.endpoint}/api/dashboard/{name}")
+    response = requests.get(f"{job_api.endpoint}/api/dashboard/{name}", timeout=TIMEOUT)
     assert response.status_code == 401
     assert "POST /api/session" in response.json()["message"]
 
@@ -79,10 +81,11 @@ def test_other_users_get_403_and_admins_200(job_api: JobApiProcess, admin) -> No
                 "password": "pw-Secret-1",
             }
         },
+        timeout=TIMEOUT,
     )
     assert response.status_code == 201, response.text
     for name in ENDPOINTS:
-        response = user.get(f"{job_api.endpoint}/api/dashboard/{name}")
+        response = user.get(f"{job_api.endpoint}/api/dashboard/{name}", timeout=TIMEOUT)
         assert response.status_code == 403, (name, response.text)
         assert "administrators" in response.json()["message"]
         get(admin, job_api, name)
@@ -205,21 +208,21 @@ def test_leaders_read_kazoo_elections(
 
 
 def test_page_and_its_files_come_from_this_server(job_api: JobApiProcess) -> None:
-    page = requests.get(f"{job_api.endpoint}/dashboard")
+    page = requests.get(f"{job_api.endpoint}/dashboard", timeout=TIMEOUT)
     assert page.status_code == 200
     assert page.headers["Content-Type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
     links = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     assert links and all(link.startswith(("/", "data:")) for link in links), links
     for link in (x for x in links if x.startswith("/")):
-        response = requests.get(f"{job_api.endpoint}{link}")
+        response = requests.get(f"{job_api.endpoint}{link}", timeout=TIMEOUT)
         assert response.status_code == 200, link
         assert response.content == (STATIC_DIR / link.rsplit("/", 1)[1]).read_bytes()
     # Nothing in the page's code loads from another host (the SVG namespace is no URL).
     for path in STATIC_DIR.iterdir():
         urls = re.findall(r"https?://[^\s\"'`)]+", path.read_text())
         assert urls in ([], ["http://www.w3.org/2000/svg"]), (path.name, urls)
-    missing = requests.get(f"{job_api.endpoint}/dashboard/static/nope.js")
+    missing = requests.get(f"{job_api.endpoint}/dashboard/static/nope.js", timeout=TIMEOUT)
     assert missing.status_code == 404
 
 

@@ -29,17 +29,11 @@ from nuvla.api import Api
 from nuvla_job.presence import ROOT
 from tests.conftest import wipe
 from tests.support.jobapi import JobApiProcess
+from tests.support.needs import require
 
 WIDTH, HEIGHT = 1400, 1000
 WAIT = 30.0
 ENTRIES_RGB = (0x2F, 0x6F, 0xDE)  # the chart's entries line (style.css --entries)
-
-
-def _require(condition: bool, reason: str) -> None:
-    if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI installs it: see .ci/run)")
-        pytest.skip(reason)
 
 
 @pytest.fixture
@@ -50,10 +44,10 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         from selenium.webdriver.chrome.service import Service
     except ImportError:
         webdriver = None
-    _require(webdriver is not None, "selenium is not installed (pip install -e '.[test]')")
+    require(webdriver is not None, "selenium is not installed (pip install -e '.[test]')")
     chromium = shutil.which("chromium")
     driver_path = shutil.which("chromedriver")
-    _require(
+    require(
         bool(chromium and driver_path), "Debian's chromium and chromium-driver are not installed"
     )
     options = webdriver.ChromeOptions()
@@ -73,7 +67,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
             service=Service(driver_path, log_output=str(tmp_path / "driver.log")), options=options
         )
     except WebDriverException as exc:
-        _require(False, f"headless chromium cannot start here: {exc.msg}")
+        require(False, f"headless chromium cannot start here: {exc.msg}")
     try:
         yield driver
     finally:

@@ -14,8 +14,7 @@ from nuvla.api import Api
 
 from nuvla_job import queue
 from tests.support.jobapi import JobApiProcess
-from tests.support.ports import free_port
-from tests.support.processes import executor_process
+from tests.support.processes import executor_process, serving_on_free_port
 from tests.support.waiting import wait_for
 from tests.support.zkproxy import SessionNotingProxy
 
@@ -368,19 +367,20 @@ def test_session_loss_of_a_live_executor_kills_its_running_actions(
     from tests.integration.test_metrics import scrape, value
 
     runs, gate = tmp_path / "runs.log", tmp_path / "gate"
-    port = free_port()
     with SessionNotingProxy(zookeeper.hosts) as proxy:
-        process = executor_process(
-            proxy.hosts,
-            job_api.endpoint,
-            str(job_api.credentials_path),
-            "--concurrency",
-            "4",
-            "--metrics-port",
-            str(port),
-        ).start()
+        process = serving_on_free_port(
+            lambda port: executor_process(
+                proxy.hosts,
+                job_api.endpoint,
+                str(job_api.credentials_path),
+                "--concurrency",
+                "4",
+                "--metrics-port",
+                str(port),
+            ).start(),
+            "running up to",
+        )
         try:
-            process.wait_for_log("running up to")
             payload = json.dumps({"gate": str(gate), "log": str(runs), "timeout": 120})
             jobs = [add(admin_api, "test_gated", payload=payload) for _ in range(2)]
 
@@ -391,7 +391,7 @@ def test_session_loss_of_a_live_executor_kills_its_running_actions(
             wait_for(lambda: len(marks()) == 2, "both actions running")
             zk_factory(client_id=proxy.session()).stop()  # joins the session and closes it
             process.wait_for_log("ZooKeeper session lost: stopping 2 job(s) held by it")
-            url = f"http://127.0.0.1:{port}/metrics"
+            url = f"http://127.0.0.1:{process.port}/metrics"
             jobs_total = "nuvla_job_jobs_processed_total"
             wait_for(
                 lambda: value(scrape(url), jobs_total, action="test_gated", outcome="lost") == 2,

@@ -19,10 +19,9 @@ from nuvla.api import Api, NuvlaError
 from prometheus_client.parser import text_string_to_metric_families
 
 from nuvla_job import queue
-from nuvla_job.localstack.ports import free_port
 from nuvla_job.localstack.processes import REPO, TEST_ACTIONS
 from tests.support.jobapi import JobApiProcess
-from tests.support.processes import EngineProcess
+from tests.support.processes import EngineProcess, serving_on_free_port
 from tests.support.zookeeper import ZooKeeperServer
 
 Samples = dict[tuple[str, frozenset], float]
@@ -69,9 +68,8 @@ def add(api: Api, action: str, **attrs) -> str:
 def test_executor_metrics_follow_a_run(
     admin_api: Api, zk: KazooClient, start_executor, tmp_path: Path
 ) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/metrics"
-    start_executor("--concurrency", "2", "--metrics-port", str(port))
+    process = start_executor("--concurrency", "2", metrics=True)
+    url = f"http://127.0.0.1:{process.port}/metrics"
     jobs = "nuvla_job_jobs_processed_total"
 
     assert value(scrape(url), "nuvla_job_zookeeper_connected") == 1
@@ -125,8 +123,7 @@ def test_executor_metrics_follow_a_run(
 
 
 def test_metrics_endpoint_answers_only_metrics(start_executor) -> None:
-    port = free_port()
-    start_executor("--metrics-port", str(port))
+    port = start_executor(metrics=True).port
     assert requests.get(f"http://127.0.0.1:{port}/other", timeout=5).status_code == 404
     assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
 
@@ -171,7 +168,8 @@ def start_distributor(
 ) -> Iterator[Callable[..., EngineProcess]]:
     started: list[EngineProcess] = []
 
-    def start(name: str, port: int) -> EngineProcess:
+    def start(name: str) -> EngineProcess:
+        """A distributor serving its metrics on a free port (its ``port``)."""
         # One tick an hour: elected, but creating no jobs during the test.
         args = [
             "--zk-hosts",
@@ -191,11 +189,15 @@ def start_distributor(
             "--distribution-interval",
             "tick:3600",
         ]
-        process = EngineProcess(
-            "nuvla_job.cli.distributor", args, env={"JOB_METRICS_PORT": str(port)}
-        )
-        started.append(process.start())
-        return process
+
+        def make(port: int) -> EngineProcess:
+            process = EngineProcess(
+                "nuvla_job.cli.distributor", args, env={"JOB_METRICS_PORT": str(port)}
+            )
+            started.append(process.start())
+            return process
+
+        return serving_on_free_port(make, "Prometheus metrics on")
 
     yield start
     for process in started:
@@ -203,9 +205,8 @@ def start_distributor(
 
 
 def test_leadership_per_distribution(start_distributor) -> None:
-    ports = {"metrics-a": free_port(), "metrics-b": free_port()}
-    processes = {name: start_distributor(name, port) for name, port in ports.items()}
-    urls = {name: f"http://127.0.0.1:{port}/metrics" for name, port in ports.items()}
+    processes = {name: start_distributor(name) for name in ("metrics-a", "metrics-b")}
+    urls = {name: f"http://127.0.0.1:{p.port}/metrics" for name, p in processes.items()}
 
     def leader(name: str) -> float | None:
         try:

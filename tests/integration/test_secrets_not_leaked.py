@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from kazoo.client import KazooClient
 
 from nuvla_job.localstack.processes import TEST_ACTIONS
@@ -84,7 +85,7 @@ def _wait_for(condition, what: str, timeout: float = 60.0) -> None:
 
 
 def test_no_secret_in_logs_errors_sentry_or_process_listing(
-    zookeeper: ZooKeeperServer, zk: KazooClient, tmp_path: Path
+    zookeeper: ZooKeeperServer, zk: KazooClient, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     actions = tmp_path / "actions"
     actions.mkdir()
@@ -100,6 +101,8 @@ def test_no_secret_in_logs_errors_sentry_or_process_listing(
     server = JobApiProcess(
         zookeeper.hosts, env={"JOB_API_TLS_CERT": str(cert), "JOB_API_TLS_KEY": str(key)}
     )
+    # Its folder (TLS key, database, log) goes after the test, once its log has been read.
+    request.addfinalizer(server.close)
     processes: list[EngineProcess] = []
     try:
         server.start()

@@ -1,3 +1,7 @@
 """Tests use the package's engine-process launcher (see nuvla_job/localstack/processes.py)."""
 
-from nuvla_job.localstack.processes import EngineProcess, executor_process  # noqa: F401
+from nuvla_job.localstack.processes import (  # noqa: F401
+    EngineProcess,
+    executor_process,
+    serving_on_free_port,
+)

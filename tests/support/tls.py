@@ -6,13 +6,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.support.needs import require
 
 
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     """Write cert.pem and key.pem (valid for IP 127.0.0.1 and localhost) into ``directory``."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make a test certificate")
+    require(shutil.which("openssl"), "the openssl command is needed to make a test certificate")
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
         [
