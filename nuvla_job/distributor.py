@@ -78,15 +78,19 @@ def select(
     intervals: Iterable[str] = (),
 ) -> list[Distribution]:
     """The distributions to run: ``include`` (all when empty) minus ``exclude``, with the
-    ``name:seconds`` overrides of ``intervals`` applied.
+    ``name:seconds`` overrides of ``intervals`` applied. A distribution is named by its own
+    name or by its election's (upstream's interval option matches the latter, its exclude
+    option the former: both work for both here).
 
     Raises :class:`SelectionError` for an unknown name or a bad ``name:seconds``.
     """
+    by_name = {alias: d.name for d in known.values() for alias in d.names}
 
-    def check(name: str, option: str) -> None:
-        if name not in known:
-            listed = ", ".join(sorted(known)) or "none are registered"
+    def check(name: str, option: str) -> str:
+        if name not in by_name:
+            listed = ", ".join(sorted(by_name)) or "none are registered"
             raise SelectionError(option, f"no distribution named '{name}' (known: {listed})")
+        return by_name[name]
 
     overrides: dict[str, int] = {}
     for spec in _names(intervals):
@@ -94,7 +98,7 @@ def select(
         name, colon, seconds = spec.rpartition(":")
         if not colon or not name:
             raise SelectionError(option, f"'{spec}' is not NAME:SECONDS")
-        check(name, option)
+        name = check(name, option)
         try:
             value = int(seconds)
         except ValueError:
@@ -104,11 +108,8 @@ def select(
         if value <= 0:
             raise SelectionError(option, f"'{spec}': the interval must be > 0 seconds")
         overrides[name] = value
-    included, excluded = _names(include), _names(exclude)
-    for name in included:
-        check(name, "--distribution-include")
-    for name in excluded:
-        check(name, "--distribution-exclude")
+    included = [check(name, "--distribution-include") for name in _names(include)]
+    excluded = [check(name, "--distribution-exclude") for name in _names(exclude)]
     selected = [
         d for d in known.values() if (not included or d.name in included) and d.name not in excluded
     ]
@@ -198,7 +199,7 @@ class Distributor:
                 "distribution %s every %g s (ticks at +%.3f s in each interval)",
                 d.name,
                 d.interval,
-                tick_offset(d.name, d.interval),
+                tick_offset(d.election_name, d.interval),
             )
             self._contenders.append(gevent.spawn(self._contend, state))
         if not self._states:
@@ -265,14 +266,15 @@ class Distributor:
     def _contend(self, state: _State) -> None:
         """Join the election again and again until stopped; lead when elected."""
         name = state.distribution.name
+        path = election_path(state.distribution.election_name)
         while not self._stopping.is_set():
             self._wait_connected()
             if self._stopping.is_set():
                 break
-            election = self.zk.Election(election_path(name), self.name)
+            election = self.zk.Election(path, self.name)
             state.election = election
             try:
-                log.debug("joining election %s", election_path(name))
+                log.debug("joining election %s", path)
                 election.run(self._lead, state)
                 state.loop_failures = 0
             except Exception as exc:  # a crashed loop must not stop the other distributions
@@ -294,7 +296,7 @@ class Distributor:
                 self._stopping.wait(delay)
             finally:
                 state.election = None
-        log.info("left election %s", election_path(name))
+        log.info("left election %s", path)
 
     def _wait_connected(self) -> None:
         while not self._stopping.is_set() and not self.zk.connected:
@@ -327,7 +329,8 @@ class Distributor:
 
     def _distribute(self, state: _State) -> None:
         d = state.distribution
-        offset = tick_offset(d.name, d.interval)
+        # The election's name: every process of one election shares one grid.
+        offset = tick_offset(d.election_name, d.interval)
         # Leadership is confirmed shortly before each tick, so that the round trip to
         # ZooKeeper does not delay the tick.
         lead = min(d.interval / 4, CONFIRM_LEAD)
@@ -422,7 +425,7 @@ class Distributor:
         client_id = self.zk.client_id
         if client_id is None or self.zk.state != KazooState.CONNECTED:
             return None
-        path = f"{election_path(state.distribution.name)}/{node}"
+        path = f"{election_path(state.distribution.election_name)}/{node}"
         try:
             stat = self.zk.exists_async(path).get(timeout=CONFIRM_TIMEOUT)
         except (Exception, self.zk.handler.timeout_exception) as exc:

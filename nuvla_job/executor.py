@@ -3,10 +3,10 @@
 The take loop (:meth:`Executor.run`) waits for a free slot, takes the next entry and spawns a
 greenlet that handles it (:meth:`Executor.handle`). The decision table, engine-behaviour.md's
 executor table, turns each entry into one :class:`~nuvla_job.outcome.Outcome`, carried out
-on the queue: consume (the entry is done), release (back to the queue), or nothing when the
-entry is lost (the session that took it ended). What else a job goes through (metrics, log
-context, time limit, Sentry, the blocked-loop warning) is middleware hooked around it
-(nuvla_job/middleware/).
+on the queue: consume (the entry is done, also when the action left its job RUNNING for a
+monitor), release (back to the queue), or nothing when the entry is lost (the session that
+took it ended). What else a job goes through (metrics, log context, time limit, Sentry, the
+blocked-loop warning) is middleware hooked around it (nuvla_job/middleware/).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from .job import (
     JobNotFound,
 )
 from .middleware import Chain, JobRun, Middleware
-from .outcome import Decision, Outcome
+from .outcome import Decision, Outcome, leaves_running
 from .queue import Entry
 from .registry import ActionRegistry, ActionSpec
 from .states import FINAL_STATES
@@ -328,6 +328,11 @@ class Executor:
         # A process frozen past its session timeout wakes up here believing it still holds
         # the job, while another executor may run it: check before writing any outcome.
         self._check_still_ours(run)
+        if raised is not None and leaves_running(raised):
+            # A normal end, not an error: the middleware (Sentry, ...) sees no exception.
+            self.middleware.after_action(run, None)
+            log.info("%s: %s left the job RUNNING for its monitor", job.id, name)
+            return Outcome.left_running()
         self.middleware.after_action(run, raised)
         if raised is not None:
             return self._write_outcome(run, lambda: self._write_exception(job, name, raised))
@@ -459,4 +464,4 @@ class Executor:
             log.error("%s: cannot run it: %s", job_id, exc)
             return 1
         outcome = self._run_job(JobRun(None, job_id), job)
-        return 0 if outcome.state == "SUCCESS" else 1
+        return 0 if outcome.state == "SUCCESS" or outcome == Outcome.left_running() else 1

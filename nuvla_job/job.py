@@ -3,6 +3,10 @@
 Actions see a ``Job`` exactly as upstream actions do: a read-only dict of the document
 plus ``api``, ``id``, ``set_progress``, ``update_job``, ``context``, ``payload``, ... Every
 update goes through the job API and refreshes the view with the stored document.
+
+An upstream action module's ``from ..job import JOB_SUCCESS, Job`` becomes
+``from nuvla_job.job import JOB_SUCCESS, Job``: the state constants are re-exported here
+under upstream's names (their one definition is :mod:`nuvla_job.states`).
 """
 
 from __future__ import annotations
@@ -14,11 +18,43 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 from nuvla.api import Api, NuvlaError
+from nuvla.api.models import CimiResource
+
+from .states import (
+    FINAL_STATES,
+    JOB_CANCELED,
+    JOB_FAILED,
+    JOB_QUEUED,
+    JOB_RUNNING,
+    JOB_SUCCESS,
+    STATES,
+)
 
 if TYPE_CHECKING:
     from .zk import ZkSettings
 
+__all__ = [
+    "JOB_CANCELED",
+    "JOB_FAILED",
+    "JOB_QUEUED",
+    "JOB_RUNNING",
+    "JOB_SUCCESS",
+    "STATES",
+    "ApiUnavailable",
+    "Job",
+    "JobConflict",
+    "JobError",
+    "JobMalformed",
+    "JobNotFound",
+]
+
 log = logging.getLogger(__name__)
+
+# Where upstream's executor says a NuvlaEdge keeps its shared files when --nuvlaedge-fs is
+# not given; its actions read it as job.nuvlaedge_shared_path.
+DEFAULT_NUVLAEDGE_FS = "/srv/nuvlaedge/shared/"
+# What upstream writes for an empty status message.
+EMPTY_STATUS_MESSAGE = "< status message empty >"
 
 # The job document version this engine runs (job-resource.md: default `version` 2).
 SUPPORTED_VERSION = 2
@@ -130,6 +166,58 @@ class Job(dict):
         return self["id"]
 
     @property
+    def nuvlaedge_shared_path(self) -> str:
+        """Upstream's name of ``--nuvlaedge-fs`` (with upstream's default)."""
+        return self.nuvlaedge_fs or DEFAULT_NUVLAEDGE_FS
+
+    @property
+    def cimi_job(self) -> CimiResource:
+        """The job as the ``nuvla-api`` resource upstream's actions pass to ``api.operation``."""
+        return CimiResource(dict(self))
+
+    def get_cimi_job(self, job_uri: str) -> CimiResource:
+        """Get a job as upstream does: a 404 is asked again once, after a short wait."""
+        for attempt in (1, 2):
+            try:
+                return self.api.get(job_uri)
+            except NuvlaError as exc:
+                error = _classify(exc, job_uri)
+                if not isinstance(error, JobNotFound) or attempt == 2:
+                    raise error from exc
+                time.sleep(NOT_FOUND_RETRY_DELAY)
+        raise JobNotFound(job_uri)  # pragma: no cover - the loop always returns or raises
+
+    def is_in_final_state(self) -> bool:
+        return self.get("state") in FINAL_STATES
+
+    if not TYPE_CHECKING:  # hidden from mypy, which would accept any attribute otherwise
+
+        def __getattr__(self, name: str) -> Any:
+            # Upstream's Job reads the document's attributes as Python attributes too.
+            try:
+                return self[name]
+            except KeyError:
+                raise AttributeError(name) from None
+
+    def get_api(self, authn_info: dict[str, Any]) -> Api:
+        """A client of the job API acting as the user of ``authn_info``
+        (``{"user-id", "active-claim", "claims"}``), through the nuvla-authn-info header."""
+        header = " ".join(
+            [authn_info["user-id"], authn_info["active-claim"], *authn_info["claims"]]
+        )
+        return Api(
+            endpoint=self.api.endpoint,
+            insecure=not self.api.session.verify,
+            persist_cookie=False,
+            reauthenticate=True,
+            authn_header=header,
+        )
+
+    def get_user_api(self) -> Api:
+        """A client acting as the user who created the job (the payload's ``authn-info``)."""
+        return self.get_api(self.payload["authn-info"])
+
+    @property
     def is_in_pull_mode(self) -> bool:
         return self.get("execution-mode") == "pull"
 
@@ -197,12 +285,16 @@ class Job(dict):
         self.update_job(progress=progress)
 
     def set_status_message(self, message: Any) -> None:
-        self.update_job(status_message=str(message))
+        self.update_job(status_message=str(message) if message else EMPTY_STATUS_MESSAGE)
 
     def set_return_code(self, return_code: int) -> None:
+        if not isinstance(return_code, int) or isinstance(return_code, bool):
+            raise TypeError(f"return_code must be an int, not {type(return_code).__name__}")
         self.update_job(return_code=return_code)
 
     def set_state(self, state: str) -> None:
+        if state not in STATES:
+            raise ValueError(f"state must be one of {', '.join(STATES)}, not {state!r}")
         self.update_job(state=state)
 
     def add_affected_resources(self, hrefs: list[str]) -> None:

@@ -84,6 +84,14 @@ LEADER = Gauge(
     registry=None,
 )
 
+# Upstream's distributions publish statsd gauges (`publish_metric`); they become this one.
+DISTRIBUTION_VALUE = Gauge(
+    f"{PREFIX}distribution_value",
+    "Values Nuvla's own distributions publish, by their upstream metric name.",
+    ["name"],
+    registry=None,
+)
+
 # -- ZooKeeper ----------------------------------------------------------------------------
 
 ZK_CONNECTED = Gauge(
@@ -111,6 +119,7 @@ _OUTCOME_LABELS = {
     (Decision.CONSUME, "SUCCESS"): "success",
     (Decision.CONSUME, "FAILED"): "failed",
     (Decision.CONSUME, "QUEUED"): "pull_mode",  # a mixed-mode job failed and went to pull mode
+    (Decision.CONSUME, "RUNNING"): "left_running",  # the action left its job to a monitor
     (Decision.CONSUME, None): "dropped",  # not found, malformed, already final, refused, error
     (Decision.RELEASE, None): "released",
     (Decision.LOST, None): "lost",
@@ -166,6 +175,10 @@ def job_done(action: str | None, outcome: Outcome, seconds: float) -> None:
         RELEASES.inc()
 
 
+def distribution_value(name: str, value: float) -> None:
+    DISTRIBUTION_VALUE.labels(name).set(value)
+
+
 def set_leader(distribution: str, leading: bool) -> None:
     LEADER.labels(distribution).set(1 if leading else 0)
 
@@ -193,7 +206,7 @@ def watch_distributor(distributions: list[str]) -> None:
     """Publish leadership; every distribution shows 0 until this process leads it."""
     for name in distributions:
         LEADER.labels(name)
-    _register(LEADER)
+    _register(LEADER, DISTRIBUTION_VALUE)
 
 
 def watch_zookeeper(connected: Callable[[], bool]) -> None:

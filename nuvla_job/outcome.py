@@ -2,12 +2,18 @@
 
 Every row of engine-behaviour.md's executor table ends in one :class:`Outcome`; the executor
 carries out its :class:`Decision` on the queue, and the metrics label it.
+
+An action ends its run leaving its job RUNNING for a monitor to finish by raising
+:class:`LeaveRunning` (upstream's bulk actions raise their ``UnfinishedBulkActionToMonitor``,
+recognised by :func:`leaves_running` too): the entry is consumed and no state is written.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+
+from .states import JOB_RUNNING
 
 
 class Decision(enum.Enum):
@@ -23,8 +29,8 @@ class Outcome:
     """The decision for one entry and the job state this executor wrote, if any."""
 
     decision: Decision
-    # SUCCESS or FAILED, or QUEUED when a mixed-mode job goes to pull mode; None: no state
-    # written (dropped, released, lost).
+    # SUCCESS or FAILED, or QUEUED when a mixed-mode job goes to pull mode, or RUNNING when
+    # the action left its job to a monitor; None: no state written (dropped, released, lost).
     state: str | None = None
     # Seconds the entry is kept before its release, so that neither this executor nor
     # another one takes it straight back (job API down, job for a newer engine).
@@ -41,3 +47,32 @@ class Outcome:
     @classmethod
     def lost(cls) -> Outcome:
         return cls(Decision.LOST)
+
+    @classmethod
+    def left_running(cls) -> Outcome:
+        """The action handed its RUNNING job to a monitor: consumed, nothing more written."""
+        return cls(Decision.CONSUME, JOB_RUNNING)
+
+
+class LeaveRunning(Exception):  # noqa: N818 - named for what the action asks, as upstream's
+    """Raised by an action whose job stays RUNNING after its run, for a monitor to finish
+    (e.g. a bulk job whose children run on): the executor frees the slot and writes nothing.
+
+    The action tags its job first (``monitor``, see nuvla_job/actions/bulk_jobs.py), so that
+    the monitor distribution finds it.
+    """
+
+
+# Upstream's exception of the same meaning, named rather than imported: the package is an
+# optional extra, and its modules must not be imported by an engine that does not load it.
+UPSTREAM_LEAVE_RUNNING = (
+    "nuvla.job_engine.job.actions.utils.bulk_action",
+    "UnfinishedBulkActionToMonitor",
+)
+
+
+def leaves_running(exc: BaseException) -> bool:
+    """Whether an action raising ``exc`` leaves its job RUNNING for a monitor."""
+    if isinstance(exc, LeaveRunning):
+        return True
+    return any((c.__module__, c.__qualname__) == UPSTREAM_LEAVE_RUNNING for c in type(exc).__mro__)

@@ -7,9 +7,11 @@ A registry of one's own (each executor has one; tests make theirs) is filled by
 :func:`load_actions`, which imports the modules and collects the specs of the classes they
 define: the built-in actions (the ``nuvla_job.actions`` sub-package), a source checkout's
 ``actions/`` folder, the folders given (every ``*.py`` file and package in them), and the
-installed packages advertising the ``nuvla_job.actions`` entry-point group, in that order.
-A module that fails to import is logged and skipped; of two actions of one name the first
-wins and the second is logged.
+installed packages advertising the ``nuvla_job.actions`` entry-point group, and, when asked
+(``nuvla_package=True``), the installed upstream package ``nuvla-job-engine`` (its actions
+and distributions, through nuvla_job/upstream/), in that order. A module that fails to
+import is logged and skipped; of two actions of one name the first wins and the second is
+logged (for the upstream package, which comes last, in one line listing the names).
 
 A distribution is a generator of job bodies run by the elected distributor every
 ``interval``, declared with ``@distribution`` or, for one job, ``distribute(...)``.
@@ -260,9 +262,13 @@ def load_actions(
     builtin: bool = True,
     use_entry_points: bool = True,
     into: ActionRegistry | None = None,
+    nuvla_package: bool = False,
 ) -> ActionRegistry:
     """Import the action modules and collect their actions into ``into`` (default: the
-    default registry), which is returned. Distributions go to :data:`distributions`."""
+    default registry), which is returned. Distributions go to :data:`distributions`.
+
+    ``nuvla_package``: also the installed ``nuvla-job-engine``'s actions and distributions
+    (:class:`~nuvla_job.upstream.package.PackageMissing` when it is not installed)."""
     target = registry if into is None else into
     if builtin:
         for name in _builtin_modules():
@@ -295,6 +301,12 @@ def load_actions(
                 target.collect(sys.modules[point.module])
             except Exception as exc:
                 _skipped(f"action entry point {point.name} failed to load", exc)
+    if nuvla_package:
+        from .upstream.actions import add_package_actions
+        from .upstream.distributions import add_package_distributions
+
+        add_package_actions(target)
+        add_package_distributions(distributions)
     log.info("%d action(s) loaded: %s", len(target), ", ".join(target.names()))
     return target
 
@@ -312,6 +324,20 @@ class Distribution:
     name: str
     interval: float
     generate: Generator
+    # The name of its election, /election/<election_name>, when it is not ``name`` (as for
+    # some of upstream's distributions, whose elections a mixed fleet must share).
+    election: str | None = None
+
+    @property
+    def election_name(self) -> str:
+        return self.election or self.name
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names the distribution options match: its own, and its election's."""
+        if self.election is None or self.election == self.name:
+            return (self.name,)
+        return (self.name, self.election)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""``--actions-path`` / ``--builtin-actions``: where the engine's commands find their actions."""
+"""``--actions-path`` / ``--builtin-actions`` / ``--nuvla-package``: where the engine's commands
+find their actions (and, through their modules, their distributions)."""
 
 from __future__ import annotations
 
@@ -42,10 +43,21 @@ class ActionSources:
 
     paths: tuple[str, ...]
     builtin: bool = True
+    nuvla_package: bool = False
 
     def load(self) -> ActionRegistry:
         """Import them into a registry of this process's own."""
-        return load_actions(self.paths, builtin=self.builtin, into=ActionRegistry())
+        from ..upstream.package import PackageMissing
+
+        try:
+            return load_actions(
+                self.paths,
+                builtin=self.builtin,
+                into=ActionRegistry(),
+                nuvla_package=self.nuvla_package,
+            )
+        except PackageMissing as exc:
+            raise click.UsageError(f"--nuvla-package: {exc}") from None
 
     def require(self, actions: ActionRegistry) -> ActionRegistry:
         """``actions``, or a one-line error when it holds none."""
@@ -67,8 +79,23 @@ def actions_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., A
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
-            sources = ActionSources(kwargs.pop("actions_path"), kwargs.pop("builtin_actions"))
+            sources = ActionSources(
+                kwargs.pop("actions_path"),
+                kwargs.pop("builtin_actions"),
+                kwargs.pop("nuvla_package"),
+            )
             return command(action_sources=sources, **kwargs)
+
+        # Off by default: what an engine runs does not change because a package got installed;
+        # the image built with the `nuvla` extra turns it on.
+        wrapper = click.option(
+            "--nuvla-package/--no-nuvla-package",
+            default=False,
+            envvar="JOB_NUVLA_PACKAGE",
+            show_default=True,
+            help="Also load Nuvla's own actions and distributions from the installed "
+            "nuvla-job-engine (the `nuvla` extra); ours and yours of the same name win.",
+        )(wrapper)
 
         wrapper = click.option(
             "--builtin-actions/--no-builtin-actions",

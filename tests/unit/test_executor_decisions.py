@@ -13,13 +13,15 @@ import gevent.event
 import pytest
 import requests
 from kazoo.protocol.states import KazooState
+from nuvla.job_engine.job.actions.utils.bulk_action import UnfinishedBulkActionToMonitor
 
 from nuvla_job import executor as executor_module
 from nuvla_job import job as job_module
 from nuvla_job.executor import Executor
 from nuvla_job.job import SUPPORTED_VERSION
+from nuvla_job.metrics import outcome_label
 from nuvla_job.middleware import JobRun, Middleware
-from nuvla_job.outcome import Decision, Outcome
+from nuvla_job.outcome import Decision, LeaveRunning, Outcome
 from nuvla_job.registry import ActionRegistry
 from tests.support.executor_doubles import FakeApi, FakeConsumer, api_error
 
@@ -64,6 +66,24 @@ class Raises:
         raise RuntimeError("boom from the action")
 
 
+class LeavesRunning:
+    """Tags its job as a bulk action does, then hands it to a monitor by raising
+    ``exception`` (ours, or upstream's)."""
+
+    exception: type[BaseException] = LeaveRunning
+
+    def __init__(self, job: Any) -> None:
+        self.job = job
+
+    def do_work(self) -> int:
+        self.job.update_job(tags=["monitor"])
+        raise self.exception()
+
+
+class UpstreamLeavesRunning(LeavesRunning):
+    exception = UnfinishedBulkActionToMonitor
+
+
 class Gated:
     """Runs until the test opens the gate; counts its starts and ends."""
 
@@ -103,6 +123,8 @@ def actions() -> ActionRegistry:
     registry.register("fails_3", returning(3))
     registry.register("raises", Raises)
     registry.register("gated", Gated)
+    registry.register("leaves_running", LeavesRunning)
+    registry.register("upstream_leaves_running", UpstreamLeavesRunning)
     return registry
 
 
@@ -192,6 +214,27 @@ def test_raising_mixed_job_goes_back_to_pull_mode(
     assert "will be re-run in pull mode" in job["status-message"]
     assert "return-code" not in job
     assert consumed_only(consumer)
+
+
+@pytest.mark.parametrize("action", ["leaves_running", "upstream_leaves_running"])
+def test_action_leaving_its_job_running_for_a_monitor_is_consumed_unwritten(
+    api: FakeApi, consumer: FakeConsumer, executor: Executor, recorder: Recorder, action: str
+) -> None:
+    job_id = api.add_job(action)
+    assert handle(executor, consumer, job_id) == Outcome.left_running()
+    job = api.jobs[job_id]
+    assert (job["state"], job["tags"]) == ("RUNNING", ["monitor"])
+    assert "return-code" not in job and "status-message" not in job
+    assert api.states_written(job_id) == ["RUNNING"]  # no final state: the monitor writes it
+    assert consumed_only(consumer)  # the slot and the entry are free
+    assert recorder.action_exceptions == [None]  # a normal end: nothing for Sentry
+    assert outcome_label(Outcome.left_running()) == "left_running"
+
+
+def test_pull_mode_job_left_running_exits_zero(api: FakeApi, executor: Executor) -> None:
+    job_id = api.add_job("upstream_leaves_running", **{"execution-mode": "pull"})
+    assert executor.run_pull(job_id) == 0
+    assert api.jobs[job_id]["state"] == "RUNNING"
 
 
 @pytest.mark.parametrize("state", ["SUCCESS", "FAILED", "CANCELED"])
