@@ -414,7 +414,7 @@ def _api_error(
 def _store_error(
     req: falcon.Request, resp: falcon.Response, exc: StoreError, params: dict[str, Any]
 ) -> None:
-    log.error("database error on %s %s: %s", req.method, req.path, exc)
+    log.error("database error on %s %s: %s (%s)", req.method, req.path, exc, exc.detail)
     _send(resp, 503, {"status": 503, "message": str(exc)})
 
 

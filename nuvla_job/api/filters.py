@@ -46,9 +46,11 @@ __all__ = [
     "Value",
     "OPERATORS",
     "MAX_DEPTH",
+    "MAX_COMPARISONS",
     "MAX_VALUES",
     "parse",
     "combine",
+    "fold",
     "segments",
     "list_split",
     "normalize_date",
@@ -57,9 +59,13 @@ __all__ = [
 OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "^=")
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+\Z")
 _INT64 = (-(2**63), 2**63 - 1)
-# Limits that keep a hostile filter a 400: the dialects recurse, and a database caps the
-# parameters of one statement (SQLite at 32,766; a value costs a dialect at most two).
-MAX_DEPTH = 50
+# Limits that keep a hostile filter a 400 rather than a database error: a database parses
+# nested groups on a bounded stack (SQLite's overflows near 30 levels of the SQL a dialect
+# writes), caps the depth of an expression (SQLite at 1,000: a run of N `or` is N deep) and
+# the parameters of one statement (SQLite at 32,766; a value costs a dialect at most two).
+# Comparisons are counted after `fold`: `state='A' or state='B' or ...` is one.
+MAX_DEPTH = 20
+MAX_COMPARISONS = 500
 MAX_VALUES = 10_000
 _CACHED_LENGTH = 4096  # longer texts are parsed every time rather than kept in the cache
 
@@ -428,12 +434,34 @@ def _parse_text(text: str) -> tuple[Node, bool]:
         node = cast(Node, _PARSER.parse(text))
     except UnexpectedInput as exc:
         raise _syntax_error(text, exc) from None
+    has_date_math = _check_limits(node)
+    return node, has_date_math
+
+
+def _check_limits(node: Node, together: bool = False) -> bool:
+    """FilterError when `node` (several filters joined, if `together`) is over a limit;
+    whether it holds date math."""
+    what, nests, has = (
+        ("the filters together", "nest", "have") if together else ("the filter", "nests", "has")
+    )
     depth, values, has_date_math = _measure(node)
     if depth > MAX_DEPTH:
-        raise FilterError(f"the filter nests and/or groups more than {MAX_DEPTH} levels deep")
+        raise FilterError(f"{what} {nests} and/or groups more than {MAX_DEPTH} levels deep")
     if values > MAX_VALUES:
-        raise FilterError(f"the filter has more than {MAX_VALUES} values")
-    return node, has_date_math
+        raise FilterError(f"{what} {has} more than {MAX_VALUES} values")
+    if _comparisons(fold(node)) > MAX_COMPARISONS:
+        raise FilterError(
+            f"{what} {has} more than {MAX_COMPARISONS} comparisons; compare an attribute "
+            "with a list rather than joining comparisons of it with 'or' "
+            "(state=['QUEUED','RUNNING'])"
+        )
+    return has_date_math
+
+
+def _comparisons(node: Node) -> int:
+    if isinstance(node, Comparison):
+        return 1
+    return sum(_comparisons(child) for child in node.children)
 
 
 _parse_cached = lru_cache(maxsize=1024)(_parse_text)
@@ -492,7 +520,44 @@ def combine(texts: list[str], now: datetime | None = None) -> Node | None:
             raise FilterError(f"filter {number}: {exc}") from None
     if not nodes:
         return None
-    return nodes[0] if len(nodes) == 1 else And(_flatten(And, nodes))
+    if len(nodes) == 1:
+        return nodes[0]
+    combined = And(_flatten(And, nodes))
+    _check_limits(combined, together=True)
+    return combined
+
+
+def fold(node: Node) -> Node:
+    """The same filter in fewer comparisons, for dialects to compile: in an ``or`` group the
+    ``=`` comparisons of one path become one any-of comparison (``state=['A','B']``), and in
+    an ``and`` group the ``!=`` ones one none-of (``a!='x' and a!='y'`` is ``not (a='x' or
+    a='y')``); a group left with one member is that member. Equal for every document, by
+    the semantics above; a long run of ``or`` becomes one indexed ``IN``.
+    """
+    if isinstance(node, Comparison):
+        return node
+    op = "=" if isinstance(node, Or) else "!="
+    members: list[Node | str] = []  # a str stands for the folded comparison of that path
+    values: dict[str, list[Scalar]] = {}
+    single: dict[str, Comparison] = {}
+    for child in node.children:
+        child = fold(child)
+        if not isinstance(child, Comparison) or child.op != op:
+            members.append(child)
+            continue
+        found = child.value if isinstance(child.value, tuple) else (child.value,)
+        if child.path in values:
+            values[child.path].extend(found)
+            single.pop(child.path, None)
+            continue
+        values[child.path] = list(found)
+        single[child.path] = child
+        members.append(child.path)
+    children = tuple(
+        (single.get(m) or Comparison(m, op, tuple(values[m]))) if isinstance(m, str) else m
+        for m in members
+    )
+    return children[0] if len(children) == 1 else type(node)(children)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from nuvla_job.api.filters import FilterError, Node, combine, segments
 __all__ = [
     "AGGREGATION_OPS",
     "METRIC_OPS",
+    "MAX_ORDERBY",
+    "MAX_AGGREGATIONS",
     "QueryError",
     "Query",
     "parse_query",
@@ -34,6 +36,10 @@ AGGREGATION_OPS = ("terms", "value_count", "max", "min", "sum", "avg")
 METRIC_OPS = frozenset({"max", "min", "sum", "avg"})
 _NUMERIC = frozenset({"int", "number"})
 _MAX_INDEX = 2**63 - 1  # first/last fit a signed 64-bit integer, as databases bind them
+# Each sort key is a term of the statement (SQLite refuses more than 2,000) and each
+# aggregation a scan of every match: a few of each is all any caller needs.
+MAX_ORDERBY = 20
+MAX_AGGREGATIONS = 20
 
 
 class QueryError(ValueError):
@@ -86,6 +92,8 @@ def _orderby(values: list[str]) -> list[tuple[str, bool]]:
         if path in schema.LIST_PATHS:
             raise QueryError(f"cannot sort on '{path}', which holds a list")
         order.append((path, direction == "desc"))
+    if len(order) > MAX_ORDERBY:
+        raise QueryError(f"orderby has more than {MAX_ORDERBY} attributes")
     return order
 
 
@@ -117,7 +125,10 @@ def _aggregations(values: list[str]) -> list[tuple[str, str]]:
         check_path(path)
         if op in METRIC_OPS and schema.ATTRIBUTES.get(path) not in _NUMERIC:
             raise QueryError(f"aggregation {op} needs a numeric attribute, not '{path}'")
-        result.append((op, path))
+        if (op, path) not in result:  # asked twice, answered once (one key in the answer)
+            result.append((op, path))
+    if len(result) > MAX_AGGREGATIONS:
+        raise QueryError(f"more than {MAX_AGGREGATIONS} aggregations in one search")
     return result
 
 

@@ -196,10 +196,10 @@ class Database:
                 _rollback(conn)
                 if exc.sqlite_errorcode in _DUPLICATE_KEY:
                     raise DuplicateId(str(exc)) from exc
-                raise StoreError(_describe(exc)) from exc
+                raise _store_error(exc) from exc
             except sqlite3.Error as exc:
                 _rollback(conn)
-                raise StoreError(_describe(exc)) from exc
+                raise _store_error(exc) from exc
             except BaseException:
                 _rollback(conn)
                 raise
@@ -208,7 +208,7 @@ class Database:
         try:
             return self._reader.execute(sql, tuple(params)).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(_describe(exc)) from exc
+            raise _store_error(exc) from exc
 
     def close(self) -> None:
         with self._lock:
@@ -229,13 +229,25 @@ def _rollback(conn: sqlite3.Connection) -> None:
             pass
 
 
-def _describe(exc: sqlite3.Error) -> str:
-    text = str(exc)
-    if "readonly" in text or "read-only" in text:
-        return "the job database is read-only"
-    if "full" in text:
-        return "the job database's disk is full"
-    return f"database error: {text}"
+# What SQLite's primary result codes mean for a caller (any other: "failed").
+_CODES = {
+    sqlite3.SQLITE_FULL: "the job database's disk is full",
+    sqlite3.SQLITE_READONLY: "the job database is read-only",
+    sqlite3.SQLITE_BUSY: "the job database is busy",
+    sqlite3.SQLITE_LOCKED: "the job database is busy",
+    sqlite3.SQLITE_IOERR: "the job database cannot read or write its file",
+    sqlite3.SQLITE_CORRUPT: "the job database file is damaged",
+}
+
+
+def _store_error(exc: sqlite3.Error) -> StoreError:
+    """The StoreError for an SQLite error: chosen by its result code, never by its text
+    (which goes to the log only: it may quote the statement)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    message = _CODES.get(primary or -1, "the job database failed")
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    return StoreError(message, f"{name}: {exc}")
 
 
 def _dumps(doc: Doc) -> str:

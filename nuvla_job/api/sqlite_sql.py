@@ -18,7 +18,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import schema
-from .filters import And, Comparison, FilterError, Node, Or, Scalar, Value, list_split, segments
+from .filters import (
+    And,
+    Comparison,
+    FilterError,
+    Node,
+    Or,
+    Scalar,
+    Value,
+    fold,
+    list_split,
+    segments,
+)
 from .query import (
     AGGREGATION_OPS,
     Query,
@@ -255,8 +266,9 @@ def _wrap(sql: str) -> str:
 def filter_sql(node: Node) -> tuple[str, list[Any]]:
     """A parameterised boolean expression selecting the rows of table ``job`` whose ``doc``
     matches `node` (a tree from filters.parse, whose limits keep the parameters well under
-    SQLite's 32,766)."""
-    fragment = _node_sql(node)
+    SQLite's 32,766, its expressions under 1,000 deep and its groups within its parser's
+    stack)."""
+    fragment = _node_sql(fold(node))
     return fragment.sql, list(fragment.params)
 
 

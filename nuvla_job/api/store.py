@@ -22,7 +22,15 @@ Doc = dict[str, Any]
 
 
 class StoreError(Exception):
-    """The database failed (disk full, read-only, locked): the request cannot be served."""
+    """The database failed (disk full, read-only, locked): the request cannot be served.
+
+    The message is for the caller, in the API's own words; ``detail`` is the database's
+    own text, for the server's log only.
+    """
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class Conflict(Exception):

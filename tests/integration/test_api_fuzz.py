@@ -370,6 +370,26 @@ literals = (
     )
 )
 comparisons = st.builds(lambda p, o, v: f"{p}{o}{v}", paths, operators, literals)
+
+
+def _nested(depth: int, leaf: str, other: str) -> str:
+    """Groups nested on the right, `depth` deep, alternating and/or."""
+    text = leaf
+    for level in range(depth - 1):
+        text = f"{other} {'and' if level % 2 else 'or'} ({text})"
+    return text
+
+
+def _run(count: int, joiner: str, comparison: str) -> str:
+    """`count` comparisons in one run (each a little different, so that none fold)."""
+    return joiner.join(f"({comparison} or priority<{i})" for i in range(count // 2))
+
+
+def _one_path_run(count: int, op: str) -> str:
+    joiner = " or " if op == "=" else " and "
+    return joiner.join(f"name{op}'{i}'" for i in range(count))
+
+
 filters = (
     st.recursive(
         comparisons,
@@ -382,6 +402,11 @@ filters = (
     )
     | texts
     | st.integers(1, 3000).map(lambda n: "(" * n + "state='QUEUED'" + ")" * n)
+    # Shapes the database itself cannot take (issue 13): the language's limits refuse them
+    # with its own 400, or `fold` makes one comparison of them.
+    | st.builds(_nested, st.integers(15, 60), comparisons, comparisons)
+    | st.builds(_run, st.integers(400, 2_000), st.sampled_from([" or ", " and "]), comparisons)
+    | st.builds(_one_path_run, st.integers(900, 11_000), st.sampled_from(["=", "!="]))
 )
 orderbys = (
     st.lists(
@@ -401,13 +426,14 @@ aggregations = (
         max_size=3,
     ).map(",".join)
     | texts
+    | st.integers(15, 500).map(lambda n: ",".join(f"terms:name/{i}" for i in range(n)))
 )
 indexes = st.integers().map(str) | huge_ints.map(str) | texts
 search_params = st.fixed_dictionaries(
     {},
     optional={
         "filter": filters | st.lists(filters, max_size=3),
-        "orderby": orderbys,
+        "orderby": orderbys | st.integers(15, 3_000).map(lambda n: ",".join(["name"] * n)),
         "select": selects,
         "aggregation": aggregations,
         "first": indexes,

@@ -219,6 +219,48 @@ def test_a_filter_over_the_value_limit_is_a_400(admin_api: Api) -> None:
     assert admin_api.search("job", filter=f"state=[{at_limit}]", last=0).count == 0
 
 
+def _log_after(server: JobApiProcess, start: int) -> str:
+    return server.log_path.read_text("utf-8", "replace")[start:]
+
+
+def test_filters_the_database_cannot_take_are_400s_of_our_own(
+    job_api: JobApiProcess, admin_api: Api
+) -> None:
+    # Each of these reached SQLite and came back as a 503 quoting it ("parser stack
+    # overflow", "Expression tree is too large", "too many terms in ORDER BY clause").
+    deep = "state='a'"
+    for level in range(30):
+        deep = f"name!='x' {'and' if level % 2 else 'or'} ({deep})"
+    mixed = " or ".join(f"priority<{i}" if i % 2 else f"name^='{i}'" for i in range(1_000))
+    refused = {
+        "nested 30 deep": ({"filter": deep}, "nests and/or groups more than 20 levels deep"),
+        "1,000 comparisons": ({"filter": mixed}, "has more than 500 comparisons"),
+        "values over several filters": (
+            {"filter": ["state=[" + ",".join(f"'{i}'" for i in range(6_000)) + "]"] * 2},
+            "the filters together have more than 10000 values",
+        ),
+        "orderby of 3,000": ({"orderby": ",".join(["name"] * 3_000)}, "more than 20 attributes"),
+    }
+    start = job_api.log_path.stat().st_size
+    for name, (params, message) in refused.items():
+        response = requests.put(
+            f"{job_api.endpoint}/api/job",
+            data={**params, "last": 0},
+            cookies=admin_api.session.cookies,
+            timeout=30,
+        )
+        assert response.status_code == 400, (name, response.text[:300])
+        assert message in response.json()["message"], name
+        assert "database" not in response.json()["message"], name
+    # 1,000 and 10,000 `or` of one attribute were "Expression tree is too large": now one
+    # indexed IN, answered.
+    for count in (1_000, 10_000):
+        names = " or ".join(f"action='{i}'" for i in range(count))
+        assert admin_api.search("job", filter=names, last=0).count == 0
+    log = _log_after(job_api, start)
+    assert "ERROR" not in log and "Traceback" not in log, log[-2000:]
+
+
 # -- the nuvla-authn-info header ----------------------------------------------------------------
 
 

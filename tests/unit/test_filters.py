@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from nuvla_job.api import schema
 from nuvla_job.api.evaluate import evaluate
 from nuvla_job.api.filters import (
+    MAX_DEPTH,
     And,
     Comparison,
     FilterError,
@@ -163,7 +164,7 @@ def test_hostile_filters_are_refused_cleanly():
     deep = "state='a'"
     for i in range(60):
         deep = f"(state='a' {'and' if i % 2 else 'or'} {deep})"
-    with pytest.raises(FilterError, match="more than 50 levels deep"):
+    with pytest.raises(FilterError, match=f"more than {MAX_DEPTH} levels deep"):
         parse(deep)
     with pytest.raises(FilterError, match="out of range"):
         parse("priority=" + "9" * 5000)
