@@ -366,11 +366,14 @@ class DistributionRegistry:
 distributions = DistributionRegistry()
 
 
-def distribution(name: str, interval: float) -> Callable[[Generator], Generator]:
-    """Register ``generate(api) -> iterable of job bodies`` as the distribution ``name``."""
+def distribution(
+    name: str, interval: float, *, election: str | None = None
+) -> Callable[[Generator], Generator]:
+    """Register ``generate(api) -> iterable of job bodies`` as the distribution ``name``
+    (elected at ``/election/<election>`` when given, else at ``/election/<name>``)."""
 
     def register(generate: Generator) -> Generator:
-        distributions.register(Distribution(name, float(interval), generate))
+        distributions.register(Distribution(name, float(interval), generate, election=election))
         return generate
 
     return register

@@ -92,7 +92,8 @@ def test_distributed_actions_are_declared() -> None:
     declared = registered_distributions()
     assert declared["cleanup_jobs"].interval == 24 * 3600
     assert list(declared["cleanup_jobs"].generate(None)) == [{"action": "cleanup_jobs"}]
-    assert declared["monitor_bulk_jobs"].interval == 60
+    assert declared["monitor_bulk_jobs"].interval == 30  # upstream's
+    assert declared["monitor_bulk_jobs"].election_name == "monitor_bulk_job"  # upstream's
     assert declared["restore_queue"].interval == 600
 
 
@@ -186,6 +187,16 @@ def test_cancelling_a_bulk_job_cancels_its_unfinished_children(
 
 # -- bulk jobs ---------------------------------------------------------------------------------
 
+# Parents leave their job RUNNING for the monitor: the executor runs the monitor's
+# distribution too, every second.
+MONITOR = (
+    "--distributions",
+    "--distribution-include",
+    "monitor_bulk_jobs",
+    "--distribution-interval",
+    "monitor_bulk_jobs:1",
+)
+
 
 def children_of(api: Api, parent: str) -> list[dict]:
     return api.search("job", filter=f"parent-job='{parent}'", orderby="created").data["resources"]
@@ -194,7 +205,7 @@ def children_of(api: Api, parent: str) -> list[dict]:
 def test_bulk_job_runs_its_children_and_sums_them_up(
     admin_api: Api, zk: KazooClient, start_executor
 ) -> None:
-    start_executor("--concurrency", "10")
+    start_executor("--concurrency", "10", *MONITOR)
     bodies = [{"action": "test_ok"}, {"action": "test_ok"}, {"action": "test_fail_code"}]
     mixed = add(admin_api, "bulk_jobs", priority=40, payload=json.dumps({"jobs": bodies}))
     echo = {"action": "test_payload_echo", "payload": {"k": 1}}  # JSON, not a JSON text
@@ -226,12 +237,30 @@ def test_interrupted_bulk_job_creates_only_the_missing_children(
     parent = add(admin_api, "bulk_jobs", payload=json.dumps({"jobs": bodies}))
     # What a run killed after creating the first child leaves behind.
     add(admin_api, "test_ok", tags=["child-0"], **{"parent-job": parent})
-    start_executor()
+    start_executor(*MONITOR)
     job = wait_state(admin_api, parent)
     assert job["state"] == "SUCCESS", job.get("status-message")
     children = children_of(admin_api, parent)
     assert [c["tags"][0] for c in children] == ["child-0", "child-1", "child-2"]
     assert len(job["nested-jobs"]) == 3
+
+
+def test_a_running_bulk_parent_holds_no_executor_slot(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
+    # One slot: a parent waiting in it for its children would wait for ever.
+    start_executor("--concurrency", "1", *MONITOR)
+    bodies = [{"action": "test_ok"} for _ in range(3)]
+    parent = add(admin_api, "bulk_jobs", payload=json.dumps({"jobs": bodies}))
+    job = wait_state(admin_api, parent)
+    assert (job["state"], job["progress"]) == ("SUCCESS", 100), job.get("status-message")
+    assert job["status-message"] == "3 child job(s): 3 SUCCESS"
+    assert "monitor" in job["tags"]
+    monitors = admin_api.search(
+        "job", filter=f"action='monitor_bulk_job' and target-resource/href='{parent}'"
+    ).data["resources"]
+    assert monitors and {m["state"] for m in monitors} == {"SUCCESS"}
+    queue_empty(zk)
 
 
 def test_cancelled_bulk_job_stops_following_and_children_are_cancelled(
@@ -279,14 +308,25 @@ def test_monitor_settles_running_bulk_jobs_from_their_children(
     partly, partly_children = running_parent(admin_api, ["SUCCESS", "CANCELED"])
     launching, _ = running_parent(admin_api, ["SUCCESS"], launched=False)
     generate = registered_distributions()["monitor_bulk_jobs"].generate
-    assert list(generate(admin_api)) == [{"action": "monitor_bulk_jobs", "priority": 100}]
-    waiting = pull_job(admin_api, "monitor_bulk_jobs")  # one not run yet: no second one
+    # One monitor job per running parent tagged `monitor`, none for an untagged one.
     assert list(generate(admin_api)) == []
+    for parent in (half, good, partly, launching):
+        admin_api.edit(parent, {"tags": ["monitor"]})
+    expected = [
+        {"action": "monitor_bulk_job", "target-resource": {"href": p}}
+        for p in (half, good, partly, launching)
+    ]
+    assert sorted(map(str, generate(admin_api))) == sorted(map(str, expected))
+    waiting = pull_job(admin_api, "monitor_bulk_job", **{"target-resource": {"href": good}})
+    assert len(list(generate(admin_api))) == 3  # one waiting for `good`: no second one
     admin_api.operation(admin_api.get(waiting), "cancel")
     start_executor()
 
-    monitor = wait_state(admin_api, add(admin_api, "monitor_bulk_jobs"))
-    assert monitor["state"] == "SUCCESS", monitor.get("status-message")
+    for parent in (half, good, partly, launching):
+        monitor = wait_state(
+            admin_api, add(admin_api, "monitor_bulk_job", **{"target-resource": {"href": parent}})
+        )
+        assert monitor["state"] == "SUCCESS", monitor.get("status-message")
     assert (admin_api.get(half).data["state"], admin_api.get(half).data["progress"]) == (
         "RUNNING",
         25,
@@ -301,14 +341,37 @@ def test_monitor_settles_running_bulk_jobs_from_their_children(
     )
     untouched = admin_api.get(launching).data  # still creating its children: left alone
     assert (untouched["state"], untouched["progress"]) == ("RUNNING", 0)
+    # A settled parent is no longer monitored.
+    assert sorted(map(str, generate(admin_api))) == sorted(map(str, [expected[0], expected[3]]))
 
     for child, state in zip(half_children[1:], ["SUCCESS", "FAILED", "SUCCESS"], strict=True):
         admin_api.edit(child, {"state": state})
-    wait_state(admin_api, add(admin_api, "monitor_bulk_jobs"))
+    wait_state(admin_api, add(admin_api, "monitor_bulk_job", **{"target-resource": {"href": half}}))
     assert admin_api.get(half).data["state"] == "FAILED"
     assert (
         admin_api.get(half).data["status-message"].startswith("4 child job(s): 3 SUCCESS, 1 FAILED")
     )
+
+
+def test_monitor_bulk_jobs_of_earlier_versions_settles_every_running_parent(
+    admin_api: Api, start_executor
+) -> None:
+    half, _ = running_parent(admin_api, ["SUCCESS", "RUNNING", "QUEUED", "QUEUED"])
+    good, _ = running_parent(admin_api, ["SUCCESS", "SUCCESS"])
+    partly, partly_children = running_parent(admin_api, ["SUCCESS", "CANCELED"])
+    launching, _ = running_parent(admin_api, ["SUCCESS"], launched=False)
+    start_executor()
+    monitor = wait_state(admin_api, add(admin_api, "monitor_bulk_jobs"))
+    assert monitor["state"] == "SUCCESS", monitor.get("status-message")
+    assert (admin_api.get(half).data["state"], admin_api.get(half).data["progress"]) == (
+        "RUNNING",
+        25,
+    )
+    assert admin_api.get(good).data["status-message"] == "2 child job(s): 2 SUCCESS"
+    assert admin_api.get(partly).data["status-message"] == (
+        f"2 child job(s): 1 SUCCESS, 1 CANCELED; not successful: {partly_children[1]}"
+    )
+    assert admin_api.get(launching).data["state"] == "RUNNING"
 
 
 def test_paging_yields_every_job_once_in_order(zookeeper: ZooKeeperServer) -> None:

@@ -38,6 +38,7 @@ BUILTIN_NAMES = (
     "cleanup_jobs",
     "dummy_test_action",
     "http_request",
+    "monitor_bulk_job",
     "monitor_bulk_jobs",
     "restore_queue",
     "sleep",

@@ -24,6 +24,7 @@ from nuvla_job.registry import (
 
 BUILTIN_NAMES = {
     "bulk_jobs",
+    "monitor_bulk_job",
     "monitor_bulk_jobs",
     "cancel_children_jobs",
     "cleanup_jobs",
