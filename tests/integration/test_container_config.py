@@ -9,6 +9,7 @@ temporary ones (the shared credentials volume becomes a shared folder).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -66,10 +67,14 @@ class Dockerfile:
     stages: int = 0
 
 
-def read_dockerfile(path: Path = DOCKERFILE) -> Dockerfile:
-    """The instructions that configure the final stage (continuation lines joined)."""
+def read_dockerfile(path: Path = DOCKERFILE, target: str | None = None) -> Dockerfile:
+    """The instructions that configure a stage (continuation lines joined): the last one,
+    which `docker build .` builds, or the stage named ``target``; with what it inherits from
+    the stage it is built FROM."""
     text = re.sub(r"\\\n", " ", path.read_text())
+    named: dict[str, Dockerfile] = {}
     result = Dockerfile()
+    stages = 0
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -77,9 +82,12 @@ def read_dockerfile(path: Path = DOCKERFILE) -> Dockerfile:
         instruction, _, rest = line.partition(" ")
         instruction = instruction.upper()
         if instruction == "FROM":
-            result.stages += 1
-            result.env.clear()
-            result.copies.clear()
+            stages += 1
+            words = rest.split()
+            base = named.get(words[0])
+            result = copy.deepcopy(base) if base is not None else Dockerfile()
+            if len(words) == 3 and words[1].upper() == "AS":
+                named[words[2]] = result
         elif instruction == "ENV":
             for pair in shlex.split(rest):
                 key, _, value = pair.partition("=")
@@ -90,6 +98,9 @@ def read_dockerfile(path: Path = DOCKERFILE) -> Dockerfile:
             result.user = rest.strip()
         elif instruction == "COPY" and "--from=" not in rest:
             result.copies.append(rest.split())
+    if target is not None:
+        result = named[target]
+    result.stages = stages
     return result
 
 
