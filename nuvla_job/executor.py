@@ -222,6 +222,7 @@ class Executor:
 
     def _drain(self) -> None:
         if self._running and self._stop_requests < 2:
+            log.info("no longer taking: waiting for %d running job(s)", len(self._running))
             self.pool.join(timeout=self.grace_period)
         self._release_running()
         self.pool.join(timeout=10)
