@@ -8,6 +8,10 @@ connect is answered "session expired" (kazoo's LOST state), while the process ru
 ZooKeeper's connect answer (the first frame the server sends on a connection) is: a 4-byte
 length, then protocol version (int32), session timeout (int32), session id (int64) and
 the password (int32 length + bytes). Every byte is forwarded unchanged.
+
+It can also cut the link (:meth:`cut`: every connection dropped, new ones closed at once)
+and mend it (:meth:`mend`), so that one process sees its connection suspended while
+ZooKeeper and everyone else go on; back within the session timeout, it keeps its session.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class SessionNotingProxy:
         self._sessions: list[tuple[int, bytes]] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._cut = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -49,15 +54,22 @@ class SessionNotingProxy:
                 raise AssertionError("no client got a session through the proxy")
             time.sleep(0.02)
 
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones until :meth:`mend`."""
+        with self._lock:
+            self._cut = True
+            sockets, self._sockets = self._sockets, []
+        _close(sockets)
+
+    def mend(self) -> None:
+        with self._lock:
+            self._cut = False
+
     def close(self) -> None:
         self._closed = True
         with self._lock:
             sockets, self._sockets = self._sockets, []
-        for sock in [self._listener, *sockets]:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        _close([self._listener, *sockets])
 
     def __enter__(self) -> SessionNotingProxy:
         return self
@@ -69,14 +81,23 @@ class SessionNotingProxy:
         while not self._closed:
             try:
                 client, _ = self._listener.accept()
-                server = socket.create_connection(self.upstream, timeout=5)
-                server.settimeout(None)
             except OSError:
                 if self._closed:
                     return
                 continue
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+                server.settimeout(None)
+            except OSError:
+                _close([client])
+                continue
             with self._lock:
-                self._sockets += [client, server]
+                cut = self._cut
+                if not cut:
+                    self._sockets += [client, server]
+            if cut:
+                _close([client, server])
+                continue
             threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
@@ -107,3 +128,15 @@ class SessionNotingProxy:
             with self._lock:
                 self._sessions.append((session_id, bytes(frame[24 : 24 + length])))
         return True
+
+
+def _close(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            sock.close()
+        except OSError:
+            pass
