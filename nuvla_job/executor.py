@@ -15,6 +15,7 @@ import logging
 import signal
 import traceback
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import gevent
@@ -23,7 +24,7 @@ import gevent.pool
 from kazoo.protocol.states import KazooState
 from nuvla.api import Api
 
-from . import monitoring
+from . import attempts, monitoring
 from .backoff import backoff_delay, jittered_backoff
 from .job import (
     SUPPORTED_VERSION,
@@ -39,7 +40,8 @@ from .middleware import Chain, JobRun, Middleware
 from .outcome import Decision, Outcome, leaves_running
 from .queue import Entry
 from .registry import ActionRegistry, ActionSpec
-from .states import FINAL_STATES
+from .states import FINAL_STATES, JOB_QUEUED
+from .timeutil import format_time
 from .zk import ZkSettings
 
 log = logging.getLogger(__name__)
@@ -285,6 +287,15 @@ class Executor:
         if state in FINAL_STATES:
             log.info("%s: already %s: entry dropped", job_id, state)
             return Outcome.consume()
+        if state == JOB_QUEUED and job.get(attempts.NOT_BEFORE):
+            # An entry left over by an executor that died after writing a retry: the job
+            # waits in the job store, and the scheduler queues it when it is due.
+            log.info(
+                "%s: waits until %s for the scheduler: entry dropped",
+                job_id,
+                job[attempts.NOT_BEFORE],
+            )
+            return Outcome.consume()
         version = job.get("version", SUPPORTED_VERSION)
         if version > SUPPORTED_VERSION:
             log.info(
@@ -303,7 +314,9 @@ class Executor:
                 )
             if run.spec is None:
                 return self._fail(job, f"no action '{job['action']}' is registered in this engine")
-            job.update_job(state="RUNNING")
+            # The attempt is counted in the same edit: a crash during the action keeps it.
+            retried = run.spec.retries > 0
+            job.write({"state": "RUNNING", **attempts.start(job, retried)})
             # A process frozen between the take and here would start a job another executor
             # may run already: ask first (free while the take is recent).
             self._check_still_ours(run)
@@ -320,6 +333,7 @@ class Executor:
         log.debug("%s: running %s", job.id, name)  # its outcome is logged at INFO
         return_code: object = None
         raised: BaseException | None = None
+        run.action_ran = True
         try:
             return_code = self.middleware.around_action(run, lambda: spec.cls(job).do_work())
         except gevent.GreenletExit:
@@ -336,7 +350,7 @@ class Executor:
             return Outcome.left_running()
         self.middleware.after_action(run, raised)
         if raised is not None:
-            return self._write_outcome(run, lambda: self._write_exception(job, name, raised))
+            return self._write_outcome(run, lambda: self._write_exception(run, job, name, raised))
         return self._write_outcome(run, lambda: self._write_return_code(job, name, return_code))
 
     def _write_outcome(self, run: JobRun, write: Callable[[], Outcome]) -> Outcome:
@@ -365,9 +379,11 @@ class Executor:
             gevent.sleep(delay)
             self._check_still_ours(run)
 
-    def _write_exception(self, job: Job, name: str, exc: BaseException) -> Outcome:
+    def _write_exception(self, run: JobRun, job: Job, name: str, exc: BaseException) -> Outcome:
         # The message is stored in the job, readable by its users: no secrets in it.
         message = monitoring.redact(f"{type(exc).__name__}: {exc}")
+        if run.retry is not None:
+            return self._write_retry(run, job, name, message)
         if job.get("execution-mode") == "mixed":
             log.warning("%s: %s failed; it will re-run in pull mode", job.id, name)
             job.update_job(
@@ -379,14 +395,50 @@ class Executor:
             )
             return Outcome.consume("QUEUED")
         log.error("%s: %s raised %s", job.id, name, type(exc).__name__)
-        job.update_job(
-            state="FAILED",
-            return_code=1,
-            status_message=monitoring.redact(
-                f"{message}\n{''.join(traceback.format_exception(exc))}"
-            ),
-        )
+        data: dict[str, object] = {"state": "FAILED", "return-code": 1}
+        summary = ""
+        if attempts.count(job) > 1 or (run.spec is not None and run.spec.retries > 0):
+            # Failed for good after retries: each attempt's error is part of the message.
+            number = max(1, attempts.count(job))
+            lines = [_error_line(number, message)]
+            if attempts.own_api(job):
+                lines = attempts.with_error(job, lines[0])
+                data[attempts.ATTEMPT_ERRORS] = lines
+            summary = f"failed after {number} attempt(s):\n" + "".join(
+                f"  {each}\n" for each in lines
+            )
+        trace = "".join(traceback.format_exception(exc))
+        data["status-message"] = monitoring.redact(f"{message}\n{summary}{trace}")
+        job.write(data)
         return Outcome.consume("FAILED")
+
+    def _write_retry(self, run: JobRun, job: Job, name: str, message: str) -> Outcome:
+        """Put the job back to QUEUED for its next attempt, due after the plan's back-off."""
+        plan = run.retry
+        assert plan is not None
+        due = format_time(datetime.now(UTC) + timedelta(seconds=plan.delay))
+        status = (
+            f"attempt {plan.attempt} of {plan.attempts} failed: {message}\n"
+            f"attempt {plan.attempt + 1} runs at {due} (in {plan.delay:.1f} s)"
+        )
+        log.warning(
+            "%s: %s failed (attempt %d of %d): next attempt in %.1f s",
+            job.id,
+            name,
+            plan.attempt,
+            plan.attempts,
+            plan.delay,
+        )
+        data: dict[str, object] = {"state": JOB_QUEUED, "progress": 0, "status-message": status}
+        if not attempts.own_api(job):
+            # A Nuvla server queues every QUEUED job at once and knows no `not-before`: the
+            # entry is held for the back-off, then released.
+            job.write(data)
+            return Outcome.retry(hold=plan.delay)
+        data[attempts.NOT_BEFORE] = due
+        data[attempts.ATTEMPT_ERRORS] = attempts.with_error(job, _error_line(plan.attempt, message))
+        job.write(data)
+        return Outcome.retry()
 
     def _write_return_code(self, job: Job, name: str, return_code: object) -> Outcome:
         if return_code == 0:
@@ -466,3 +518,9 @@ class Executor:
             return 1
         outcome = self._run_job(JobRun(None, job_id), job)
         return 0 if outcome.state == "SUCCESS" or outcome == Outcome.left_running() else 1
+
+
+def _error_line(attempt: int, message: str) -> str:
+    """One failed attempt in the job's history: its number, when, and the error's first line."""
+    first = message.strip().split("\n", 1)[0]
+    return f"attempt {attempt} failed at {format_time(datetime.now(UTC))}: {first}"

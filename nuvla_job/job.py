@@ -279,6 +279,12 @@ class Job(dict):
         if data:
             self._edit(data)
 
+    def write(self, data: dict[str, Any]) -> None:
+        """Write these attributes as given, in one edit: the engine's own bookkeeping (a new
+        attempt with its count, a retry's ``not-before``), which update_job does not name."""
+        if data:
+            self._edit(data)
+
     def set_progress(self, progress: int) -> None:
         if not isinstance(progress, int) or not 0 <= progress <= 100:
             raise ValueError(f"progress must be an int from 0 to 100, got {progress!r}")

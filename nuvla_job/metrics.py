@@ -64,6 +64,12 @@ JOB_DURATION = Histogram(
     buckets=JOB_BUCKETS,
     registry=None,
 )
+DEAD_LETTERS = Counter(
+    f"{PREFIX}dead_letters",
+    "Jobs FAILED for good after their action ran (their retries, if any, used up), by action.",
+    ["action"],
+    registry=None,
+)
 TAKES = Counter(f"{PREFIX}queue_takes", "Entries taken from the queue.", registry=None)
 RELEASES = Counter(
     f"{PREFIX}queue_releases", "Taken entries released back to the queue.", registry=None
@@ -128,6 +134,8 @@ _OUTCOME_LABELS = {
 
 def outcome_label(outcome: Outcome) -> str:
     """The ``outcome`` label of an executor outcome (an unknown pair is named after it)."""
+    if outcome.retried:
+        return "retried"  # failed, queued again for another attempt
     decision, state = outcome.decision, outcome.state
     key = (decision, state if decision is Decision.CONSUME else None)
     return _OUTCOME_LABELS.get(key) or f"{decision.value}_{state or 'none'}".lower()
@@ -145,8 +153,8 @@ def _register(*collectors: Collector) -> None:
 
 # -- recording ----------------------------------------------------------------------------
 
-# (action, decision, state) -> (counter child, histogram child or None, is a release)
-_job_children: dict[tuple[str, Decision, str | None], tuple] = {}
+# (action, decision, state, retried) -> (counter child, histogram child or None, is a release)
+_job_children: dict[tuple[str, Decision, str | None, bool], tuple] = {}
 
 
 def job_taken() -> None:
@@ -156,7 +164,7 @@ def job_taken() -> None:
 def job_done(action: str | None, outcome: Outcome, seconds: float) -> None:
     """Count one processed entry; ``action`` is None when it is not a registered action
     (labels stay bounded whatever the jobs hold)."""
-    key = (action or UNKNOWN_ACTION, outcome.decision, outcome.state)
+    key = (action or UNKNOWN_ACTION, outcome.decision, outcome.state, outcome.retried)
     children = _job_children.get(key)
     if children is None:
         label = action or UNKNOWN_ACTION
@@ -179,6 +187,11 @@ def distribution_value(name: str, value: float) -> None:
     DISTRIBUTION_VALUE.labels(name).set(value)
 
 
+def dead_letter(action: str | None) -> None:
+    """Count a job FAILED for good after its action ran."""
+    DEAD_LETTERS.labels(action or UNKNOWN_ACTION).inc()
+
+
 def set_leader(distribution: str, leading: bool) -> None:
     LEADER.labels(distribution).set(1 if leading else 0)
 
@@ -199,7 +212,7 @@ def watch_executor(executor: _Executor, depth: Callable[[], int]) -> None:
     """Publish the executor's metrics; in-flight jobs and queue depth are read at scrape."""
     IN_FLIGHT.set_function(lambda: len(executor.in_flight()))
     QUEUE_DEPTH.set_function(depth)
-    _register(JOBS, JOB_DURATION, TAKES, RELEASES, IN_FLIGHT, QUEUE_DEPTH)
+    _register(JOBS, JOB_DURATION, DEAD_LETTERS, TAKES, RELEASES, IN_FLIGHT, QUEUE_DEPTH)
 
 
 def watch_distributor(distributions: list[str]) -> None:

@@ -33,8 +33,11 @@ class Outcome:
     # the action left its job to a monitor; None: no state written (dropped, released, lost).
     state: str | None = None
     # Seconds the entry is kept before its release, so that neither this executor nor
-    # another one takes it straight back (job API down, job for a newer engine).
+    # another one takes it straight back (job API down, job for a newer engine, a retry's
+    # back-off against a Nuvla server).
     release_after: float = 0.0
+    # The job failed and was put back to QUEUED for another attempt (state "QUEUED").
+    retried: bool = False
 
     @classmethod
     def consume(cls, state: str | None = None) -> Outcome:
@@ -43,6 +46,14 @@ class Outcome:
     @classmethod
     def release(cls, after: float = 0.0) -> Outcome:
         return cls(Decision.RELEASE, release_after=after)
+
+    @classmethod
+    def retry(cls, hold: float | None = None) -> Outcome:
+        """Another attempt is due: the job waits in the job store for the scheduler (the
+        entry is consumed), or, with ``hold``, the entry is released after that long."""
+        if hold is None:
+            return cls(Decision.CONSUME, "QUEUED", retried=True)
+        return cls(Decision.RELEASE, "QUEUED", release_after=hold, retried=True)
 
     @classmethod
     def lost(cls) -> Outcome:

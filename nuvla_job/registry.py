@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import math
 import os
 import pkgutil
 import sys
@@ -44,6 +45,10 @@ BUILTIN_ACTIONS = Path(__file__).resolve().parent / "actions"
 # package is installed (no pyproject.toml beside it).
 _ROOT = Path(__file__).resolve().parent.parent
 CHECKOUT_ACTIONS = _ROOT / "actions" if (_ROOT / "pyproject.toml").is_file() else None
+# An action's retry back-off by default: 10 s before the second attempt, doubled per
+# attempt up to 10 minutes.
+DEFAULT_BACKOFF = 10.0
+DEFAULT_MAX_BACKOFF = 600.0
 # Where @action leaves its specs on a class (in the class's own __dict__, so that a
 # subclass does not inherit its parent's name).
 SPECS_ATTRIBUTE = "__nuvla_job_actions__"
@@ -62,6 +67,14 @@ class ActionSpec:
     pull_mode_support: bool = False
     # The longest ``do_work`` may run, in seconds; None: the executor's --action-timeout.
     timeout: float | None = None
+    # The retry policy (middleware/retries.py): how many times a failed job runs again, the
+    # first wait and its cap in seconds (doubled per attempt, jittered), and which exceptions
+    # count as failures worth another attempt. A job's own `retry` attribute may override
+    # the numbers.
+    retries: int = 0
+    backoff: float = DEFAULT_BACKOFF
+    max_backoff: float = DEFAULT_MAX_BACKOFF
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
 
     @property
     def where(self) -> str:
@@ -153,11 +166,28 @@ class ActionRegistry:
 registry = ActionRegistry()
 
 
+def _seconds(value: object) -> bool:
+    """A back-off: a number of seconds > 0 and finite (an infinite one would never end)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and 0 < value < math.inf
+
+
+def _exception_types(value: object) -> tuple[type[BaseException], ...] | None:
+    """``retry_on`` as a tuple of exception classes, None when it is not one."""
+    types = value if isinstance(value, tuple) else (value,)
+    if types and all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        return types
+    return None
+
+
 def action(
     name: str | None = None,
     pull_mode_support: bool = False,
     *,
     timeout: float | None = None,
+    retries: int = 0,
+    backoff: float = DEFAULT_BACKOFF,
+    max_backoff: float = DEFAULT_MAX_BACKOFF,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     action_name: str | None = None,
 ) -> Callable[[type], type]:
     """Declare the decorated class as the action ``name`` (upstream-compatible).
@@ -165,8 +195,11 @@ def action(
     As upstream's: ``name`` (or ``action_name=``) defaults to the class's name, and
     ``pull_mode_support`` says whether the action may run in pull mode (the lite image runs
     only those). ``timeout``: the longest ``do_work`` may run, in seconds; it overrides the
-    executor's ``--action-timeout`` for this action, and a job over it is FAILED. Any other
-    option is a TypeError naming it.
+    executor's ``--action-timeout`` for this action, and a job over it is FAILED.
+    ``retries``: how many more attempts a job gets when ``do_work`` raises one of
+    ``retry_on`` (an exception class or a tuple of them; the time limit counts as an
+    ``Exception``), each after a wait of ``backoff`` seconds doubled per attempt, at most
+    ``max_backoff``, jittered. Any other option is a TypeError naming it.
     """
     if name is not None and action_name is not None:
         raise TypeError(
@@ -187,6 +220,23 @@ def action(
         raise ValueError(
             f"action {shown}: timeout must be a number of seconds > 0, not {timeout!r}"
         )
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"action {shown}: retries must be an int >= 0, not {retries!r}")
+    for option, value in (("backoff", backoff), ("max_backoff", max_backoff)):
+        if not _seconds(value):
+            raise ValueError(
+                f"action {shown}: {option} must be a number of seconds > 0, not {value!r}"
+            )
+    if max_backoff < backoff:
+        raise ValueError(
+            f"action {shown}: max_backoff ({max_backoff!r}) is shorter than backoff ({backoff!r})"
+        )
+    retry_types = _exception_types(retry_on)
+    if retry_types is None:
+        raise TypeError(
+            f"action {shown}: retry_on must be an exception class or a tuple of them, "
+            f"not {retry_on!r}"
+        )
 
     def declare(cls: type) -> type:
         spec = ActionSpec(
@@ -194,6 +244,10 @@ def action(
             cls,
             bool(pull_mode_support),
             None if timeout is None else float(timeout),
+            retries=retries,
+            backoff=float(backoff),
+            max_backoff=float(max_backoff),
+            retry_on=retry_types,
         )
         setattr(cls, SPECS_ATTRIBUTE, (*cls.__dict__.get(SPECS_ATTRIBUTE, ()), spec))
         registry.add(spec, quiet=True)

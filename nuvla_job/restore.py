@@ -13,6 +13,10 @@ priority, without ever queueing a job twice:
 5. the candidates are read again from the job API: those still `QUEUED` in push/mixed mode
    are put back, with their current priority.
 
+A job with a ``not-before`` is not missing its entry: it waits in the job store for the
+scheduler (nuvla_job/scheduler.py), which queues it when it is due. Such jobs are counted
+(``waiting``), never queued here: that would run them early, and twice once they are due.
+
 A candidate that gained an entry after step 4 could only have got it from another restorer
 (excluded by the lock) or from the job API finishing an add it had interrupted (it looks for
 an existing entry first, so it finds ours).
@@ -28,6 +32,7 @@ from kazoo.client import KazooClient
 from nuvla.api import Api
 
 from . import queue
+from .attempts import NOT_BEFORE
 from .jobsearch import DEFAULT_PAGE_SIZE, any_of, iter_jobs, quote
 from .zk import children, read_nodes
 
@@ -49,15 +54,17 @@ class RestoreReport:
 
     entries: int = 0  # entries in /job/entries when it started
     scanned: int = 0  # QUEUED push/mixed jobs read from the job API
+    waiting: int = 0  # of those, delayed jobs waiting for the scheduler: not missing
     missing: list[tuple[str, int]] = field(default_factory=list)  # (job id, priority)
     queued: list[str] = field(default_factory=list)  # entry paths created
     dry_run: bool = False
 
     def summary(self) -> str:
         verb = "would queue" if self.dry_run else "queued"
+        waiting = f", {self.waiting} waiting for their time" if self.waiting else ""
         return (
             f"{verb} {len(self.missing)} job(s) that had no queue entry "
-            f"({self.scanned} QUEUED push/mixed job(s) checked, {self.entries} "
+            f"({self.scanned} QUEUED push/mixed job(s) checked{waiting}, {self.entries} "
             f"entries in the queue)"
         )
 
@@ -93,8 +100,8 @@ def _still_queued(api: Api, candidates: dict[str, str], page_size: int) -> dict[
     filter = f"{queued_filter(0)} and created>={quote(oldest)} and created<={quote(newest)}"
     return {
         doc["id"]: _priority(doc)
-        for doc in iter_jobs(api, filter, select="id,priority", page_size=page_size)
-        if doc["id"] in candidates
+        for doc in iter_jobs(api, filter, select=f"id,priority,{NOT_BEFORE}", page_size=page_size)
+        if doc["id"] in candidates and not doc.get(NOT_BEFORE)
     }
 
 
@@ -132,9 +139,13 @@ def _restore(
     report.entries = len(names)
     present = job_ids_of(zk, names)
     candidates: dict[str, str] = {}  # job id -> created
-    for doc in iter_jobs(api, queued_filter(min_age), page_size=page_size, select="id"):
+    for doc in iter_jobs(
+        api, queued_filter(min_age), page_size=page_size, select=f"id,{NOT_BEFORE}"
+    ):
         report.scanned += 1
-        if doc["id"] not in present:
+        if doc.get(NOT_BEFORE):
+            report.waiting += 1
+        elif doc["id"] not in present:
             candidates[doc["id"]] = doc["created"]
     del present  # the biggest structure; not needed any more
     if candidates:

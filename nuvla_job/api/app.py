@@ -393,6 +393,21 @@ class JobItem:
         _send(resp, 200, {"status": 200, "message": f"{job_id} deleted", "resource-id": job_id})
 
 
+class DueJobs:
+    """``POST /api/job/queue-due`` ``{"limit": N}``: queue the waiting jobs that are due (the
+    scheduler's call; administrators only). Not a CIMI operation: a Nuvla server has none."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = self.ctx.json(req)
+        if not isinstance(body, dict):
+            raise bad_request("the request body must be a JSON object")
+        limit = body.get("limit", 1000)
+        _send(resp, 200, self.ctx.jobs.queue_due(self.ctx.caller(req), limit))
+
+
 class JobOperation:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -455,6 +470,7 @@ def create_app(
     app.add_route("/api/session", Sessions(ctx))
     app.add_route("/api/session/{uuid}", Session(ctx))
     app.add_route("/api/job", JobCollection(ctx))
+    app.add_route("/api/job/queue-due", DueJobs(ctx))
     app.add_route("/api/job/{uuid}", JobItem(ctx))
     app.add_route("/api/job/{uuid}/{op}", JobOperation(ctx))
     dashboard.register(app, ctx)  # /dashboard and /api/dashboard/*

@@ -6,6 +6,12 @@ Adding a queued job and putting it in ZooKeeper happen in this order:
 2. the entry ``/job/entries/entry-PPP-`` is created in ZooKeeper;
 3. the entry's path is written into ``tags`` and the mark is cleared.
 
+A job added with a ``not-before`` in the future waits instead: it is stored ``QUEUED`` with no
+entry, and the scheduler's call :meth:`JobService.queue_due` queues it when it is due, by the
+same three steps (the claim in step 1 also removes its ``not-before``, so a job has a
+``not-before`` exactly while it waits). The executor puts a failed job with attempts left
+back the same way (``QUEUED`` with a ``not-before``), and the ``retry`` operation a FAILED one.
+
 If step 2 fails the document is deleted and the caller gets a 503, so nothing is left. A job
 is stored before its entry exists, so an executor that takes the entry always finds the job.
 If the server dies between 1 and 3, the mark survives in the database and the next start of
@@ -58,13 +64,22 @@ JOB_VERSION = 2
 
 
 class QueueUnavailable(Exception):
-    """ZooKeeper did not take the entry."""
+    """ZooKeeper did not take the entry (``put_many``: the entries made before the failure,
+    and whether the others were surely not made)."""
+
+    def __init__(self, message: str, created: list[str] | None = None, certain: bool = True):
+        super().__init__(message)
+        self.created = created or []
+        self.certain = certain
 
 
 class JobQueue:
     """What the job rules need from the queue: put an entry, and remove one again."""
 
     def put(self, job_id: str, priority: int) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def put_many(self, items: list[tuple[str, int]]) -> list[str]:  # pragma: no cover
         raise NotImplementedError
 
     def remove(self, path: str) -> None:  # pragma: no cover - interface
@@ -76,6 +91,22 @@ class JobQueue:
 
 def _queued(doc: Doc) -> bool:
     return doc.get("execution-mode") in ("push", "mixed")
+
+
+# Most due jobs one call of the scheduler queues (it calls again while there are more).
+MAX_DUE_BATCH = 5000
+
+
+def _check_not_before(doc: Doc, now: str | None = None) -> None:
+    """A ``not-before`` belongs to a QUEUED push or mixed job, which waits until then. On an
+    add (``now`` given) one that is due already is dropped: the add queues the job at once.
+    On an edit it stays even when due: the job has no entry, the scheduler queues it."""
+    if "not-before" not in doc:
+        return
+    if doc.get("state") != "QUEUED" or not _queued(doc):
+        raise bad_request("'not-before' is only for QUEUED jobs in push or mixed mode")
+    if now is not None and doc["not-before"] <= now:
+        del doc["not-before"]
 
 
 class JobService:
@@ -98,6 +129,8 @@ class JobService:
             ops.append({"rel": "delete", "href": job_id})
         if doc.get("state") in UNFINISHED_STATES and acls.can(doc, caller, "manage"):
             ops.append({"rel": "cancel", "href": f"{job_id}/cancel"})
+        if doc.get("state") == "FAILED" and acls.can(doc, caller, "manage"):
+            ops.append({"rel": "retry", "href": f"{job_id}/retry"})
         if doc.get("state") == "RUNNING" and caller.is_admin:
             ops.append({"rel": "timeout", "href": f"{job_id}/timeout"})
         if caller.is_admin:
@@ -162,6 +195,9 @@ class JobService:
             "execution-mode": mode,
             "version": data.get("version", JOB_VERSION),
             "priority": data.get("priority", DEFAULT_PRIORITY),
+            # Counted by the engine; its presence tells the engine that this job API takes
+            # the engine's own attributes (nuvla_job/attempts.py).
+            "attempts": data.get("attempts", 0),
             "created": now,
             "updated": now,
             "created-by": caller.identity,
@@ -175,11 +211,12 @@ class JobService:
             doc["affected-resources"] = affected
         if "status-message" in doc:
             doc["time-of-status-change"] = now
+        _check_not_before(doc, now)
         self._store_and_enqueue(doc)
         return doc
 
     def _store_and_enqueue(self, doc: Doc) -> None:
-        queued = _queued(doc)
+        queued = _queued(doc) and "not-before" not in doc
         try:
             self.store.insert(doc, enqueue_pending=queued)
         except Conflict as exc:  # DuplicateId: the id is taken
@@ -252,6 +289,8 @@ class JobService:
             for name in select:
                 if name not in data and name not in REQUIRED:
                     doc.pop(name, None)
+            if "not-before" in data:
+                _check_not_before(doc)
             return self._transition(current, doc, now, caller)
 
         result = self.store.update(job_id, change)
@@ -264,6 +303,8 @@ class JobService:
         """The timestamps and derived values an edit implies."""
         doc["updated"] = now
         doc["updated-by"] = caller.identity
+        if doc.get("state") != "QUEUED":
+            doc.pop("not-before", None)  # no longer waiting (running, cancelled, ...)
         if doc.get("state") == "RUNNING" and "started" not in current:
             doc["started"] = now
         if "status-message" in doc and doc.get("status-message") != current.get("status-message"):
@@ -301,6 +342,7 @@ class JobService:
         handlers: dict[str, Callable[[str, Caller], dict[str, Any]]] = {
             "cancel": self._cancel,
             "timeout": self._timeout,
+            "retry": self._retry,
             "get-context": self._get_context,
         }
         handler = handlers.get(name)
@@ -346,6 +388,68 @@ class JobService:
     def _timeout(self, job_id: str, caller: Caller) -> dict[str, Any]:
         self._finish(job_id, caller, ("RUNNING",), "admin", "timed out")
         return {"status": 200, "message": f"{job_id} timed out", "resource-id": job_id}
+
+    def _retry(self, job_id: str, caller: Caller) -> dict[str, Any]:
+        """Queue a FAILED job again as one more attempt, keeping its attempts and their
+        errors; the scheduler queues it at its next tick (it is due at once)."""
+        now = now_iso()
+
+        def change(current: Doc) -> Doc:
+            if not acls.can(current, caller, "manage"):
+                raise forbidden(job_id)
+            if current.get("state") != "FAILED":
+                raise ApiError(
+                    409, f"{job_id} is {current.get('state')}: only a FAILED job is retried", job_id
+                )
+            doc = {k: v for k, v in current.items() if k not in ("return-code", "duration")}
+            attempt = doc.get("attempts", 0) + 1 if isinstance(doc.get("attempts"), int) else 1
+            doc.update(
+                {
+                    "state": "QUEUED",
+                    "progress": 0,
+                    "status-message": f"queued again by {caller.identity} for attempt {attempt}",
+                }
+            )
+            if _queued(doc):
+                doc["not-before"] = now
+            return self._transition(current, doc, now, caller)
+
+        if self.store.update(job_id, change) is None:
+            raise not_found(job_id)
+        return {"status": 200, "message": f"{job_id} queued again", "resource-id": job_id}
+
+    # -- the scheduler ----------------------------------------------------------------------
+
+    def queue_due(self, caller: Caller, limit: int) -> dict[str, Any]:
+        """Queue up to ``limit`` waiting jobs that are due, earliest first (the elected
+        scheduler calls this every tick: nuvla_job/scheduler.py). ``more``: whether the
+        batch was full, so that more may be due."""
+        if not caller.is_admin:
+            raise forbidden("job")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_DUE_BATCH:
+            raise bad_request(f"'limit' must be an integer from 1 to {MAX_DUE_BATCH}")
+        now = now_iso()
+        docs = self.store.claim_due(now, limit)
+        if not docs:
+            return {"queued": 0, "more": False}
+        items = [(d["id"], d.get("priority", DEFAULT_PRIORITY)) for d in docs]
+        try:
+            paths = self.queue.put_many(items)
+        except QueueUnavailable as exc:
+            paths = exc.created
+            rest = [d["id"] for d in docs[len(paths) :]]
+            if exc.certain:
+                self.store.unclaim(rest, now)
+            else:
+                # Their entries may exist: the marks stay, and the next start of the job API
+                # finishes them (recover_pending looks for an entry before making one).
+                log.error("queueing %d due job(s) failed midway: %s", len(rest), exc)
+            for doc, path in zip(docs, paths, strict=False):
+                self.store.mark_enqueued(doc["id"], path)
+            raise ApiError(503, f"the job queue is unavailable: {exc}") from exc
+        for doc, path in zip(docs, paths, strict=True):
+            self.store.mark_enqueued(doc["id"], path)
+        return {"queued": len(paths), "more": len(docs) == limit}
 
     def _get_context(self, job_id: str, caller: Caller) -> dict[str, Any]:
         if not caller.is_admin:

@@ -41,7 +41,18 @@ ATTRIBUTES: dict[str, str] = {
     "expiry": "date",
     "output": "str",
     "payload": "str",
+    # This project's own attributes (a Nuvla server has none of them, and the engine sends
+    # them only to a job API whose documents carry `attempts`: nuvla_job/attempts.py).
+    "attempts": "int",  # attempts started; 0 when added
+    "attempt-errors": "strs",  # one line per failed attempt
+    "not-before": "date",  # QUEUED and waiting for the scheduler until then
+    "retry": "retry",  # the job's own retry policy: {"retries", "backoff", "max-backoff"}
 }
+
+# The keys of a `retry` policy, the most retries and the longest wait it may ask for.
+RETRY_KEYS = ("retries", "backoff", "max-backoff")
+MAX_RETRIES = 1000
+MAX_BACKOFF = 30 * 86400.0
 
 DATE_ATTRIBUTES = frozenset(k for k, v in ATTRIBUTES.items() if v == "date")
 
@@ -77,4 +88,6 @@ INDEXED: dict[str, str] = {
     "target-resource/href": "str",
     "parent-job": "str",
     "execution-mode": "str",
+    # Only waiting jobs have one (the scheduler's due query; a partial index in SQLite).
+    "not-before": "str",
 }

@@ -41,6 +41,15 @@ STORED_COLUMNS = {
 }
 
 
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Give a database made by an older version the stored columns added since. They start
+    NULL, which is right: no older document has the attributes they hold."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(job)")}
+    for column, sql_type in STORED_COLUMNS.values():
+        if present and column not in present:
+            conn.execute(f"ALTER TABLE job ADD COLUMN {column} {sql_type}")
+
+
 def _schema_sql() -> list[str]:
     columns = ",\n".join(f"  {column} {sql_type}" for column, sql_type in STORED_COLUMNS.values())
     return [
@@ -61,6 +70,9 @@ def _schema_sql() -> list[str]:
         "CREATE INDEX IF NOT EXISTS job_parent ON job(parent_job)",
         "CREATE INDEX IF NOT EXISTS job_mode ON job(execution_mode)",
         "CREATE INDEX IF NOT EXISTS job_pending ON job(enqueue_pending) WHERE enqueue_pending = 1",
+        # The scheduler's due query: only waiting jobs have a not-before, so the index holds
+        # those alone however many jobs the table has.
+        "CREATE INDEX IF NOT EXISTS job_due ON job(not_before) WHERE not_before IS NOT NULL",
         # The total, kept by the store in the same transactions as the rows: `Api.add` asks
         # for it (search with last=0) before every add, and counting a million rows each
         # time would cost tens of milliseconds.
@@ -104,6 +116,13 @@ def _columns(doc: Doc) -> list[Any]:
     """The stored columns' values of a document, in STORED_COLUMNS order."""
     return [_column_value(doc, path, t) for path, (_, t) in STORED_COLUMNS.items()]
 
+
+# The scheduler's due jobs, on the partial index of waiting jobs: named, so that the planner
+# never prefers the (state, created) index, which holds every QUEUED job, and a sort.
+DUE_SQL = (
+    "SELECT id, doc FROM job INDEXED BY job_due WHERE not_before IS NOT NULL"
+    " AND not_before <= ? AND state = 'QUEUED' ORDER BY not_before LIMIT ?"
+)
 
 _INSERT = (
     f"INSERT INTO job(id, doc, enqueue_pending, {', '.join(_COLUMN_NAMES)})"
@@ -175,6 +194,7 @@ class Database:
             self._reader = self._writer if path == _MEMORY else _connect(path)
             self._lock = gevent.lock.RLock()
             with self.write() as conn:
+                _add_missing_columns(conn)
                 for statement in _schema_sql():
                     conn.execute(statement)
         except sqlite3.Error as exc:
@@ -302,6 +322,35 @@ class SqliteJobStore:
                 return current
             _write_doc(conn, job_id, current, new)
             return new
+
+    def claim_due(self, now: str, limit: int) -> list[Doc]:
+        """Up to ``limit`` waiting jobs due at ``now``, earliest first, in one transaction:
+        each loses its not-before and is marked owed a queue entry."""
+        with self.db.write() as conn:
+            rows = conn.execute(DUE_SQL, (now, limit)).fetchall()
+            claimed = []
+            for job_id, text in rows:
+                current = orjson.loads(text)
+                new = {k: v for k, v in current.items() if k != "not-before"}
+                _write_doc(conn, job_id, current, new, extra="enqueue_pending = 1")
+                claimed.append(new)
+            return claimed
+
+    def unclaim(self, job_ids: Iterable[str], due: str) -> None:
+        """Undo :meth:`claim_due` for jobs whose entries could not be made: still QUEUED,
+        they wait again, due at ``due``; the mark is cleared either way."""
+        with self.db.write() as conn:
+            for job_id in job_ids:
+                row = conn.execute(
+                    "SELECT doc FROM job WHERE id = ? AND enqueue_pending = 1", (job_id,)
+                ).fetchone()
+                if row is None:
+                    continue
+                current = orjson.loads(row[0])
+                new = current
+                if current.get("state") == "QUEUED":
+                    new = {**current, "not-before": due}
+                _write_doc(conn, job_id, current, new, extra="enqueue_pending = 0")
 
     def mark_enqueued(self, job_id: str, entry_path: str | None) -> None:
         """Record the job's entry in its tags and clear the pending mark (None: only clear

@@ -60,6 +60,7 @@ COLUMNS: dict[str, str] = {
     "target-resource/href": "target_href",
     "parent-job": "parent_job",
     "execution-mode": "execution_mode",
+    "not-before": "not_before",
 }
 _SQL_TYPES = {"str": "TEXT", "int": "INTEGER"}
 

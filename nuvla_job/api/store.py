@@ -71,6 +71,16 @@ class JobStore(Protocol):
     def pending_enqueue(self, limit: int = 1000) -> list[Doc]:
         """Documents still marked as owed a queue entry (an add interrupted by a crash)."""
 
+    def claim_due(self, now: str, limit: int) -> list[Doc]:
+        """Atomically take up to ``limit`` waiting jobs (``QUEUED`` with a ``not-before`` at
+        or before ``now``), earliest first: each loses its ``not-before`` and is marked owed
+        a queue entry, so that no two callers take one job. An indexed query: it runs at
+        every scheduler tick."""
+
+    def unclaim(self, job_ids: Iterable[str], due: str) -> None:
+        """Undo a claim whose entries were not made: the jobs still QUEUED wait again, due
+        at ``due``; the marks are cleared."""
+
     def delete(self, job_id: str) -> bool: ...
 
     def search(self, query: Query, principals: frozenset[str] | None) -> tuple[int, list[Doc]]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..timeutil import format_time, parse_time
 from .errors import bad_request
-from .schema import ACL_RIGHTS, ATTRIBUTES
+from .schema import ACL_RIGHTS, ATTRIBUTES, MAX_BACKOFF, MAX_RETRIES, RETRY_KEYS
 
 MAX_STATUS_MESSAGE = 100_000
 
@@ -46,6 +46,34 @@ def _check_value(name: str, kind: str, value: Any) -> Any:
         value = [_check_href(name, v) for v in value]
     elif kind == "acl":
         value = check_acl(value)
+    elif kind == "retry":
+        value = _check_retry(name, value)
+    return value
+
+
+def _is_seconds(value: Any) -> bool:
+    """A wait of a retry policy: more than 0 s, at most MAX_BACKOFF (so never infinite)."""
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= MAX_BACKOFF
+    )
+
+
+def _check_retry(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad_request(f"'{name}' must be a map of {', '.join(RETRY_KEYS)}")
+    unknown = sorted(k for k in value if k not in RETRY_KEYS)
+    if unknown:
+        raise bad_request(f"'{name}' has unknown key(s) {', '.join(unknown)}")
+    retries = value.get("retries", 0)
+    if not _is_int(retries) or not 0 <= retries <= MAX_RETRIES:
+        raise bad_request(f"'{name}/retries' must be an integer from 0 to {MAX_RETRIES}")
+    for key in ("backoff", "max-backoff"):
+        if key in value and not _is_seconds(value[key]):
+            raise bad_request(
+                f"'{name}/{key}' must be a number of seconds > 0 and at most {MAX_BACKOFF:.0f}"
+            )
+    if value.get("max-backoff", float("inf")) < value.get("backoff", 0):
+        raise bad_request(f"'{name}/max-backoff' must not be shorter than '{name}/backoff'")
     return value
 
 
@@ -85,6 +113,8 @@ def check_attributes(body: Any, ignored: frozenset[str]) -> dict[str, Any]:
         raise bad_request("'return-code' must be 0 or more")
     if "duration" in result and result["duration"] < 0:
         raise bad_request("'duration' must be 0 or more")
+    if "attempts" in result and result["attempts"] < 0:
+        raise bad_request("'attempts' must be 0 or more")
     if "status-message" in result:
         result["status-message"] = result["status-message"][:MAX_STATUS_MESSAGE]
     return result

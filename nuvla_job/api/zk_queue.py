@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import ConnectionLoss, KazooException, NoNodeError, SessionExpiredError
 from kazoo.protocol.states import KazooState
 
 from .. import queue
@@ -28,6 +28,19 @@ class ZooKeeperJobQueue(JobQueue):
             return queue.put(self.client, job_id, priority, timeout=self.timeout)
         except (KazooException, self.client.handler.timeout_exception) as exc:
             raise QueueUnavailable(type(exc).__name__) from exc
+
+    def put_many(self, items: list[tuple[str, int]]) -> list[str]:
+        """Queue (job id, priority) pairs in ZooKeeper transactions; on a failure,
+        QueueUnavailable whose ``created`` lists the entries made before it (in order) and
+        whose ``certain`` says whether the rest surely were not made."""
+        self._check_connected()
+        try:
+            return queue.put_many(self.client, items)
+        except queue.PutManyError as exc:
+            cause = exc.__cause__
+            # A connection lost during a commit leaves its chunk unknown: made or not.
+            certain = not isinstance(cause, ConnectionLoss | SessionExpiredError)
+            raise QueueUnavailable(type(cause).__name__, exc.created, certain) from exc
 
     def remove(self, path: str) -> None:
         try:

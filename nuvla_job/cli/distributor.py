@@ -15,6 +15,7 @@ from typing import Any  # noqa: E402
 
 import click  # noqa: E402
 
+from .. import scheduler  # noqa: E402
 from ..distributor import Distributor, SelectionError, select  # noqa: E402
 from ..monitoring import setup_logging, setup_sentry  # noqa: E402
 from ..registry import Distribution, DistributionRegistry, distributions  # noqa: E402
@@ -96,6 +97,7 @@ def main(
     setup_logging(common.log_level, common.log_format)
     setup_sentry(common.sentry_dsn, common.name)
     action_sources.load()  # their modules declare the distributions
+    scheduler.register(distributions)  # the elected loop that queues delayed jobs
     selected = select_distributions(
         distributions, distribution_include, distribution_exclude, distribution_interval
     )

@@ -23,6 +23,7 @@ from ..middleware import Middleware  # noqa: E402
 from ..middleware.blocking import BlockedLoopWarning  # noqa: E402
 from ..middleware.log_context import LogContext  # noqa: E402
 from ..middleware.metrics import Metrics  # noqa: E402
+from ..middleware.retries import Retries  # noqa: E402
 from ..middleware.sentry import Sentry  # noqa: E402
 from ..middleware.time_limit import TimeLimit  # noqa: E402
 from ..monitoring import setup_logging, setup_sentry  # noqa: E402
@@ -120,8 +121,10 @@ def main(
     setup_sentry(common.sentry_dsn, common.name)
     if job_id is not None and not job_id.startswith("job/"):
         raise click.BadParameter("must look like job/<uuid>", param_hint="--job-id")
+    from .. import scheduler
     from ..registry import distributions as registered
 
+    scheduler.register(registered)  # the elected loop that queues delayed jobs
     actions = action_sources.require(action_sources.load())
     # Checked even when distributions are off, so a typo is found before it matters.
     selected = select_distributions(
@@ -208,6 +211,7 @@ def executor_middleware(
         blocked_loop,
         Sentry(name),
         TimeLimit(action_timeout),
+        Retries(),
     ]
 
 

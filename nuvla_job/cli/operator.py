@@ -1,9 +1,11 @@
 """`job`: the operator's command line for jobs and the queue.
 
     job submit ACTION [--target HREF] [--payload JSON] [--priority N] [--mode push|pull|mixed]
+               [--delay 30s | --at TIME]
     job submit --from FILE.jsonl        one job body (JSON object) per line; '-' reads stdin
-    job list [--filter F] [--state S] [--action A] [--last N] [--orderby O]
+    job list [--filter F] [--state S] [--action A] [--last N] [--orderby O] [--failed]
     job show JOB | job cancel JOB | job watch JOB
+    job retry JOB...                    queue FAILED jobs again, one more attempt each
     job queue                           depth by priority, taken entries and their takers
     job restore [--dry-run]             queue again QUEUED jobs that lost their entry
     job zk-secure                       give the engine's existing nodes the --zk-auth ACL
@@ -23,10 +25,12 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -39,7 +43,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..jobsearch import any_of, quote
-from ..states import FINAL_STATES, STATES
+from ..states import FINAL_STATES, JOB_FAILED, STATES
+from ..timeutil import format_time
 from .options import CommonConfig, common_options, expand_multi_values, make_api
 
 if TYPE_CHECKING:
@@ -220,6 +225,51 @@ for _param in cli.params:
 
 # -- submit -------------------------------------------------------------------------------------
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Duration(click.ParamType):
+    """A length of time: ``90``, ``30s``, ``5m``, ``1h30m``, ``2d`` (seconds without a unit)."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int | float):
+            return float(value)
+        text = str(value).strip().lower()
+        parts = _DURATION_PART.findall(text)
+        if not text or "".join(n + u for n, u in parts) != text:
+            self.fail(f"'{value}' is not a duration such as 90, 30s, 5m, 1h30m or 2d", param, ctx)
+        return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+class Moment(click.ParamType):
+    """An ISO-8601 time (``2026-12-24T18:00``, ``...Z``, ``...+01:00``); without an offset,
+    the local time of this machine."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        try:
+            moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"'{value}' is not an ISO-8601 time such as 2026-12-24T18:00Z", param, ctx)
+        return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+def _not_before(delay: float | None, at: datetime | None) -> str | None:
+    """The `not-before` of --delay or --at (None: run as soon as possible)."""
+    if delay is not None and at is not None:
+        raise click.UsageError("give --delay or --at, not both")
+    if delay is not None:
+        return format_time(datetime.now(UTC) + timedelta(seconds=delay))
+    if at is not None:
+        return format_time(at)
+    return None
+
 
 def _payload_text(value: Any, where: str) -> str:
     """The job's `payload` attribute (a JSON text) from an option's text or a line's value."""
@@ -309,11 +359,17 @@ def _submit_many(session: Session, source: IO[str], defaults: dict[str, Any], as
     "--mode", type=click.Choice(["push", "pull", "mixed"]), help="Execution mode [API: push]."
 )
 @click.option(
+    "--delay",
+    type=Duration(),
+    help="Run it no sooner than this from now: 30s, 5m, 1h30m (this project's job API).",
+)
+@click.option("--at", type=Moment(), help="Run it no sooner than this ISO-8601 time.")
+@click.option(
     "--from",
     "source",
     type=click.File("r"),
-    help="Submit every job body of a JSON-lines file ('-' for stdin); --priority "
-    "and --mode apply to lines that do not set them.",
+    help="Submit every job body of a JSON-lines file ('-' for stdin); --priority, "
+    "--mode, --delay and --at apply to lines that do not set them.",
 )
 @json_option
 @pass_session
@@ -324,6 +380,8 @@ def submit(
     payload: str | None,
     priority: int | None,
     mode: str | None,
+    delay: float | None,
+    at: datetime | None,
     source: IO[str] | None,
     as_json: bool,
 ) -> int:
@@ -333,6 +391,9 @@ def submit(
         defaults["priority"] = priority
     if mode is not None:
         defaults["execution-mode"] = mode
+    not_before = _not_before(delay, at)
+    if not_before is not None:
+        defaults["not-before"] = not_before
     if source is not None:
         if action or target or payload:
             raise click.UsageError("--from takes no ACTION, --target or --payload")
@@ -346,9 +407,10 @@ def submit(
         body["payload"] = _payload_text(payload, "--payload")
     new_id = session.api.add("job", body).data["resource-id"]
     if as_json:
-        _print_json({"id": new_id})
+        _print_json({"id": new_id, **({"not-before": not_before} if not_before else {})})
     else:
-        out.print(f"{new_id} created ({action})")
+        when = f", runs at {not_before} or later" if not_before else ""
+        out.print(f"{new_id} created ({action}{when})")
     return EXIT_OK
 
 
@@ -369,6 +431,11 @@ def submit(
     "--last", default=20, show_default=True, type=click.IntRange(0), help="How many jobs to show."
 )
 @click.option("--orderby", default="created:desc", show_default=True)
+@click.option(
+    "--failed",
+    is_flag=True,
+    help="Only FAILED jobs (the dead letters), with their attempts and error.",
+)
 @json_option
 @pass_session
 def list_jobs(
@@ -378,9 +445,14 @@ def list_jobs(
     action: str | None,
     last: int,
     orderby: str,
+    failed: bool,
     as_json: bool,
 ) -> int:
     """List jobs, newest first."""
+    if failed:
+        if states and {s.upper() for s in states} != {JOB_FAILED}:
+            raise click.UsageError("--failed lists FAILED jobs: it takes no other --state")
+        states = (JOB_FAILED,)
     parts = [f"({f})" for f in filters]
     if states:
         parts.append(f"state={any_of(sorted({s.upper() for s in states}))}")
@@ -398,6 +470,9 @@ def list_jobs(
         _print_json({"count": answer.get("count", 0), "jobs": jobs})
         return EXIT_OK
     out.print(f"{len(jobs)} of {answer.get('count', 0)} job(s)")
+    if failed:
+        out.print(_failed_table(jobs))
+        return EXIT_OK
     rows = [
         [
             doc["id"],
@@ -413,6 +488,20 @@ def list_jobs(
     table = _table(["ID", "ACTION", "STATE", "%", "PRIO", "CREATED", "MESSAGE"], rows)
     out.print(table)
     return EXIT_OK
+
+
+def _failed_table(jobs: list[dict]) -> Table:
+    rows = [
+        [
+            doc["id"],
+            str(doc.get("action", "")),
+            str(doc.get("attempts", "")),
+            str(doc.get("updated", ""))[:19],
+            _first_line(doc.get("status-message"), 100),
+        ]
+        for doc in jobs
+    ]
+    return _table(["ID", "ACTION", "ATTEMPTS", "FAILED AT", "ERROR"], rows)
 
 
 @cli.command()
@@ -456,6 +545,33 @@ def cancel(session: Session, job: str, as_json: bool) -> int:
     else:
         out.print(escape(str(answer.get("message", f"{job_id(job)} canceled"))))
     return EXIT_OK
+
+
+@cli.command("retry")
+@click.argument("jobs", nargs=-1, required=True)
+@json_option
+@pass_session
+def retry_command(session: Session, jobs: tuple[str, ...], as_json: bool) -> int:
+    """Queue FAILED JOBS again, each as one more attempt (its attempts and errors are kept);
+    the scheduler runs them at its next tick. Exit 1 when some could not be."""
+    from nuvla.api import NuvlaError
+    from nuvla.api.models import CimiResource
+
+    results = []
+    for text in jobs:
+        target = job_id(text)
+        try:
+            answer = session.api.operation(CimiResource({"id": target}), "retry").data
+            results.append({"id": target, "ok": True, "message": answer.get("message", "")})
+        except NuvlaError as exc:
+            results.append({"id": target, "ok": False, "message": _api_error(exc)})
+    if as_json:
+        _print_json({"jobs": results})
+    else:
+        for result in results:
+            mark = "" if result["ok"] else "not retried: "
+            out.print(escape(f"{result['id']}: {mark}{result['message']}"))
+    return EXIT_OK if all(r["ok"] for r in results) else EXIT_FAILED
 
 
 # -- watch --------------------------------------------------------------------------------------
@@ -668,6 +784,7 @@ def restore_command(
                 "dry_run": report.dry_run,
                 "entries": report.entries,
                 "scanned": report.scanned,
+                "waiting": report.waiting,
                 "queued": report.queued,
                 "missing": [{"id": i, "priority": p} for i, p in report.missing],
             }

@@ -8,6 +8,7 @@ The hook protocol is in :mod:`.hooks`; the executor receives its list at constru
 - :mod:`.blocking`: a warning naming the job that blocks the event loop
 - :mod:`.sentry`: exceptions of actions, and unexpected errors, to Sentry
 - :mod:`.time_limit`: the longest an action may run
+- :mod:`.retries`: whether a failed attempt gets another one, and when
 """
 
 from .hooks import Chain, JobRun, Middleware

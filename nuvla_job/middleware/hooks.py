@@ -13,7 +13,8 @@ One queue entry goes through these hooks, in this order, all in the entry's gree
     that get as far as running their action pass here.
 ``after_action(run, exception)``
     the action returned (``exception`` None) or raised, and the entry is still ours; the
-    job's outcome is written next.
+    job's outcome is written next (a :class:`~.retries.RetryPlan` left in ``run.retry``
+    makes it another attempt instead of ``FAILED``).
 ``after_error(run, exception)``
     an unexpected error ended the handling (the entry is consumed). Not called in pull
     mode, where the error ends the command.
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from ..outcome import Outcome
     from ..queue import Entry
     from ..registry import ActionSpec
+    from .retries import RetryPlan
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class JobRun:
     # no action of that name is registered.
     spec: ActionSpec | None = None
     started: float = field(default_factory=time.perf_counter)
+    action_ran: bool = False  # the action was called (whatever it then did)
+    retry: RetryPlan | None = None  # set after a failed attempt that gets another one
 
     @property
     def action(self) -> str | None:

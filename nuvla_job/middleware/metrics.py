@@ -10,10 +10,13 @@ from .hooks import JobRun, Middleware
 
 
 class Metrics(Middleware):
-    """Counts takes, and each settled entry by action and outcome with its duration."""
+    """Counts takes, each settled entry by action and outcome with its duration, and the
+    jobs whose action ran and that ended FAILED (the dead letters)."""
 
     def after_take(self, run: JobRun) -> None:
         metrics.job_taken()
 
     def after_settle(self, run: JobRun, outcome: Outcome) -> None:
         metrics.job_done(run.action, outcome, time.perf_counter() - run.started)
+        if run.action_ran and outcome.state == "FAILED":
+            metrics.dead_letter(run.action)

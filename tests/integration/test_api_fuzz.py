@@ -103,7 +103,9 @@ class Stack:
             }
             created += admin.put(self.url("job"), data=query, timeout=TIMEOUT).json()["resources"]
         for doc in created:
-            self.added.setdefault(doc["id"], doc["execution-mode"])
+            # A job added with a future `not-before` waits with no entry (the scheduler's).
+            mode = "waiting" if "not-before" in doc else doc["execution-mode"]
+            self.added.setdefault(doc["id"], mode)
 
     def check_alive(self) -> None:
         assert self.server.pid is not None, f"job API exited:\n{self.server.log_tail()}"
@@ -228,8 +230,9 @@ def check_consistency(stack: Stack) -> None:
         data, _ = stack.zk.get(f"{queue.ENTRIES}/{name}")
         entries.setdefault(data.decode("utf-8", "replace"), []).append(f"{queue.ENTRIES}/{name}")
     # No executor runs here, so entries stay: exactly one per push or mixed job ever added
-    # (deleted ones included), none for anything else (a refused add, a pull job).
-    queued = {job_id for job_id, mode in stack.added.items() if mode != "pull"}
+    # (deleted ones included), none for anything else (a refused add, a pull job, a job
+    # added to wait for its `not-before`: no scheduler runs here).
+    queued = {job_id for job_id, mode in stack.added.items() if mode not in ("pull", "waiting")}
     assert set(entries) == queued, (sorted(set(entries) - queued), sorted(queued - set(entries)))
     assert all(len(paths) == 1 for paths in entries.values()), "a job is queued twice"
     for job_id, doc, pending in rows:
@@ -301,6 +304,14 @@ VALID_BY_KIND = {
     "hrefs": st.lists(hrefs, max_size=3),
     "acl": acls,
     "any": json_values,
+    "retry": st.fixed_dictionaries(
+        {},
+        optional={
+            "retries": st.integers(-2, 1002) | json_values,
+            "backoff": st.floats(allow_nan=True) | json_values,
+            "max-backoff": st.floats(allow_nan=True) | json_values,
+        },
+    ),
 }
 KNOWN = {
     "state": st.sampled_from([*STATES, "queued", "DONE"]),

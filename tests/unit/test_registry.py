@@ -80,10 +80,52 @@ def test_spec_is_frozen() -> None:
         spec.timeout = 1.0  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("option", ["retries", "max_concurrent", "pull_mode"])
+# `retries` was one of these until issue 14 made it an option; `max_retries` (Dramatiq's
+# spelling) is a typo of it that must not pass silently.
+@pytest.mark.parametrize("option", ["max_retries", "max_concurrent", "pull_mode"])
 def test_unknown_option_is_an_error_naming_it(option: str) -> None:
     with pytest.raises(TypeError, match=option):
         action("unit_unknown", **{option: 1})  # type: ignore[arg-type]
+
+
+def test_retry_policy_options_become_spec_fields(own_default_registry: ActionRegistry) -> None:
+    @action("unit_retried", retries=3, backoff=2, max_backoff=30, retry_on=ConnectionError)
+    class Retried:
+        pass
+
+    spec = own_default_registry.spec("unit_retried")
+    assert spec == ActionSpec(
+        "unit_retried",
+        Retried,
+        retries=3,
+        backoff=2.0,
+        max_backoff=30.0,
+        retry_on=(ConnectionError,),
+    )
+    plain = ActionSpec("plain", object)
+    assert (plain.retries, plain.retry_on) == (0, (Exception,))  # no retry unless asked
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"retries": -1}, ValueError, "retries must be an int >= 0"),
+        ({"retries": True}, ValueError, "retries must be an int >= 0"),
+        ({"retries": 2.5}, ValueError, "retries must be an int >= 0"),
+        ({"backoff": 0}, ValueError, "backoff must be a number of seconds > 0"),
+        ({"max_backoff": float("inf")}, ValueError, "max_backoff must be a number of seconds"),
+        ({"max_backoff": "1m"}, ValueError, "max_backoff must be a number of seconds > 0"),
+        ({"backoff": 10, "max_backoff": 5}, ValueError, "max_backoff .* is shorter than"),
+        ({"retry_on": "ValueError"}, TypeError, "retry_on must be an exception class"),
+        ({"retry_on": (ValueError, int)}, TypeError, "retry_on must be an exception class"),
+        ({"retry_on": ()}, TypeError, "retry_on must be an exception class"),
+    ],
+)
+def test_bad_retry_options_are_errors_naming_them(
+    options: dict, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=f"action unit_bad: {message}"):
+        action("unit_bad", **options)
 
 
 def test_upstream_forms_are_accepted(own_default_registry: ActionRegistry) -> None:
