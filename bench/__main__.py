@@ -24,6 +24,7 @@ HELPERS = {"plots", "report"}
 # numbers are not the ones to quote.
 QUICK: dict[str, list[str]] = {
     "api": ["--jobs", "10000", "--seconds", "5", "--quiet-wait", "10"],
+    "delays": ["--jobs", "500", "--max-delay", "15", "--burst", "300"],
     "distributor": ["--seconds", "10"],
     "executor": [
         "--jobs",

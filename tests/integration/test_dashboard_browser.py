@@ -251,3 +251,48 @@ def test_dashboard_end_to_end(
         executor.signal(signal.SIGTERM)
         executor.wait_for_log("stopping")
         executor.signal(signal.SIGTERM)
+
+
+def test_dashboard_shows_the_failed_jobs_and_retries_one(browser, fresh_api: JobApiProcess) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = fresh_api.admin_api()
+    queued = add(api, "test_ok", 500, {})
+    failed = add(api, "test_ok", 500, {})
+    api.edit(failed, {"state": "FAILED", "status-message": "RuntimeError: it broke"})
+    wait = WebDriverWait(
+        browser, WAIT, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+    )
+
+    def rows() -> dict[str, Any]:
+        found = browser.find_elements(By.CSS_SELECTOR, "#jobs tr[data-id]")
+        return {row.get_attribute("data-id"): row for row in found}
+
+    browser.get(f"{fresh_api.endpoint}/dashboard")
+    wait.until(EC.visibility_of_element_located((By.ID, "login-form")))
+    creds = fresh_api.credentials()
+    browser.find_element(By.ID, "login-name").send_keys(creds["key"])
+    browser.find_element(By.ID, "login-secret").send_keys(creds["secret"])
+    browser.find_element(By.ID, "login-submit").click()
+    wait.until(lambda d: set(rows()) == {queued, failed})
+    # A Retry button on the FAILED job only.
+    assert rows()[queued].find_elements(By.CSS_SELECTOR, "button.retry") == []
+    assert len(rows()[failed].find_elements(By.CSS_SELECTOR, "button.retry")) == 1
+
+    browser.find_element(By.ID, "jobs-failed").click()  # the dead letters only
+    wait.until(lambda d: set(rows()) == {failed})
+    assert "RuntimeError: it broke" in rows()[failed].text
+
+    def click_retry(driver) -> bool:
+        rows()[failed].find_element(By.CSS_SELECTOR, "button.retry").click()
+        return True
+
+    wait.until(click_retry)
+    wait.until(lambda d: set(rows()) == set())  # queued again: no longer FAILED
+    job = api.get(failed).data
+    assert job["state"] == "QUEUED" and "not-before" in job  # the scheduler's to queue
+    browser.find_element(By.ID, "jobs-failed").click()
+    wait.until(lambda d: set(rows()) == {queued, failed})

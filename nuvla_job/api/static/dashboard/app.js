@@ -164,6 +164,13 @@ function drawJobs(data) {
       button.addEventListener("click", () => cancelJob(job.id, cancel.href, button));
       actionCell.appendChild(button);
     }
+    const retry = (job.operations || []).find((op) => op.rel === "retry");
+    if (retry) {
+      const button = el("button", "Retry", "retry");
+      button.type = "button";
+      button.addEventListener("click", () => retryJob(job.id, retry.href, button));
+      actionCell.appendChild(button);
+    }
     const message = el("td", job["status-message"] || "", "message");
     message.title = job["status-message"] || "";
     const tr = row([
@@ -191,21 +198,42 @@ async function cancelJob(jobId, href, button) {
   poll();
 }
 
+// A FAILED job queued again as one more attempt (the scheduler runs it at its next tick).
+async function retryJob(jobId, href, button) {
+  button.disabled = true;
+  try {
+    await call("POST", `/api/${href}`, {});
+    showMessage("");
+  } catch (error) {
+    showMessage(`retry ${jobId}: ${error.message}`);
+    button.disabled = false;
+  }
+  poll();
+}
+
 // -- polling and login -------------------------------------------------------------------
 
 function showMessage(text) {
   $("#message").textContent = text;
 }
 
+const RECENT = `/api/job?orderby=updated:desc&last=${RECENT_JOBS}`;
 const panels = [
   ["/api/dashboard/queue", drawQueue, "#queue"],
   ["/api/dashboard/executors", drawExecutors, "#executors"],
   ["/api/dashboard/leaders", drawLeaders, "#leaders"],
-  [`/api/job?orderby=updated:desc&last=${RECENT_JOBS}`, drawJobs, "#jobs"],
+  [RECENT, drawJobs, "#jobs"],
 ];
+
+// The jobs panel shows every recent job, or the FAILED ones only (the dead letters).
+function jobsPath() {
+  const failed = $("#jobs-failed").checked;
+  return failed ? `${RECENT}&filter=${encodeURIComponent("state='FAILED'")}` : RECENT;
+}
 
 async function poll() {
   clearTimeout(timer);
+  panels[3][0] = jobsPath();
   const results = await Promise.allSettled(panels.map(([path]) => call("GET", path)));
   if (results.some((r) => r.status === "rejected" && r.reason.status === 401)) {
     showLogin();
@@ -291,5 +319,6 @@ async function logout() {
 document.addEventListener("DOMContentLoaded", () => {
   $("#login-form").addEventListener("submit", login);
   $("#logout").addEventListener("click", logout);
+  $("#jobs-failed").addEventListener("change", poll);
   start();
 });
