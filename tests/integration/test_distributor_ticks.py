@@ -40,9 +40,11 @@ def proxy(zookeeper: ZooKeeperServer) -> Iterator[SessionNotingProxy]:
 
 @pytest.fixture
 def start_distributor(
-    zookeeper: ZooKeeperServer, job_api: JobApiProcess, zk: KazooClient
+    zookeeper: ZooKeeperServer, job_api: JobApiProcess, zk: KazooClient, proxy: SessionNotingProxy
 ) -> Iterator[Start]:
-    """Start `job-distributor` running one distribution; leader once started."""
+    """Start `job-distributor` running one distribution; leader once started. They are
+    stopped before the proxy closes (a distributor cut off waits to leave its elections)."""
+    started: list[EngineProcess] = []
 
     def start(distribution: str, env: dict[str, str], hosts: str | None = None) -> EngineProcess:
         args = [
@@ -62,10 +64,13 @@ def start_distributor(
             distribution,
         ]
         process = EngineProcess("nuvla_job.cli.distributor", args, env).start()
+        started.append(process)
         process.wait_for_log(f"leader of {distribution}:")
         return process
 
-    yield start  # stopped and removed after the test (tests/conftest.py)
+    yield start
+    for process in started:
+        process.close()
 
 
 def calls(record: Path) -> list[float]:

@@ -7,12 +7,16 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 import requests
 
 from nuvla_job.localstack import processes
+from nuvla_job.localstack.processes import REPO
 from tests.support.jobapi import JobApiProcess
 from tests.support.processes import EngineProcess, executor_process, serving_on_free_port
 from tests.support.zookeeper import ZooKeeperServer
+
+pytest_plugins = ["pytester"]
 
 
 @contextmanager
@@ -88,13 +92,29 @@ def test_an_engine_process_that_lost_its_port_is_started_on_another(
 
 
 def test_engine_processes_left_open_are_closed_after_each_test(
-    zookeeper: ZooKeeperServer, job_api: JobApiProcess, request
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # tests/conftest.py closes, after every test, the engine processes it left open.
-    assert "_engine_processes_closed" in request.fixturenames
-    process = executor_process(zookeeper.hosts, job_api.endpoint, str(job_api.credentials_path))
-    process.start().wait_for_log("running up to")
-    assert process in EngineProcess._open and process.dir.exists()
-    EngineProcess.close_all()
-    assert process.exited and not process.dir.exists()
-    assert process not in EngineProcess._open
+    # Two tests of their own, run with this suite's conftest: the first leaves a process
+    # running, the second finds it stopped and its folder gone (before any exit handler).
+    pytester.makeconftest((REPO / "tests" / "conftest.py").read_text())
+    pytester.makepyfile(
+        """
+        import sys
+
+        from tests.support.processes import EngineProcess
+
+        left = []
+
+        def test_leaves_a_process_running():
+            sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+            left.append(EngineProcess("sleeper", [], program=sleeper).start())
+            assert not left[0].exited and left[0].dir.exists()
+
+        def test_finds_it_closed():
+            [process] = left
+            assert process.exited and not process.dir.exists()
+        """
+    )
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the inner run imports this suite's tests/
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
