@@ -408,6 +408,17 @@ class DueJobs:
         _send(resp, 200, self.ctx.jobs.queue_due(self.ctx.caller(req), limit))
 
 
+class JobWait:
+    """``POST /api/job/wait``: a long poll for changes of the given jobs (changes.py)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        caller = self.ctx.caller(req)
+        _send(resp, 200, self.ctx.jobs.wait(self.ctx.json(req), caller))
+
+
 class JobOperation:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -471,6 +482,7 @@ def create_app(
     app.add_route("/api/session/{uuid}", Session(ctx))
     app.add_route("/api/job", JobCollection(ctx))
     app.add_route("/api/job/queue-due", DueJobs(ctx))
+    app.add_route("/api/job/wait", JobWait(ctx))
     app.add_route("/api/job/{uuid}", JobItem(ctx))
     app.add_route("/api/job/{uuid}/{op}", JobOperation(ctx))
     dashboard.register(app, ctx)  # /dashboard and /api/dashboard/*

@@ -24,6 +24,7 @@ as such; the mark stays until recovery clears it.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,7 +33,9 @@ from typing import Any
 from ..states import FINAL_STATES, STATES, UNFINISHED_STATES
 from ..timeutil import now_iso, parse_time
 from . import acl as acls
+from . import changes as waits
 from .errors import ApiError, bad_request, forbidden, not_found
+from .filters import Comparison
 from .identity import Caller
 from .query import Query, apply_select
 from .schema import EXECUTION_MODES
@@ -112,10 +115,18 @@ def _check_not_before(doc: Doc, now: str | None = None) -> None:
 class JobService:
     """The job collection as callers see it, on a store and a queue."""
 
-    def __init__(self, store: JobStore, queue: JobQueue, base_uri: str = "") -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        queue: JobQueue,
+        base_uri: str = "",
+        changes: waits.Changes | None = None,
+    ) -> None:
         self.store = store
         self.queue = queue
         self.base_uri = base_uri
+        # The requests held by wait(), woken after each write below.
+        self.changes = changes if changes is not None else waits.Changes()
 
     # -- views ----------------------------------------------------------------------------
 
@@ -231,6 +242,7 @@ class JobService:
         doc["tags"] = [*doc.get("tags", []), path]
         try:
             self.store.mark_enqueued(doc["id"], path)
+            self.changes.changed(doc["id"])
         except StoreError as exc:
             # The entry exists, so the add has happened: the job is stored and queued, and
             # an executor may run it already. Answering an error would make the caller add
@@ -257,6 +269,7 @@ class JobService:
                 if path is None:
                     path = self.queue.put(doc["id"], doc.get("priority", DEFAULT_PRIORITY))
                 self.store.mark_enqueued(doc["id"], path)
+                self.changes.changed(doc["id"])
                 log.info("finished interrupted add of %s (entry %s)", doc["id"], path)
                 done += 1
 
@@ -296,6 +309,7 @@ class JobService:
         result = self.store.update(job_id, change)
         if result is None:
             raise not_found(job_id)
+        self.changes.changed(job_id)
         return self.present(result, caller)
 
     @staticmethod
@@ -320,6 +334,7 @@ class JobService:
         self._load(job_id, caller, "delete")
         if not self.store.delete(job_id):
             raise not_found(job_id)
+        self.changes.changed(job_id)
 
     def delete_bulk(self, query: Query, caller: Caller) -> dict[str, Any]:
         if not caller.is_admin:
@@ -371,6 +386,7 @@ class JobService:
         result = self.store.update(job_id, change)
         if result is None:
             raise not_found(job_id)
+        self.changes.changed(job_id)
         return result
 
     def _cancel(self, job_id: str, caller: Caller) -> dict[str, Any]:
@@ -463,6 +479,90 @@ class JobService:
             if target_doc is not None:
                 context[target] = target_doc
         return context
+
+    # -- waiting for changes -------------------------------------------------------------
+
+    def wait(self, body: Any, caller: Caller) -> dict[str, Any]:
+        """``POST job/wait``: the followed jobs whose version differs from the caller's,
+        as soon as there is one, or nothing after ``timeout`` seconds (see changes.py).
+
+        Body: ``{"jobs": {id: etag or null, ...}, "timeout": seconds, "watch": token,
+        "seq": n}`` (watch and seq optional). Answer: ``{"jobs": [{"etag", "job"}, ...],
+        "missing": [ids gone or not visible], "superseded": bool}``.
+        """
+        self._check_query_right(caller)
+        known, timeout, watch, seq = _wait_request(body)
+        waiter = self.changes.register(known, (caller.identity, watch) if watch else None, seq)
+        found: list[dict[str, Any]] = []
+        missing: list[str] = []
+        try:
+            deadline = time.monotonic() + timeout
+            check = list(known)
+            while True:
+                found, missing = self._versions(check, known, caller)
+                remaining = deadline - time.monotonic()
+                if found or missing or waiter.done or remaining <= 0:
+                    break
+                notified = waiter.wait(min(remaining, waits.RECHECK))
+                # Woken by a write: read only what was written. Else (the recheck time, a
+                # stop, a newer request): read them all.
+                check = [job_id for job_id in known if job_id in notified] or list(known)
+        finally:
+            self.changes.unregister(waiter)
+        return {"jobs": found, "missing": missing, "superseded": waiter.superseded}
+
+    def _versions(
+        self, ids: list[str], known: dict[str, str | None], caller: Caller
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """(the jobs of ``ids`` whose etag is not the known one, the ids not found)."""
+        principals = None if caller.is_admin else caller.claims
+        docs: dict[str, Doc] = {}
+        for start in range(0, len(ids), _READ_CHUNK):
+            chunk = tuple(ids[start : start + _READ_CHUNK])
+            _, page = self.store.search(Query(filter=Comparison("id", "=", chunk)), principals)
+            docs.update((doc["id"], doc) for doc in page)
+        found = []
+        for job_id in ids:
+            doc = docs.get(job_id)
+            if doc is not None and (version := waits.etag(doc)) != known[job_id]:
+                found.append({"etag": version, "job": self.present(doc, caller)})
+        return found, [job_id for job_id in ids if job_id not in docs]
+
+
+# Ids read by one query of wait(): far below SQLite's parameter limit.
+_READ_CHUNK = 1000
+_WAIT_KEYS = frozenset({"jobs", "timeout", "watch", "seq"})
+
+
+def _wait_request(body: Any) -> tuple[dict[str, str | None], float, str | None, int]:
+    """The checked parts of a wait request: (known etags by id, timeout, watch, seq)."""
+    if not isinstance(body, dict):
+        raise bad_request("a wait request is a JSON object")
+    unknown = sorted(set(body) - _WAIT_KEYS)
+    if unknown:
+        raise bad_request(f"unknown key(s) in the wait request: {', '.join(unknown)}")
+    jobs = body.get("jobs")
+    if not isinstance(jobs, dict) or not jobs:
+        raise bad_request("'jobs' must be a non-empty map of job id to etag (or null)")
+    if len(jobs) > waits.MAX_JOBS:
+        raise bad_request(f"at most {waits.MAX_JOBS} jobs can be followed by one request")
+    for job_id, version in jobs.items():
+        if not job_id.startswith("job/") or len(job_id) > 200:
+            raise bad_request(f"'{job_id[:100]}' is not a job id")
+        if version is not None and not (isinstance(version, str) and len(version) <= 100):
+            raise bad_request(f"the etag of {job_id} must be a string or null")
+    timeout = body.get("timeout", 0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise bad_request("'timeout' must be a number of seconds")
+    if not 0 <= timeout <= waits.MAX_WAIT:
+        raise bad_request(f"'timeout' must be between 0 and {waits.MAX_WAIT:g} seconds")
+    watch = body.get("watch")
+    if watch is not None and not (isinstance(watch, str) and 0 < len(watch) <= 100):
+        raise bad_request("'watch' must be a non-empty string of at most 100 characters")
+    seq = body.get("seq", 0)
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise bad_request("'seq' must be a non-negative integer")
+    return jobs, float(timeout), watch, seq
 
 
 _SYSTEM = Caller("internal", frozenset({"group/nuvla-admin"}))

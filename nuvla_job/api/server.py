@@ -316,7 +316,9 @@ class JobApiServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         # Stop accepting, let running requests finish, then drop the idle connections.
+        # Held waits answer at once (their clients ask again elsewhere or after the restart).
         self.http.close()
+        self.jobs.changes.close()
         if not self.draining.drain(timeout):
             log.warning("requests still running after %.0f s are cut off", timeout)
         self.http.stop(timeout=0.5)

@@ -3,6 +3,7 @@
     job submit ACTION [--target HREF] [--payload JSON] [--priority N] [--mode push|pull|mixed]
                [--delay 30s | --at TIME]
     job submit --from FILE.jsonl        one job body (JSON object) per line; '-' reads stdin
+    job submit ... --wait [--timeout S] and wait until the job(s) are final
     job list [--filter F] [--state S] [--action A] [--last N] [--orderby O] [--failed]
     job show JOB | job cancel JOB | job watch JOB
     job retry JOB...                    queue FAILED jobs again, one more attempt each
@@ -11,8 +12,9 @@
     job zk-secure                       give the engine's existing nodes the --zk-auth ACL
 
 Every command prints for humans by default and JSON with `--json`. Exit status: 0 when it
-worked; `watch` exits with the job's outcome (0 SUCCESS, 1 FAILED, 2 CANCELED) and
-`submit --from` with 1 when some lines failed; any error is one line on stderr and exit 3.
+worked; `watch` and `submit --wait` exit with the job's outcome (0 SUCCESS, 1 FAILED,
+2 CANCELED) and `submit --from` with 1 when some lines failed (or, with --wait, some jobs
+did not succeed); any error is one line on stderr and exit 3.
 
 Connection and credentials are the engine's common options (environment variables
 included); without any credentials, the admin credentials file the job API writes in its
@@ -51,8 +53,10 @@ if TYPE_CHECKING:
     from kazoo.client import KazooClient
     from nuvla.api import Api
 
+    from ..client import Client, JobHandle
+
 EXIT_OK = 0
-EXIT_FAILED = 1  # watch: the job FAILED; submit --from: some lines failed
+EXIT_FAILED = 1  # watch, submit --wait: the job FAILED; submit --from: some lines failed
 EXIT_CANCELED = 2  # watch: the job was CANCELED
 EXIT_ERROR = 3  # anything went wrong: one line on stderr
 EXIT_INTERRUPTED = 130
@@ -108,6 +112,7 @@ class Session:
         self.common = common
         self.api_url_given = api_url_given
         self._api = None
+        self._client: Client | None = None
         self._zk: KazooClient | None = None
 
     @property
@@ -134,6 +139,15 @@ class Session:
         return dataclasses.replace(common, **changes)
 
     @property
+    def client(self) -> Client:
+        """The Python client on the same connection (for waiting)."""
+        if self._client is None:
+            from ..client import Client
+
+            self._client = Client(api=self.api)
+        return self._client
+
+    @property
     def zk(self) -> KazooClient:
         if self._zk is None:
             client = self.common.zookeeper.make_client(use_gevent=False)
@@ -149,6 +163,8 @@ class Session:
         return self._zk
 
     def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
         if self._zk is not None:
             self._zk.stop()
             self._zk.close()
@@ -310,7 +326,14 @@ def _api_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _submit_many(session: Session, source: IO[str], defaults: dict[str, Any], as_json: bool) -> int:
+def _submit_many(
+    session: Session,
+    source: IO[str],
+    defaults: dict[str, Any],
+    as_json: bool,
+    wait: bool = False,
+    timeout: float | None = None,
+) -> int:
     import requests
     from nuvla.api import NuvlaError
 
@@ -341,13 +364,49 @@ def _submit_many(session: Session, source: IO[str], defaults: dict[str, Any], as
                     f"creating {len(created)} job(s)"
                 ) from None
             progress.advance(task)
+    outcomes = _wait_all(session, created, timeout) if wait else None
     if as_json:
-        _print_json({"created": created, "failed": failed})
+        report: dict[str, Any] = {"created": created, "failed": failed}
+        if outcomes is not None:
+            report["states"] = outcomes
+        _print_json(report)
     else:
         out.print(f"created {len(created)} job(s), failed {len(failed)}")
         for failure in failed:
             out.print(f"  line {failure['line']}: {escape(failure['error'])}")
-    return EXIT_FAILED if failed else EXIT_OK
+        if outcomes is not None:
+            counts = Counter(outcomes.values())
+            out.print("finished: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if failed or (outcomes and any(s != "SUCCESS" for s in outcomes.values())):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _wait_all(session: Session, ids: list[str], timeout: float | None) -> dict[str, str]:
+    """Each job's final state, waited for together (one long poll for all of them)."""
+    import threading
+
+    from ..client import ClientError
+
+    states: dict[str, str] = {}
+    errors: list[str] = []
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def wait(job: str) -> None:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            states[job] = session.client.job(job).wait(left).state
+        except ClientError as exc:
+            errors.append(exc.message)
+
+    threads = [threading.Thread(target=wait, args=(job,), daemon=True) for job in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise CliError(f"{len(errors)} job(s) not final: {errors[0]}")
+    return {job: states[job] for job in ids}
 
 
 @cli.command()
@@ -371,6 +430,17 @@ def _submit_many(session: Session, source: IO[str], defaults: dict[str, Any], as
     help="Submit every job body of a JSON-lines file ('-' for stdin); --priority, "
     "--mode, --delay and --at apply to lines that do not set them.",
 )
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait until the job is final (every job, with --from) and exit with its outcome: "
+    "0 SUCCESS, 1 FAILED, 2 CANCELED.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    help="With --wait: give up (exit 3) after so many seconds.",
+)
 @json_option
 @pass_session
 def submit(
@@ -383,9 +453,13 @@ def submit(
     delay: float | None,
     at: datetime | None,
     source: IO[str] | None,
+    wait: bool,
+    timeout: float | None,
     as_json: bool,
 ) -> int:
     """Submit a job for ACTION, or many with --from."""
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout goes with --wait")
     defaults: dict[str, Any] = {}
     if priority is not None:
         defaults["priority"] = priority
@@ -397,7 +471,7 @@ def submit(
     if source is not None:
         if action or target or payload:
             raise click.UsageError("--from takes no ACTION, --target or --payload")
-        return _submit_many(session, source, defaults, as_json)
+        return _submit_many(session, source, defaults, as_json, wait, timeout)
     if not action:
         raise click.UsageError("give an ACTION, or --from FILE")
     body: dict[str, Any] = {"action": action, **defaults}
@@ -406,6 +480,10 @@ def submit(
     if payload is not None:
         body["payload"] = _payload_text(payload, "--payload")
     new_id = session.api.add("job", body).data["resource-id"]
+    if wait:
+        if not as_json:
+            out.print(f"{new_id} created ({action}); waiting")
+        return _follow(new_id, _versions(session.client.job(new_id), timeout), as_json)
     if as_json:
         _print_json({"id": new_id, **({"not-before": not_before} if not_before else {})})
     else:
@@ -605,9 +683,15 @@ def _poll(session: Session, target: str, interval: float, timeout: float | None)
 def watch(session: Session, job: str, interval: float, timeout: float | None, as_json: bool) -> int:
     """Follow JOB until it is final; exit 0 SUCCESS, 1 FAILED, 2 CANCELED."""
     target = job_id(job)
+    return _follow(target, _poll(session, target, interval, timeout), as_json)
+
+
+def _follow(target: str, docs: Iterator[dict], as_json: bool) -> int:
+    """Show the job's documents as they come (a live bar, or the last one as JSON); the
+    exit status of its outcome."""
     doc: dict = {}
     if as_json:
-        doc = deque(_poll(session, target, interval, timeout), maxlen=1)[0]
+        doc = deque(docs, maxlen=1)[0]
         _print_json(_without_operations(doc))
     else:
         progress = Progress(
@@ -620,7 +704,7 @@ def watch(session: Session, job: str, interval: float, timeout: float | None, as
         )
         with progress:
             task = progress.add_task(target, total=100, state="", message="")
-            for doc in _poll(session, target, interval, timeout):
+            for doc in docs:
                 progress.update(
                     task,
                     completed=doc.get("progress", 0),
@@ -634,6 +718,18 @@ def watch(session: Session, job: str, interval: float, timeout: float | None, as
             line += f": {_first_line(doc['status-message'], 200)}"
         out.print(escape(line))
     return OUTCOME_CODES.get(doc.get("state", ""), EXIT_ERROR)
+
+
+def _versions(handle: JobHandle, timeout: float | None) -> Iterator[dict]:
+    """The job's document at each change until it is final (the client's long poll)."""
+    from ..client import WaitTimeout
+
+    try:
+        for _ in handle.progress(timeout):
+            assert handle.doc is not None
+            yield handle.doc
+    except WaitTimeout as exc:
+        raise CliError(exc.message) from None
 
 
 # -- queue --------------------------------------------------------------------------------------
@@ -842,6 +938,8 @@ def run(argv: list[str]) -> int:
     from kazoo.handlers.threading import KazooTimeoutError
     from nuvla.api import NuvlaError
 
+    from ..client import ClientError
+
     # No library may print a traceback or a warning of its own on our stderr.
     logging.getLogger().addHandler(logging.NullHandler())
     try:
@@ -860,6 +958,8 @@ def run(argv: list[str]) -> int:
         message = exc.format_message()
     except NuvlaError as exc:
         message = _api_error(exc)
+    except ClientError as exc:
+        message = exc.message
     except requests.RequestException as exc:
         message = f"cannot reach the job API: {type(exc).__name__}"
     except NoAuthError:

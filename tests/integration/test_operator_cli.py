@@ -152,6 +152,40 @@ def test_submit_from_jsonl_counts_created_and_failed(
     assert "line 3: invalid JSON" in human.stdout and "line 4: not a JSON object" in human.stdout
 
 
+def test_submit_wait_exits_with_the_outcome(
+    cli: Cli, admin_api: Api, start_executor, tmp_path: Path
+) -> None:
+    start_executor()
+    ok = cli("submit", "test_sleep", "--payload", '{"seconds": 0.5}', "--wait")
+    assert ok.returncode == 0, ok.stderr
+    assert "created (test_sleep); waiting" in ok.stdout
+    assert "SUCCESS (return code 0)" in ok.stdout
+    failed = cli("submit", "test_fail_code", "--wait", "--json")
+    assert failed.returncode == 1, failed.stderr
+    doc = json.loads(failed.stdout)
+    assert (doc["state"], doc["return-code"]) == ("FAILED", 3)
+    assert "operations" not in doc
+    never = cli("submit", "test_ok", "--mode", "pull", "--wait", "--timeout", "0.5")
+    assert_one_line_error(never, "still QUEUED after 0.5 s")
+    assert_one_line_error(cli("submit", "test_ok", "--timeout", "1"), "--timeout goes with --wait")
+    # --from with --wait: every job waited for; exit 1 when one did not succeed.
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(
+        "\n".join(
+            [json.dumps({"action": "test_ok"})] * 3 + [json.dumps({"action": "test_fail_code"})]
+        )
+    )
+    batch = cli("submit", "--from", str(path), "--wait", "--json")
+    assert batch.returncode == 1, batch.stderr
+    report = json.loads(batch.stdout)
+    assert sorted(report["states"].values()) == ["FAILED", "SUCCESS", "SUCCESS", "SUCCESS"]
+    assert sorted(report["states"]) == sorted(report["created"])
+    path.write_text(json.dumps({"action": "test_ok"}))
+    human = cli("submit", "--from", str(path), "--wait")
+    assert human.returncode == 0, human.stderr
+    assert "finished: 1 SUCCESS" in human.stdout
+
+
 # -- list, show, cancel --------------------------------------------------------------------------
 
 
