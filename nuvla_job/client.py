@@ -33,6 +33,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ import requests.adapters
 from nuvla.api import Api
 
 from .states import FINAL_STATES, JOB_SUCCESS
+from .timeutil import format_time
 
 __all__ = [
     "Client",
@@ -529,6 +531,8 @@ class Client:
         target: str | None = None,
         tags: Iterable[str] | None = None,
         mode: str | None = None,
+        delay: float | None = None,
+        at: datetime | None = None,
         attributes: Mapping[str, Any] | None = None,
     ) -> JobHandle:
         """Add a job for ``action`` and return its handle.
@@ -536,10 +540,20 @@ class Client:
         ``payload``: a JSON text, or any JSON-serialisable value (sent as its text).
         ``priority``: 0..999, lower runs first (the job API's default: 999). ``target``:
         the target resource's href. ``tags``: strings. ``mode``: ``push`` (default),
-        ``pull`` or ``mixed``. ``attributes``: any other job attributes, as the job API
-        names them (``{"name": ..., "acl": ...}``).
+        ``pull`` or ``mixed``. ``delay`` (seconds) or ``at`` (a datetime; naive is UTC):
+        the job waits, QUEUED, until then (its ``not-before``; the elected scheduler
+        queues it). ``attributes``: any other job attributes, as the job API names them
+        (``{"name": ..., "acl": ...}``).
         """
         body: Doc = {**(attributes or {}), "action": action}
+        if delay is not None and at is not None:
+            raise ValueError("give delay= or at=, not both")
+        if delay is not None:
+            if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+                raise ValueError(f"delay must be a number of seconds >= 0, not {delay!r}")
+            body["not-before"] = format_time(datetime.now(UTC) + timedelta(seconds=delay))
+        if at is not None:
+            body["not-before"] = format_time(at)
         if payload is not None:
             body["payload"] = payload
         if priority is not None:

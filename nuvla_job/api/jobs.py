@@ -432,6 +432,7 @@ class JobService:
 
         if self.store.update(job_id, change) is None:
             raise not_found(job_id)
+        self.changes.changed(job_id)
         return {"status": 200, "message": f"{job_id} queued again", "resource-id": job_id}
 
     # -- the scheduler ----------------------------------------------------------------------
@@ -462,9 +463,11 @@ class JobService:
                 log.error("queueing %d due job(s) failed midway: %s", len(rest), exc)
             for doc, path in zip(docs, paths, strict=False):
                 self.store.mark_enqueued(doc["id"], path)
+                self.changes.changed(doc["id"])
             raise ApiError(503, f"the job queue is unavailable: {exc}") from exc
         for doc, path in zip(docs, paths, strict=True):
             self.store.mark_enqueued(doc["id"], path)
+            self.changes.changed(doc["id"])
         return {"queued": len(paths), "more": len(docs) == limit}
 
     def _get_context(self, job_id: str, caller: Caller) -> dict[str, Any]:

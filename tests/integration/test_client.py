@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from nuvla_job.client import (
     WaitTimeout,
 )
 from nuvla_job.localstack.processes import REPO
+from nuvla_job.timeutil import format_time, parse_time
 from tests.support.jobapi import JobApiProcess
 from tests.support.waiting import wait_for
 
@@ -59,6 +61,24 @@ def test_submit_and_wait_for_the_result(client: Client, start_executor) -> None:
     started = time.monotonic()
     assert job.wait(timeout=5) == result
     assert time.monotonic() - started < 2
+
+
+def test_a_delayed_job_runs_after_its_delay(client: Client, start_executor) -> None:
+    start_executor("--distributions")  # the scheduler, which queues delayed jobs
+    submitted = datetime.now(UTC)
+    job = client.submit("test_ok", delay=1.5)
+    not_before = parse_time(job.refresh().doc["not-before"])
+    assert 1.4 <= (not_before - submitted).total_seconds() <= 3
+    result = job.wait(timeout=30)
+    assert result.succeeded
+    assert parse_time(result.job["started"]) >= not_before
+    at = datetime.now(UTC) + timedelta(hours=1)
+    later = client.submit("test_ok", at=at).refresh()
+    assert later.doc["not-before"] == format_time(at) and later.state == "QUEUED"
+    with pytest.raises(ValueError, match="delay= or at="):
+        client.submit("test_ok", delay=1, at=at)
+    with pytest.raises(ValueError, match="delay must be a number of seconds"):
+        client.submit("test_ok", delay=-1)
 
 
 def test_a_failed_job_is_returned_or_raised_when_asked(client: Client, start_executor) -> None:
