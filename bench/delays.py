@@ -9,7 +9,8 @@ runs only the scheduler (so its CPU is the scheduler's), on a 1 s tick.
    to the last end, and the scheduler's CPU with nothing due.
 2. **Delayed**: ``--jobs`` jobs, each added with a ``not-before`` of ``--min-delay`` to
    ``--max-delay`` seconds (uniform) after its own add; halfway through their due window the
-   same burst of undelayed jobs again, whose throughput is compared with the baseline's.
+   same burst of undelayed jobs again. The executor's throughput over that burst (its jobs
+   and the delayed ones run meanwhile) is compared with the baseline's.
 
 Lateness is a job's ``started`` (the job API's timestamp of the RUNNING write) minus its
 ``not-before``; a negative one (started early) is counted apart, and must be none. The
@@ -24,7 +25,6 @@ from __future__ import annotations
 import json
 import random
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -102,8 +102,8 @@ def _scheduler(stack: Stack) -> EngineProcess:
     return process
 
 
-def burst(stack: Stack, jobs: int) -> float:
-    """Add `jobs` undelayed jobs at once and return the executor's jobs/s on them."""
+def burst(stack: Stack, jobs: int) -> tuple[float, float]:
+    """Add `jobs` undelayed jobs at once; (first start, last end) of them, epoch seconds."""
     api = stack.api()
     tag = f"burst-{time.time_ns()}"
     since = _now_iso()
@@ -111,9 +111,7 @@ def burst(stack: Stack, jobs: int) -> float:
     _add_parallel(stack, [dict(body) for _ in range(jobs)])
     _wait_count(api, tag, "'SUCCESS'", jobs, timeout=jobs / 20 + 120, since=since)
     docs = _jobs(api, tag, since)
-    start = min(_ts(d["started"]) for d in docs)
-    end = max(_ts(d["updated"]) for d in docs)
-    return jobs / (end - start)
+    return min(_ts(d["started"]) for d in docs), max(_ts(d["updated"]) for d in docs)
 
 
 class CpuWindow:
@@ -166,7 +164,8 @@ def main(
             burst(stack, min(burst_jobs, 300))  # warm-up (connections, first imports): not measured
             # 1. The baseline: the burst alone, the scheduler idle.
             cpu.start()
-            base_rate = burst(stack, burst_jobs)
+            began, ended = burst(stack, burst_jobs)
+            base_rate = burst_jobs / (ended - began)
             base_cpu = cpu.stop()
             click.echo(f"baseline burst: {base_rate:,.0f} jobs/s; CPU {base_cpu}")
             cpu.start()
@@ -197,21 +196,24 @@ def main(
             cpu.start()
             middle = (first_due + last_due) / 2
             time.sleep(max(0.0, middle - time.time()))
-            rates: list[float] = []
-            burst_thread = threading.Thread(target=lambda: rates.append(burst(stack, burst_jobs)))
-            burst_thread.start()
-            burst_thread.join()
+            window_of_burst = burst(stack, burst_jobs)
             _wait_count(
                 api, tag, "'SUCCESS'", jobs, timeout=max_delay + added_in + 300, since=since
             )
             due_cpu = cpu.stop()
-            started = {d["id"]: _ts(d["started"]) for d in _jobs(api, tag, since)}
+            delayed_docs = _jobs(api, tag, since)
+            started = {d["id"]: _ts(d["started"]) for d in delayed_docs}
         finally:
             scheduler.stop()
             executor.stop()
     late = sorted((started[i] - _ts(t)) * 1000 for i, t in due.items())
     early = sum(1 for value in late if value < 0)
-    rate = rates[0]
+    # The executor's throughput over the burst: the burst's jobs and the delayed ones it ran
+    # meanwhile (those, due then, are taken first: priority 500).
+    began, ended = window_of_burst
+    rate = burst_jobs / (ended - began)
+    alongside = sum(1 for d in delayed_docs if began <= _ts(d["updated"]) <= ended)
+    total = (burst_jobs + alongside) / (ended - began)
     rows = [
         ("lateness p50 (ms)", f"{pct(late, 50):.0f}", "", ""),
         (
@@ -223,10 +225,16 @@ def main(
         ("lateness max (ms)", f"{late[-1]:.0f}", "", ""),
         ("jobs started before their time", str(early), "", "0"),
         (
-            f"executor throughput, burst of {burst_jobs} (jobs/s)",
-            f"{rate:,.0f}",
+            f"executor throughput over a burst of {burst_jobs} (jobs/s, all jobs)",
+            f"{total:,.0f} ({alongside} delayed)",
             f"{base_rate:,.0f}",
             "no regression",
+        ),
+        (
+            "of which the burst's own jobs (jobs/s)",
+            f"{rate:,.0f}",
+            f"{base_rate:,.0f}",
+            "",
         ),
         (
             "scheduler CPU, % of one core",
@@ -255,7 +263,8 @@ def main(
         f"- CPU columns: the delayed run over its due window (bursts included) against the "
         f"stack idle for 10 s; the scheduler is a `job-distributor` running only it\n"
         f"- throughput: the same burst of undelayed `sleep` jobs (0 s) alone (baseline) and "
-        f"halfway through the due window"
+        f"halfway through the due window, from its first start to its last end, counting the "
+        f"delayed jobs that ended meanwhile"
     )
     table = _md_table(("measure", "delayed run", "baseline (same run)", "goal"), rows)
     tables = f"{notes}\n\n{table}\n"
