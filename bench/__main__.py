@@ -26,6 +26,7 @@ QUICK: dict[str, list[str]] = {
     "api": ["--jobs", "10000", "--seconds", "5", "--quiet-wait", "10"],
     "delays": ["--jobs", "500", "--max-delay", "15", "--burst", "300"],
     "distributor": ["--seconds", "10"],
+    "nuvla_mix": ["--jobs", "300", "--upstream-jobs", "30"],
     "executor": [
         "--jobs",
         "300",
