@@ -121,7 +121,14 @@ def test_the_published_document_has_a_section_for_every_benchmark() -> None:
 
 
 def test_runner_lists_benchmarks_not_helpers_and_passes_quick_sizes() -> None:
-    assert runner.modules() == ["api", "delays", "distributor", "executor", "queue_takes"]
+    assert runner.modules() == [
+        "api",
+        "delays",
+        "distributor",
+        "executor",
+        "nuvla_mix",
+        "queue_takes",
+    ]
     assert set(runner.QUICK) == set(runner.modules())
     options = runner.parse_args(["--quick", "--publish", "executor"])
     assert options.names == ["executor"] and options.quick and options.publish
