@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 import falcon
@@ -20,11 +20,14 @@ from . import dashboard, metrics_http
 from .errors import ApiError, bad_request, forbidden, not_found
 from .identity import ANONYMOUS, Caller, Identities
 from .jobs import JobService
+from .offloop import OffLoop
 from .query import Query, QueryError, parse_query
-from .store import StoreError
+from .store import PageTooLarge, QueryTimeout, StoreError
 from .throttle import LoginLimits, LoginThrottle, TooManyFailures
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 COOKIE = "com.sixsq.nuvla.cookie"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
@@ -36,6 +39,8 @@ _UNSAFE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 # What browsers say in Sec-Fetch-Site of a request made by a page of another origin.
 _OTHER_SITES = frozenset({"cross-site", "same-site"})
 _JSON = "application/json"
+# Filters up to this many characters are parsed on the event loop (a millisecond or two).
+_INLINE_FILTER = 1024
 
 
 @dataclass
@@ -51,19 +56,37 @@ class Settings:
 
 
 def _send(resp: falcon.Response, status: int, body: Any) -> None:
+    _send_encoded(resp, status, orjson.dumps(body))
+
+
+def _send_encoded(resp: falcon.Response, status: int, data: bytes) -> None:
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = orjson.dumps(body)
+    resp.data = data
 
 
 class Context:
     """What every resource needs: the services, the settings, and who is calling."""
 
-    def __init__(self, jobs: JobService, identities: Identities, settings: Settings) -> None:
+    def __init__(
+        self,
+        jobs: JobService,
+        identities: Identities,
+        settings: Settings,
+        offloop: OffLoop | None = None,
+    ) -> None:
         self.jobs = jobs
         self.identities = identities
         self.settings = settings
         self.login_throttle = LoginThrottle(settings.login_limits)
+        self.offloop = offloop
+
+    def heavy(self, call: Callable[..., T], *args: Any) -> T:
+        """`call(*args)` off the event loop, in the pool's lane for heavy calls (inline when
+        the app runs without a pool, as in unit tests)."""
+        if self.offloop is None:
+            return call(*args)
+        return self.offloop.run_heavy(call, *args)
 
     def caller(self, req: falcon.Request) -> Caller:
         if self.settings.trust_authn_header:
@@ -133,10 +156,19 @@ class Context:
         return params
 
     def query(self, req: falcon.Request) -> Query:
-        try:
-            return parse_query(self.params(req))
-        except (QueryError, ValueError) as exc:
-            raise bad_request(str(exc)) from None
+        params = self.params(req)
+        # Parsing a long filter is pure Python work (tens of milliseconds for thousands of
+        # terms): off the loop. A short one costs less than the trip to a thread.
+        if sum(len(text) for text in params.get("filter", ())) <= _INLINE_FILTER:
+            return _parse_query(params)
+        return self.heavy(_parse_query, params)
+
+
+def _parse_query(params: dict[str, list[str]]) -> Query:
+    try:
+        return parse_query(params)
+    except (QueryError, ValueError) as exc:
+        raise bad_request(str(exc)) from None
 
 
 def _chunked(req: falcon.Request) -> bool:
@@ -346,8 +378,10 @@ class JobCollection:
         self.ctx = ctx
 
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
-        query = self.ctx.query(req)
-        _send(resp, 200, self.ctx.jobs.search(query, self.ctx.caller(req)))
+        query, caller = self.ctx.query(req), self.ctx.caller(req)
+        # A page of thousands of documents: shaped and encoded off the loop too.
+        body = self.ctx.heavy(lambda: orjson.dumps(self.ctx.jobs.search(query, caller)))
+        _send_encoded(resp, 200, body)
 
     on_get = on_put
 
@@ -440,8 +474,18 @@ def _api_error(
 def _store_error(
     req: falcon.Request, resp: falcon.Response, exc: StoreError, params: dict[str, Any]
 ) -> None:
-    log.error("database error on %s %s: %s (%s)", req.method, req.path, exc, exc.detail)
+    if isinstance(exc, QueryTimeout):
+        # The database is fine: this request asked for more than its budget.
+        log.warning("%s %s stopped after %g s", req.method, req.path, exc.seconds)
+    else:
+        log.error("database error on %s %s: %s (%s)", req.method, req.path, exc, exc.detail)
     _send(resp, 503, {"status": 503, "message": str(exc)})
+
+
+def _too_large(
+    req: falcon.Request, resp: falcon.Response, exc: PageTooLarge, params: dict[str, Any]
+) -> None:
+    _send(resp, 400, {"status": 400, "message": str(exc)})
 
 
 def _http_error(
@@ -470,9 +514,11 @@ def create_app(
     identities: Identities,
     settings: Settings | None = None,
     queue_state: Callable[[], str] = lambda: "CONNECTED",
+    offloop: OffLoop | None = None,
 ) -> falcon.App:
-    """The WSGI application serving the job API under ``/api``."""
-    ctx = Context(jobs, identities, settings or Settings())
+    """The WSGI application serving the job API under ``/api``; with `offloop`, searches
+    are parsed, run and encoded in its threads (the store's calls run there anyway)."""
+    ctx = Context(jobs, identities, settings or Settings(), offloop)
     app = falcon.App(cors_enable=False, middleware=[OtherSites()])
     app.req_options.auto_parse_form_urlencoded = False
     app.req_options.strip_url_path_trailing_slash = True
@@ -492,5 +538,6 @@ def create_app(
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_error_handler(StoreError, _store_error)
+    app.add_error_handler(PageTooLarge, _too_large)
     app.add_error_handler(ApiError, _api_error)
     return app

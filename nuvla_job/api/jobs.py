@@ -40,7 +40,7 @@ from .identity import Caller
 from .query import Query, apply_select
 from .schema import EXECUTION_MODES
 from .store import Conflict, Doc, JobStore, StoreError
-from .validation import check_acl, check_attributes
+from .validation import check_acl, check_attributes, check_document_size
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,9 @@ class JobService:
         self.base_uri = base_uri
         # The requests held by wait(), woken after each write below.
         self.changes = changes if changes is not None else waits.Changes()
+        # Ids whose add is under way here: recovery leaves them to it (it may be waiting
+        # for ZooKeeper to take the entry, with the mark set).
+        self._adding: set[str] = set()
 
     # -- views ----------------------------------------------------------------------------
 
@@ -223,10 +226,18 @@ class JobService:
         if "status-message" in doc:
             doc["time-of-status-change"] = now
         _check_not_before(doc, now)
+        check_document_size(doc)
         self._store_and_enqueue(doc)
         return doc
 
     def _store_and_enqueue(self, doc: Doc) -> None:
+        self._adding.add(doc["id"])
+        try:
+            self._store_and_put(doc)
+        finally:
+            self._adding.discard(doc["id"])
+
+    def _store_and_put(self, doc: Doc) -> None:
         queued = _queued(doc) and "not-before" not in doc
         try:
             self.store.insert(doc, enqueue_pending=queued)
@@ -256,7 +267,7 @@ class JobService:
         """Finish adds that a crash interrupted between storing and queueing (see above)."""
         done = 0
         while True:
-            pending = self.store.pending_enqueue()
+            pending = [d for d in self.store.pending_enqueue() if d["id"] not in self._adding]
             if not pending:
                 return done
             for doc in pending:
@@ -304,7 +315,9 @@ class JobService:
                     doc.pop(name, None)
             if "not-before" in data:
                 _check_not_before(doc)
-            return self._transition(current, doc, now, caller)
+            doc = self._transition(current, doc, now, caller)
+            check_document_size(doc)
+            return doc
 
         result = self.store.update(job_id, change)
         if result is None:

@@ -29,9 +29,10 @@ from .app import Settings, create_app
 from .draining import Draining
 from .identity import ADMIN_GROUP, Identities
 from .jobs import JobService, QueueUnavailable
+from .offloop import DEFAULT_THREADS, OffLoop, OffLoopStore
 from .private_files import FILE_MODE, private_folder, tighten, tighten_fd
 from .request_headers import RequestHeaders
-from .store import StoreUrl, open_store, parse_store_url
+from .store import StoreLimits, StoreUrl, open_store, parse_store_url
 from .throttle import LoginLimits
 from .zk_queue import ZooKeeperJobQueue
 
@@ -178,6 +179,8 @@ class ServerConfig:
     login_window: float = LoginLimits.window
     metrics: bool = True
     public_url: str = ""  # the base URI clients are told (check_public_url); "": endpoint
+    db_threads: int = DEFAULT_THREADS  # offloop.OffLoop: database calls running at once
+    query_timeout: float = StoreLimits.query_timeout  # seconds one transaction may run
 
     def resolved(self) -> ServerConfig:
         """The defaults filled in; StoreUrlError when `db` names no store."""
@@ -237,7 +240,11 @@ class JobApiServer:
         ssl_args = {}
         if self.config.tls_cert:
             ssl_args = {"ssl_context": tls_context(self.config.tls_cert, self.config.tls_key or "")}
-        self.store = open_store(self.config.store_url)
+        limits = StoreLimits(query_timeout=self.config.query_timeout)
+        # Every database call runs in the pool's threads, never on the event loop.
+        self.store = OffLoopStore(
+            open_store(self.config.store_url, limits), OffLoop(self.config.db_threads)
+        )
         self.identities = Identities(self.store.identities)
         if not ensure_admin_key(
             self.identities, self.config.admin_credentials, self.config.endpoint
@@ -262,7 +269,11 @@ class JobApiServer:
             ),
         )
         self.app = create_app(
-            self.jobs, self.identities, settings, queue_state=lambda: str(self.zk.state)
+            self.jobs,
+            self.identities,
+            settings,
+            queue_state=lambda: str(self.zk.state),
+            offloop=self.store.offloop,
         )
         self.draining = Draining(self.app)
         self.http = NoDelayWSGIServer(

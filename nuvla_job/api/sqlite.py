@@ -6,28 +6,51 @@ on them run on indexes while the document stays the single source of truth. A co
 only values of its type (NULL otherwise), as the filter language says. The SQL for searches
 comes from sqlite_sql.py, this store's dialect of the query language.
 
-Concurrency: the API serves many requests on gevent greenlets in one thread. SQLite calls
-never yield to other greenlets, so one connection for reads is enough; writes go through
-a second connection behind a gevent lock, which keeps a read-change-write atomic without
-ever blocking the event loop on SQLite's own file lock.
+Concurrency: the store is called from several OS threads at once (the server runs every
+call in offloop.py's pool, so that SQLite, which never yields to other greenlets, cannot
+stall the event loop). Reads take a connection of their own from a small pool; in WAL mode
+they never wait for a writer and each sees one snapshot. Writes go through one writer
+connection behind an OS-thread lock, which keeps a read-change-write atomic.
+
+Time budget: every transaction gets ``limits.query_timeout`` seconds; SQLite's progress
+handler stops a statement still running past it, which is answered as QueryTimeout.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import gevent.lock
 import orjson
+from gevent.monkey import get_original
 
 from . import query as cimi_query
 from . import sqlite_sql
 from .private_files import private_file, private_folder, tighten
 from .schema import ACL_RIGHTS
-from .store import Doc, DuplicateId, Principal, SessionRecord, StoreError
+from .store import (
+    Doc,
+    DuplicateId,
+    PageTooLarge,
+    Principal,
+    QueryTimeout,
+    SessionRecord,
+    StoreError,
+    StoreLimits,
+)
+
+# Locks between OS threads, also in a process gevent has monkey-patched (whose threading
+# locks are greenlet locks of one thread).
+# (threading's own RLock, even the original one, is built on the patched primitives.)
+_RLock = get_original("_thread", "RLock")
+_Lock = get_original("_thread", "allocate_lock")
+# How many SQLite virtual-machine steps pass between two looks at the clock.
+_PROGRESS_STEPS = 10_000
 
 # Rights that let a principal see a document (every right implies viewing it).
 VIEW_RIGHTS = ACL_RIGHTS
@@ -146,15 +169,28 @@ def _write_doc(conn: sqlite3.Connection, job_id: str, old: Doc, new: Doc, extra:
     conn.execute(f"UPDATE job SET {', '.join(sets)} WHERE id = ?", (*params, job_id))
 
 
-def _connect(path: str) -> sqlite3.Connection:
+class _Connection(sqlite3.Connection):
+    """A connection whose statements stop once its deadline has passed."""
+
+    deadline = math.inf
+
+    def past_deadline(self) -> bool:
+        # SQLite's progress handler: a true answer interrupts the running statement.
+        return time.monotonic() > self.deadline
+
+
+def _connect(path: str) -> _Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
     # what the code says it is.
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=30, factory=_Connection
+    )
     conn.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode loses at most the last transactions on power loss, never corrupts.
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA cache_size=-65536")
+    conn.set_progress_handler(conn.past_deadline, _PROGRESS_STEPS)
     return conn
 
 
@@ -175,10 +211,11 @@ _MEMORY = ":memory:"
 
 
 class Database:
-    """The SQLite file: one reader and one writer connection, and the schema."""
+    """The SQLite file: a writer connection, a pool of reader connections, the schema."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, limits: StoreLimits | None = None) -> None:
         self.path = path
+        self.limits = limits or StoreLimits()
         if path != _MEMORY:
             folder = Path(path).parent
             try:
@@ -188,17 +225,25 @@ class Database:
                     f"cannot create the folder {folder} for the database: {exc.strerror or exc}"
                 ) from None
             _private_database_files(Path(path))
+        self._lock = _RLock()  # the writer's
+        self._readers: list[_Connection] = []  # idle ones
+        self._readers_lock = _Lock()
         try:
             self._writer = _connect(path)
-            # An in-memory database exists once per connection: share it.
-            self._reader = self._writer if path == _MEMORY else _connect(path)
-            self._lock = gevent.lock.RLock()
             with self.write() as conn:
                 _add_missing_columns(conn)
                 for statement in _schema_sql():
                     conn.execute(statement)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from exc
+
+    @contextmanager
+    def _budget(self, conn: _Connection) -> Iterator[None]:
+        conn.deadline = time.monotonic() + self.limits.query_timeout
+        try:
+            yield
+        finally:
+            conn.deadline = math.inf
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -209,32 +254,65 @@ class Database:
                 yield conn
                 return
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                yield conn
-                conn.execute("COMMIT")
+                with self._budget(conn):
+                    conn.execute("BEGIN IMMEDIATE")
+                    yield conn
+                    conn.execute("COMMIT")
             except sqlite3.IntegrityError as exc:
                 _rollback(conn)
                 if exc.sqlite_errorcode in _DUPLICATE_KEY:
                     raise DuplicateId(str(exc)) from exc
-                raise _store_error(exc) from exc
+                raise self._error(exc) from exc
             except sqlite3.Error as exc:
                 _rollback(conn)
-                raise _store_error(exc) from exc
+                raise self._error(exc) from exc
             except BaseException:
                 _rollback(conn)
                 raise
 
-    def read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every statement in it sees the same snapshot."""
+        if self.path == _MEMORY:
+            # An in-memory database exists once per connection: read on the writer's.
+            with self.write() as conn:
+                yield conn
+            return
+        conn = self._reader()
         try:
-            return self._reader.execute(sql, tuple(params)).fetchall()
+            with self._budget(conn):
+                conn.execute("BEGIN")
+                yield conn
         except sqlite3.Error as exc:
-            raise _store_error(exc) from exc
+            raise self._error(exc) from exc
+        finally:
+            _rollback(conn)  # nothing was written: ending the snapshot is all it does
+            with self._readers_lock:
+                self._readers.append(conn)
+
+    def _reader(self) -> _Connection:
+        with self._readers_lock:
+            if self._readers:
+                return self._readers.pop()
+        # One per thread reading at once: the pool of offloop.py bounds them.
+        return _connect(self.path)
+
+    def read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.reading() as conn:
+            return conn.execute(sql, tuple(params)).fetchall()
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_INTERRUPT:
+            return QueryTimeout(self.limits.query_timeout)
+        return _store_error(exc)
 
     def close(self) -> None:
         with self._lock:
             self._writer.close()
-            if self._reader is not self._writer:
-                self._reader.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
 
 
 # The kinds of IntegrityError that say a primary key or UNIQUE value is taken.
@@ -402,30 +480,39 @@ class SqliteJobStore:
         self, query: cimi_query.Query, principals: frozenset[str] | None
     ) -> tuple[int, list[Doc]]:
         where, params = self._where(query, principals)
-        if query.filter is None and principals is None:
-            count = self.db.read("SELECT n FROM job_total")[0][0]
-        else:
-            count = self.db.read(f"SELECT count(*) FROM job WHERE {where}", params)[0][0]
-        limit, offset = cimi_query.limit_offset(query)
-        if limit == 0 or count == 0:
-            return count, []
-        sql = f"SELECT doc FROM job WHERE {where} {sqlite_sql.order_by_sql(query)}"
-        page_params = list(params)
-        sql += " LIMIT ? OFFSET ?"
-        page_params += [-1 if limit is None else limit, offset]
-        rows = self.db.read(sql, page_params)
-        return count, [orjson.loads(r[0]) for r in rows]
+        # The count and the page from one snapshot: they agree however writes interleave.
+        with self.db.reading() as conn:
+            if query.filter is None and principals is None:
+                counting = conn.execute("SELECT n FROM job_total")
+            else:
+                counting = conn.execute(f"SELECT count(*) FROM job WHERE {where}", params)
+            count: int = counting.fetchone()[0]
+            limit, offset = cimi_query.limit_offset(query)
+            if limit == 0 or count == 0:
+                return count, []
+            sql = f"SELECT doc FROM job WHERE {where} {sqlite_sql.order_by_sql(query)}"
+            sql += " LIMIT ? OFFSET ?"
+            page_params = [*params, -1 if limit is None else limit, offset]
+            texts, size = [], 0
+            for (text,) in conn.execute(sql, page_params):
+                size += len(text)
+                if size > self.db.limits.max_page_bytes:
+                    raise PageTooLarge(self.db.limits.max_page_bytes)
+                texts.append(text)
+        return count, [orjson.loads(text) for text in texts]
 
     def aggregate(
         self, query: cimi_query.Query, principals: frozenset[str] | None
     ) -> dict[str, Any]:
         where, params = self._where(query, principals)
         result: dict[str, Any] = {}
-        for op, path in query.aggregations:
-            sql = f"WITH hits AS (SELECT * FROM job WHERE {where}) "
-            sql += sqlite_sql.aggregation_sql(op, path)
-            rows = self.db.read(sql, params)
-            result[cimi_query.aggregation_key(op, path)] = sqlite_sql.aggregation_result(op, rows)
+        with self.db.reading() as conn:
+            for op, path in query.aggregations:
+                sql = f"WITH hits AS (SELECT * FROM job WHERE {where}) "
+                sql += sqlite_sql.aggregation_sql(op, path)
+                rows = conn.execute(sql, params).fetchall()
+                key = cimi_query.aggregation_key(op, path)
+                result[key] = sqlite_sql.aggregation_result(op, rows)
         return result
 
 
@@ -516,8 +603,8 @@ class SqliteIdentityStore:
 class SqliteStore:
     """store.Store on one SQLite file (its folder is created when missing)."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.db = Database(str(path))
+    def __init__(self, path: Path | str, limits: StoreLimits | None = None) -> None:
+        self.db = Database(str(path), limits)
         self.jobs = SqliteJobStore(self.db)
         self.identities = SqliteIdentityStore(self.db)
 

@@ -331,7 +331,7 @@ def aggregation_sql(op: str, path: str) -> str:
             # a document counts once per distinct element; ids are unique among documents
             return (
                 f"SELECT {type_expr} AS t, {value_expr} AS k, "
-                f"COUNT(DISTINCT json_extract(hits.doc, '$.\"id\"')) AS n {source} "
+                f"COUNT(DISTINCT hits.id) AS n {source} "
                 f"AND {type_expr} IN {_SCALAR_TYPES} GROUP BY t, k"
             )
         if op == "value_count":

@@ -33,6 +33,36 @@ class StoreError(Exception):
         self.detail = detail
 
 
+class QueryTimeout(StoreError):
+    """A call ran past its time budget (StoreLimits.query_timeout) and was stopped."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"the query ran longer than its {seconds:g} s budget and was stopped; "
+            "narrow its filter (an indexed attribute: state, action, created, ...)"
+        )
+        self.seconds = seconds
+
+
+class PageTooLarge(Exception):
+    """The page of documents a search asks for is larger than one answer may be."""
+
+    def __init__(self, most: int) -> None:
+        super().__init__(
+            f"the page of documents would be larger than {most // (1024 * 1024)} MiB; "
+            "ask for fewer (first/last)"
+        )
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    """What one call to a store may cost; each store enforces them in its own way (SQLite:
+    a progress handler; a server database: its statement timeout)."""
+
+    query_timeout: float = 10.0  # seconds one transaction (a search, a bulk delete) may run
+    max_page_bytes: int = 64 * 1024 * 1024  # the stored documents of one page of a search
+
+
 class Conflict(Exception):
     """The write would break a rule the database keeps (e.g. a duplicate id)."""
 
@@ -208,14 +238,16 @@ def parse_store_url(value: str) -> StoreUrl:
     return StoreUrl("sqlite", Path(unquote(parts.path)))
 
 
-def open_store(url: StoreUrl | str) -> Store:
+def open_store(url: StoreUrl | str, limits: StoreLimits | None = None) -> Store:
     """The store `url` names, opened (its folder and schema created when missing).
 
     StoreUrlError for a value that names no store; StoreError when it cannot be opened.
+    The store is synchronous and may be called from several threads at once; the server
+    runs it off its event loop (offloop.OffLoopStore).
     """
     if isinstance(url, str):
         url = parse_store_url(url)
     # Imported here: each store module imports this one for the protocols and errors.
     from .sqlite import SqliteStore
 
-    return SqliteStore(url.path)
+    return SqliteStore(url.path, limits)

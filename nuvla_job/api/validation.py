@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from ..timeutil import format_time, parse_time
-from .errors import bad_request
+from .errors import ApiError, bad_request
 from .schema import ACL_RIGHTS, ATTRIBUTES, MAX_BACKOFF, MAX_RETRIES, RETRY_KEYS
 
 MAX_STATUS_MESSAGE = 100_000
+# Bounds on what one job may hold, so that what a search or an aggregation scans per job is
+# bounded too (a terms aggregation reads every element of a list).
+MAX_LIST_LENGTH = 10_000
+MAX_DOCUMENT_BYTES = 1024 * 1024  # the stored JSON of one job
 
 
 def _is_int(value: Any) -> bool:
@@ -38,11 +44,13 @@ def _check_value(name: str, kind: str, value: Any) -> Any:
     elif kind == "strs":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad_request(f"'{name}' must be a list of strings")
+        _check_length(name, value)
     elif kind == "href":
         value = _check_href(name, value)
     elif kind == "hrefs":
         if not isinstance(value, list):
             raise bad_request(f"'{name}' must be a list of maps with an 'href'")
+        _check_length(name, value)
         value = [_check_href(name, v) for v in value]
     elif kind == "acl":
         value = check_acl(value)
@@ -77,6 +85,20 @@ def _check_retry(name: str, value: Any) -> dict[str, Any]:
     return value
 
 
+def _check_length(name: str, value: list[Any]) -> None:
+    if len(value) > MAX_LIST_LENGTH:
+        raise bad_request(f"'{name}' holds more than {MAX_LIST_LENGTH} elements")
+
+
+def check_document_size(doc: dict[str, Any]) -> None:
+    """A 413 when the stored form of a job would be larger than MAX_DOCUMENT_BYTES."""
+    size = len(orjson.dumps(doc))
+    if size > MAX_DOCUMENT_BYTES:
+        raise ApiError(
+            413, f"the job would be {size} bytes: more than the {MAX_DOCUMENT_BYTES} a job may hold"
+        )
+
+
 def check_acl(value: Any) -> dict[str, list[str]]:
     if not isinstance(value, dict):
         raise bad_request("'acl' must be a map of rights to lists of principals")
@@ -85,6 +107,7 @@ def check_acl(value: Any) -> dict[str, list[str]]:
             raise bad_request(f"'acl' has an unknown right '{right}'")
         if not isinstance(principals, list) or not all(isinstance(p, str) for p in principals):
             raise bad_request(f"'acl/{right}' must be a list of strings")
+        _check_length(f"acl/{right}", principals)
     return value
 
 

@@ -172,6 +172,25 @@ def main() -> None:
     "needed: they hold counts and route templates, no ids or names).",
 )
 @click.option(
+    "--db-threads",
+    default=4,
+    show_default=True,
+    type=click.IntRange(2, 64),
+    envvar="JOB_API_DB_THREADS",
+    help="Threads running database calls off the event loop (each holds one reader "
+    "connection); searches use all but one of them, so that gets, edits and logins "
+    "always find one.",
+)
+@click.option(
+    "--query-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    envvar="JOB_API_QUERY_TIMEOUT",
+    help="Seconds one search, aggregation or bulk delete may run in the database; "
+    "past them it is stopped and answered 503.",
+)
+@click.option(
     "--public-url",
     default=None,
     envvar="JOB_API_PUBLIC_URL",
