@@ -39,12 +39,36 @@ from .zk_queue import ZooKeeperJobQueue
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one client connection may hold of the server.
+
+    Each connection holds a greenlet and a socket: without these, idle or slow clients
+    could keep every slot of the server, and nobody else would get an answer.
+    """
+
+    max_connections: int = 1000  # beyond: answered 503 at once, and closed
+    idle_timeout: float = 15.0  # seconds a connection may wait for its (next) request
+    # Seconds from the first byte of a request to the end of its headers; also the longest
+    # pause while reading its body or writing its answer.
+    header_timeout: float = 10.0
+
+
+class _HeadersLate(TimeoutError):
+    """The request's headers did not arrive within ConnectionLimits.header_timeout."""
+
+
 class LeanHandler(WSGIHandler):
-    """gevent's WSGI handler with a lighter header parser and no access log.
+    """gevent's WSGI handler with a lighter header parser, no access log, and the time
+    limits of :class:`ConnectionLimits`.
 
     gevent parses request headers with the email package, a sixth of the server's CPU per
     request; :class:`RequestHeaders` reads the same lines directly, with the same limits.
     """
+
+    server: NoDelayWSGIServer
+    _deadline: gevent.Timeout | None = None
+    _late = False
 
     def MessageClass(self, rfile: Any, *args: Any) -> RequestHeaders:  # noqa: N802 - gevent's name
         return RequestHeaders.read(rfile)
@@ -52,14 +76,53 @@ class LeanHandler(WSGIHandler):
     def log_request(self) -> None:
         pass  # the server runs without an access log (log=None); skip formatting the line
 
+    def read_requestline(self) -> str:
+        limits = self.server.limits
+        # Waiting for a request: a connection quiet for idle_timeout is closed (the
+        # timeout, an OSError, ends gevent's loop over the connection's requests).
+        self.socket.settimeout(limits.idle_timeout)
+        if not self.rfile.peek(1):
+            return ""  # the client closed it
+        # From its first byte, the request line and headers have header_timeout in all,
+        # whatever pace they trickle in at; every later read or write, as long.
+        self.socket.settimeout(limits.header_timeout)
+        self._deadline = gevent.Timeout.start_new(limits.header_timeout, _HeadersLate())
+        try:
+            line: str = super().read_requestline()
+        except _HeadersLate:
+            self._late = True
+            raise
+        return line
+
+    def read_request(self, raw_requestline: str) -> Any:
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._cancel_deadline()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.close()
+            self._deadline = None
+
     # gevent answers a request it cannot parse (request line too long, bad header line, bad
     # chunked body) with an empty text/plain body; callers of this API get a JSON error.
     def handle_one_request(self) -> Any:
-        result = super().handle_one_request()
+        try:
+            result = super().handle_one_request()
+        finally:
+            self._cancel_deadline()
+        if result is None and self._late:
+            return "408", _raw_json_error(408, _PROTOCOL_ERRORS[408])
         if isinstance(result, tuple):
             status = int(result[0])
             return result[0], _raw_json_error(status, _PROTOCOL_ERRORS.get(status, "bad request"))
         return result
+
+    def _handle_client_error(self, ex: BaseException) -> Any:
+        if isinstance(ex, TimeoutError):  # headers too slow: the client's doing, no traceback
+            return "408", b""
+        return super()._handle_client_error(ex)
 
     def _send_error_response_if_possible(self, error_code: int) -> None:
         if self.response_length:
@@ -87,7 +150,9 @@ class LeanHandler(WSGIHandler):
 
 _PROTOCOL_ERRORS = {
     400: "malformed HTTP request",
+    408: "the request's headers did not arrive in time",
     414: "request line too long: send long searches as a form body (PUT)",
+    503: "the job API has no room for another connection; retry later",
 }
 
 
@@ -104,14 +169,48 @@ ADMIN_IDENTITY = "user/admin"
 
 
 class NoDelayWSGIServer(WSGIServer):
-    """gevent's WSGI server with Nagle's algorithm off on every connection.
+    """gevent's WSGI server with Nagle's algorithm off on every connection, and at most
+    ``limits.max_connections`` of them.
 
     On a kept-alive connection the response goes out in more than one write; with Nagle on,
     the second waits for the client's delayed ACK: 40 ms per request instead of 1 ms.
-    Requests are read by :class:`LeanHandler`.
+    Requests are read by :class:`LeanHandler`. A connection beyond the maximum is not left
+    waiting in the accept queue (where a health check would time out behind idle clients):
+    it is answered 503 at once and closed.
     """
 
     handler_class = LeanHandler
+
+    def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self.connections = 0
+
+    def do_handle(self, *args: Any) -> None:
+        if self.connections >= self.limits.max_connections:
+            gevent.spawn(self._refuse, *args)
+            return
+        self.connections += 1
+        super().do_handle(*args)
+
+    def do_close(self, *args: Any) -> None:
+        self.connections -= 1
+        super().do_close(*args)
+
+    def _refuse(self, sock: socket.socket, address: tuple) -> None:
+        try:
+            if self.ssl_args:
+                sock = self.wrap_socket(sock, **self.ssl_args)
+            sock.settimeout(1.0)
+            # Read what the client sent first: closing on unread data would reset the
+            # connection before it reads the answer.
+            sock.recv(65536)
+            sock.sendall(_raw_json_error(503, _PROTOCOL_ERRORS[503]))
+            sock.shutdown(socket.SHUT_WR)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            sock.close()
 
     def handle(self, sock: socket.socket, address: tuple) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -119,7 +218,9 @@ class NoDelayWSGIServer(WSGIServer):
 
     def wrap_socket_and_handle(self, client_socket: socket.socket, address: tuple) -> None:
         # A failed handshake (plain HTTP on the TLS port, an untrusted certificate) is the
-        # client's problem: one debug line, not a traceback from the hub.
+        # client's problem: one debug line, not a traceback from the hub. A client that
+        # never completes it is one that sends its headers too slowly.
+        client_socket.settimeout(self.limits.header_timeout)
         try:
             tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
         except (ssl.SSLError, OSError) as exc:
@@ -170,7 +271,9 @@ class ServerConfig:
     admin_credentials: str = ""
     trust_authn_header: bool = False
     max_body: int = 4 * 1024 * 1024
-    max_connections: int = 1000
+    max_connections: int = ConnectionLimits.max_connections
+    idle_timeout: float = ConnectionLimits.idle_timeout
+    header_timeout: float = ConnectionLimits.header_timeout
     tls_cert: str | None = None
     tls_key: str | None = None
     login_max_failures: int = LoginLimits.max_failures
@@ -279,7 +382,14 @@ class JobApiServer:
         self.http = NoDelayWSGIServer(
             (self.config.host, self.config.port),
             self.draining,
-            spawn=Pool(self.config.max_connections),
+            # Unbounded: the limit is counted here (beyond it a connection is refused, not
+            # left waiting); the pool is what stop() kills what is left of.
+            spawn=Pool(),
+            limits=ConnectionLimits(
+                max_connections=self.config.max_connections,
+                idle_timeout=self.config.idle_timeout,
+                header_timeout=self.config.header_timeout,
+            ),
             log=None,
             error_log=logging.getLogger("nuvla_job.api.http"),
             **ssl_args,

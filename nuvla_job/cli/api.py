@@ -172,6 +172,31 @@ def main() -> None:
     "needed: they hold counts and route templates, no ids or names).",
 )
 @click.option(
+    "--max-connections",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    envvar="JOB_API_MAX_CONNECTIONS",
+    help="Client connections served at once; one more is answered 503 and closed.",
+)
+@click.option(
+    "--idle-timeout",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    envvar="JOB_API_IDLE_TIMEOUT",
+    help="Seconds a connection may wait for its next request before it is closed.",
+)
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    envvar="JOB_API_HEADER_TIMEOUT",
+    help="Seconds a request's line and headers may take to arrive (408 past them); also "
+    "the longest pause while reading a body or writing an answer.",
+)
+@click.option(
     "--db-threads",
     default=4,
     show_default=True,
