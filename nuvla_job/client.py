@@ -170,9 +170,14 @@ class Progress:
 class JobHandle:
     """A job of the job API, as last seen by this client (``refresh()`` to look again)."""
 
-    def __init__(self, client: Client, job_id: str, doc: Doc | None = None) -> None:
+    def __init__(
+        self, client: Client, job_id: str, doc: Doc | None = None, created: bool | None = None
+    ) -> None:
         self.client = client
         self.id = job_id
+        # False when the submit found an unfinished job holding its unique_key, and this is
+        # that job; None for a handle not made by a submit.
+        self.created = created
         self._doc = doc
         self._etag: str | None = None
 
@@ -531,6 +536,7 @@ class Client:
         target: str | None = None,
         tags: Iterable[str] | None = None,
         mode: str | None = None,
+        unique_key: str | None = None,
         delay: float | None = None,
         at: datetime | None = None,
         attributes: Mapping[str, Any] | None = None,
@@ -540,10 +546,11 @@ class Client:
         ``payload``: a JSON text, or any JSON-serialisable value (sent as its text).
         ``priority``: 0..999, lower runs first (the job API's default: 999). ``target``:
         the target resource's href. ``tags``: strings. ``mode``: ``push`` (default),
-        ``pull`` or ``mixed``. ``delay`` (seconds) or ``at`` (a datetime; naive is UTC):
-        the job waits, QUEUED, until then (its ``not-before``; the elected scheduler
-        queues it). ``attributes``: any other job attributes, as the job API names them
-        (``{"name": ..., "acl": ...}``).
+        ``pull`` or ``mixed``. ``unique_key``: while an unfinished job holds this key, the
+        submit adds nothing and returns that job (``created`` False). ``delay`` (seconds)
+        or ``at`` (a datetime; naive is UTC): the job waits, QUEUED, until then (its
+        ``not-before``; the elected scheduler queues it). ``attributes``: any other job
+        attributes, as the job API names them (``{"name": ..., "acl": ...}``).
         """
         body: Doc = {**(attributes or {}), "action": action}
         if delay is not None and at is not None:
@@ -564,6 +571,8 @@ class Client:
             body["tags"] = list(tags)
         if mode is not None:
             body["execution-mode"] = mode
+        if unique_key is not None:
+            body["unique-key"] = unique_key
         return self._add(body)
 
     def submit_many(self, bodies: Iterable[Mapping[str, Any]]) -> list[JobHandle]:
@@ -592,7 +601,8 @@ class Client:
         if "payload" in body and not isinstance(body["payload"], str):
             body["payload"] = json.dumps(body["payload"])
         answer = self._request("POST", "job", body)
-        return JobHandle(self, answer["resource-id"])
+        # 200 instead of 201: an unfinished job holds its unique-key, and this is that one.
+        return JobHandle(self, answer["resource-id"], created=answer.get("status") != 200)
 
     def _read(self, job_id: str) -> tuple[str, Doc]:
         """(etag, document) of a job now."""

@@ -26,7 +26,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from kazoo.protocol.states import KazooState
 from kazoo.recipe.election import Election
-from nuvla.api import Api
+from nuvla.api import Api, NuvlaError
 
 from . import metrics, monitoring
 from .backoff import backoff_delay
@@ -180,6 +180,7 @@ class Distributor:
         self._contenders: list[gevent.Greenlet] = []
         self._stopping = gevent.event.Event()
         self._started = False
+        self._keys_refused = False  # the job API knows no unique-key (a Nuvla server)
 
     @property
     def distributions(self) -> list[Distribution]:
@@ -353,7 +354,7 @@ class Distributor:
                     tick = next_tick(time.time(), d.interval, offset)
                     continue
             try:
-                created, failed = self._tick(state)
+                created, failed, held = self._tick(state)
             except _Suspended:
                 log.warning("%s: tick interrupted: ZooKeeper connection suspended", d.name)
                 tick = next_tick(time.time(), d.interval, offset)
@@ -378,10 +379,14 @@ class Distributor:
                 monitoring.capture_exception(exc, distribution=d.name, distributor=self.name)
                 continue
             state.generator_failures = 0
+            # Jobs whose unique-key an unfinished job holds were not added again.
+            unadded = f"; {held} already unfinished" if held else ""
             if failed:
-                log.info("distributed %d job(s) for %s; %d failed", created, d.name, failed)
-            elif created:
-                log.info("distributed %d job(s) for %s", created, d.name)
+                log.info(
+                    "distributed %d job(s) for %s; %d failed%s", created, d.name, failed, unadded
+                )
+            elif created or held:
+                log.info("distributed %d job(s) for %s%s", created, d.name, unadded)
             else:
                 # Many ticks find nothing to do: not worth a line each at INFO.
                 log.debug("distributed 0 job(s) for %s", d.name)
@@ -433,10 +438,11 @@ class Distributor:
             return None
         return stat is not None and stat.ephemeralOwner == client_id[0]
 
-    def _tick(self, state: _State) -> tuple[int, int]:
-        """Create every job the generator yields; returns (created, failed)."""
+    def _tick(self, state: _State) -> tuple[int, int, int]:
+        """Create every job the generator yields; returns (created, failed, held: not added
+        because an unfinished job holds their unique-key)."""
         d = state.distribution
-        created = failed = 0
+        created = failed = held = 0
         for body in d.generate(self.api):
             if self.zk.state != KazooState.CONNECTED:
                 raise _Suspended()
@@ -449,8 +455,10 @@ class Distributor:
                 failed += 1
                 continue
             try:
-                self.api.add("job", self._tagged(body, d.name))
-                created += 1
+                if self._add(self._tagged(body, d)):
+                    created += 1
+                else:
+                    held += 1
             except Exception as exc:  # one failed add must not stop the loop
                 failed += 1
                 log.error(
@@ -460,9 +468,40 @@ class Distributor:
                     type(exc).__name__,
                     exc,
                 )
-        return created, failed
+        return created, failed, held
 
-    def _tagged(self, body: JobBody, distribution: str) -> JobBody:
+    def _add(self, body: JobBody) -> bool:
+        """Add one job; False when the job API answered the unfinished job holding its
+        unique-key instead (nothing added)."""
+        if self._keys_refused:
+            body.pop("unique-key", None)
+        try:
+            answer = self.api.add("job", body)
+        except NuvlaError as exc:
+            if "unique-key" not in body or not _refuses_unique_keys(exc):
+                raise
+            # A job API that does not know unique keys (a Nuvla server): add as upstream
+            # does, relying on the distribution's own checks.
+            log.warning("the job API does not take unique-key (a Nuvla server?): sent without")
+            self._keys_refused = True
+            body.pop("unique-key")
+            answer = self.api.add("job", body)
+        return answer.data.get("status") != 200
+
+    def _tagged(self, body: JobBody, distribution: Distribution) -> JobBody:
         # Who created a job, and for which distribution, can be read back from the job API.
         tags = [t for t in body.get("tags", []) if isinstance(t, str)]
-        return {**body, "tags": [*tags, f"distributor:{self.name}", f"distribution:{distribution}"]}
+        tagged = {
+            **body,
+            "tags": [*tags, f"distributor:{self.name}", f"distribution:{distribution.name}"],
+        }
+        key = distribution.key_of(body)
+        if key is not None:
+            tagged["unique-key"] = key
+        return tagged
+
+
+def _refuses_unique_keys(exc: NuvlaError) -> bool:
+    """Whether the job API refused the add for not knowing the unique-key attribute."""
+    status = exc.response.status_code if exc.response is not None else None
+    return status == 400 and "unique-key" in str(exc.reason)

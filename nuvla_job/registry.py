@@ -369,6 +369,17 @@ def load_actions(
 
 JobBody = dict[str, Any]
 Generator = Callable[[Any], Iterable[JobBody]]
+# A distribution's unique key: one for all its jobs, or one computed from each body (None:
+# that job has none). The job API adds no job while an unfinished one holds its key.
+UniqueKey = str | Callable[[JobBody], str | None]
+
+
+def action_and_target(body: JobBody) -> str:
+    """The unique key ``action:target-href`` (just the action without a target): what an
+    upstream distribution's ``job_exists()`` checks, kept by the job API without a race."""
+    target = body.get("target-resource")
+    href = target.get("href") if isinstance(target, dict) else None
+    return f"{body.get('action')}:{href}" if href else str(body.get("action"))
 
 
 @dataclass(frozen=True)
@@ -381,10 +392,21 @@ class Distribution:
     # The name of its election, /election/<election_name>, when it is not ``name`` (as for
     # some of upstream's distributions, whose elections a mixed fleet must share).
     election: str | None = None
+    # The unique-key given to its jobs (a body's own "unique-key" wins); None: none.
+    unique_key: UniqueKey | None = None
 
     @property
     def election_name(self) -> str:
         return self.election or self.name
+
+    def key_of(self, body: JobBody) -> str | None:
+        """The unique-key of one of its jobs."""
+        own = body.get("unique-key")
+        if isinstance(own, str):
+            return own
+        if callable(self.unique_key):
+            return self.unique_key(body)
+        return self.unique_key
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -421,22 +443,37 @@ distributions = DistributionRegistry()
 
 
 def distribution(
-    name: str, interval: float, *, election: str | None = None
+    name: str,
+    interval: float,
+    *,
+    election: str | None = None,
+    unique_key: UniqueKey | None = None,
 ) -> Callable[[Generator], Generator]:
     """Register ``generate(api) -> iterable of job bodies`` as the distribution ``name``
-    (elected at ``/election/<election>`` when given, else at ``/election/<name>``)."""
+    (elected at ``/election/<election>`` when given, else at ``/election/<name>``).
+
+    ``unique_key``: a string (every job of the distribution shares it) or a function of a
+    job body (e.g. :func:`action_and_target`): a job is not added again while an unfinished
+    one holds its key, whatever the number of leaders or ticks racing for it."""
 
     def register(generate: Generator) -> Generator:
-        distributions.register(Distribution(name, float(interval), generate, election=election))
+        distributions.register(
+            Distribution(name, float(interval), generate, election=election, unique_key=unique_key)
+        )
         return generate
 
     return register
 
 
-def distribute(action_name: str, interval: float, **attributes: Any) -> None:
+def distribute(
+    action_name: str, interval: float, *, unique_key: UniqueKey | None = None, **attributes: Any
+) -> None:
     """The simple case in one line: one job for ``action_name`` every ``interval`` seconds.
 
-    ``attributes`` are further job attributes, e.g. ``priority=100``.
+    ``attributes`` are further job attributes, e.g. ``priority=100``; ``unique_key`` as for
+    :func:`distribution` (e.g. the action's name: no second job while one is unfinished).
     """
     body = {"action": action_name, **attributes}
-    distributions.register(Distribution(action_name, float(interval), lambda api: [dict(body)]))
+    distributions.register(
+        Distribution(action_name, float(interval), lambda api: [dict(body)], unique_key=unique_key)
+    )

@@ -34,7 +34,7 @@ from nuvla.api.models import CimiResource
 from nuvla_job.bulk import JOB_CANCELED_REASON, JOB_FAILED_REASON, MONITOR_TAG, BulkResult
 from nuvla_job.job import Job
 from nuvla_job.jobsearch import any_of, count_by_state, iter_jobs, quote
-from nuvla_job.registry import action, distribution
+from nuvla_job.registry import action, action_and_target, distribution
 from nuvla_job.states import (
     FINAL_STATES,
     JOB_CANCELED,
@@ -215,9 +215,18 @@ class MonitorBulkJob:
         return 0
 
 
-@distribution("monitor_bulk_jobs", MONITOR_INTERVAL, election=MONITOR_ACTION)
+@distribution(
+    "monitor_bulk_jobs",
+    MONITOR_INTERVAL,
+    election=MONITOR_ACTION,
+    unique_key=action_and_target,
+)
 def monitor_each_parent(api: Api) -> Iterator[dict]:
-    """One `monitor_bulk_job` job per RUNNING parent tagged `monitor` that has none waiting."""
+    """One `monitor_bulk_job` job per RUNNING parent tagged `monitor` that has none waiting.
+
+    The search before each add is upstream's (and all a Nuvla server allows); on this
+    project's job API the unique key monitor_bulk_job:<parent> also closes the race between
+    that search and the add."""
     parents = api.search("job", filter=MONITORED_PARENTS, select="id", last=SEARCH_LIMIT)
     for parent in parents.data.get("resources", []):
         target = parent["id"]

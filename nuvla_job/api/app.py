@@ -387,8 +387,13 @@ class JobCollection:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         caller = self.ctx.caller(req)
-        doc = self.ctx.jobs.add(self.ctx.json(req), caller)
+        doc, created = self.ctx.jobs.add_or_find(self.ctx.json(req), caller)
         resp.location = f"/api/{doc['id']}"
+        if not created:
+            # Its unique-key is held by this unfinished job: the add answers that one.
+            message = f"{doc['id']} is {doc['state']} with this unique-key: no job added"
+            _send(resp, 200, {"status": 200, "message": message, "resource-id": doc["id"]})
+            return
         _send(
             resp, 201, {"status": 201, "message": f"{doc['id']} created", "resource-id": doc["id"]}
         )

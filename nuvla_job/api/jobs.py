@@ -35,11 +35,11 @@ from ..timeutil import now_iso, parse_time
 from . import acl as acls
 from . import changes as waits
 from .errors import ApiError, bad_request, forbidden, not_found
-from .filters import Comparison
+from .filters import And, Comparison
 from .identity import Caller
 from .query import Query, apply_select
-from .schema import EXECUTION_MODES
-from .store import Conflict, Doc, JobStore, StoreError
+from .schema import EXECUTION_MODES, MAX_UNIQUE_KEY
+from .store import Conflict, Doc, JobStore, StoreError, UniqueKeyTaken
 from .validation import check_acl, check_attributes, check_document_size
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,12 @@ class JobService:
         return result
 
     def add(self, body: Any, caller: Caller) -> Doc:
+        return self.add_or_find(body, caller)[0]
+
+    def add_or_find(self, body: Any, caller: Caller) -> tuple[Doc, bool]:
+        """Add a job: (the new job, True); or, when an unfinished job holds its unique-key,
+        (that job, False), and nothing is added (the store's constraint decides, so that
+        concurrent adds of one key add one job)."""
         if not caller.is_admin:
             raise forbidden("job")
         data = check_attributes(body, ignored=SERVER_SET)
@@ -227,8 +233,31 @@ class JobService:
             doc["time-of-status-change"] = now
         _check_not_before(doc, now)
         check_document_size(doc)
-        self._store_and_enqueue(doc)
-        return doc
+        key = doc.get("unique-key")
+        if key is not None and not 0 < len(key) <= MAX_UNIQUE_KEY:
+            raise bad_request(f"'unique-key' must have 1 to {MAX_UNIQUE_KEY} characters")
+        for _ in range(_UNIQUE_ATTEMPTS):
+            try:
+                self._store_and_enqueue(doc)
+                return doc, True
+            except UniqueKeyTaken:
+                assert key is not None
+                holder = self.unfinished_holder(key)
+                if holder is not None:
+                    return holder, False
+                # It became final between the refused insert and the look: add again.
+        raise ApiError(409, f"unique-key {key!r} is taken and freed too often to add a job")
+
+    def unfinished_holder(self, key: str) -> Doc | None:
+        """The unfinished job holding ``key``, if any (on the indexed column)."""
+        query = Query(
+            filter=And(
+                (Comparison("unique-key", "=", key), Comparison("state", "=", UNFINISHED_STATES))
+            ),
+            last=1,
+        )
+        _, docs = self.store.search(query, None)
+        return docs[0] if docs else None
 
     def _store_and_enqueue(self, doc: Doc) -> None:
         self._adding.add(doc["id"])
@@ -241,6 +270,8 @@ class JobService:
         queued = _queued(doc) and "not-before" not in doc
         try:
             self.store.insert(doc, enqueue_pending=queued)
+        except UniqueKeyTaken:
+            raise  # add_or_find answers the holder
         except Conflict as exc:  # DuplicateId: the id is taken
             raise ApiError(409, str(exc), doc["id"]) from exc
         if not queued:
@@ -294,6 +325,7 @@ class JobService:
         data.pop("priority", None)
         data.pop("action", None)
         data.pop("target-resource", None)
+        data.pop("unique-key", None)
         if "state" in data and data["state"] not in STATES:
             raise bad_request(f"'state' must be one of {', '.join(STATES)}")
         if "execution-mode" in data and data["execution-mode"] not in EXECUTION_MODES:
@@ -443,7 +475,15 @@ class JobService:
                 doc["not-before"] = now
             return self._transition(current, doc, now, caller)
 
-        if self.store.update(job_id, change) is None:
+        try:
+            updated = self.store.update(job_id, change)
+        except UniqueKeyTaken as exc:
+            holder = self.unfinished_holder(exc.key)
+            by = holder["id"] if holder is not None else "another job"
+            raise ApiError(
+                409, f"{job_id} cannot be queued again: {by} holds its unique-key", job_id
+            ) from None
+        if updated is None:
             raise not_found(job_id)
         self.changes.changed(job_id)
         return {"status": 200, "message": f"{job_id} queued again", "resource-id": job_id}
@@ -545,6 +585,8 @@ class JobService:
         return found, [job_id for job_id in ids if job_id not in docs]
 
 
+# Adds of one unique-key tried while its holder keeps ending between the insert and the look.
+_UNIQUE_ATTEMPTS = 3
 # Ids read by one query of wait(): far below SQLite's parameter limit.
 _READ_CHUNK = 1000
 _WAIT_KEYS = frozenset({"jobs", "timeout", "watch", "seq"})

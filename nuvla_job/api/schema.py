@@ -47,7 +47,12 @@ ATTRIBUTES: dict[str, str] = {
     "attempt-errors": "strs",  # one line per failed attempt
     "not-before": "date",  # QUEUED and waiting for the scheduler until then
     "retry": "retry",  # the job's own retry policy: {"retries", "backoff", "max-backoff"}
+    # At most one unfinished job holds a key: adding another answers that one (store.py).
+    "unique-key": "str",
 }
+
+# The longest unique-key accepted.
+MAX_UNIQUE_KEY = 512
 
 # The keys of a `retry` policy, the most retries and the longest wait it may ask for.
 RETRY_KEYS = ("retries", "backoff", "max-backoff")
@@ -90,4 +95,6 @@ INDEXED: dict[str, str] = {
     "execution-mode": "str",
     # Only waiting jobs have one (the scheduler's due query; a partial index in SQLite).
     "not-before": "str",
+    # The store's constraint: unique among unfinished jobs (store.UniqueKeyTaken).
+    "unique-key": "str",
 }

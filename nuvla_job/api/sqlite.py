@@ -42,6 +42,7 @@ from .store import (
     SessionRecord,
     StoreError,
     StoreLimits,
+    UniqueKeyTaken,
 )
 
 # Locks between OS threads, also in a process gevent has monkey-patched (whose threading
@@ -96,6 +97,10 @@ def _schema_sql() -> list[str]:
         # The scheduler's due query: only waiting jobs have a not-before, so the index holds
         # those alone however many jobs the table has.
         "CREATE INDEX IF NOT EXISTS job_due ON job(not_before) WHERE not_before IS NOT NULL",
+        # The unique-key rule (store.JobStore): one unfinished job per key. A job leaves the
+        # index when it is final, so that its key can be used again.
+        "CREATE UNIQUE INDEX IF NOT EXISTS job_unique_key ON job(unique_key)"
+        " WHERE unique_key IS NOT NULL AND state IN ('QUEUED', 'RUNNING')",
         # The total, kept by the store in the same transactions as the rows: `Api.add` asks
         # for it (search with last=0) before every add, and counting a million rows each
         # time would cost tens of milliseconds.
@@ -315,6 +320,18 @@ class Database:
             self._readers.clear()
 
 
+@contextmanager
+def _unique_key_of(doc: Doc) -> Iterator[None]:
+    """A write of ``doc`` refused by the unique-key index raises UniqueKeyTaken (the only
+    UNIQUE constraint of the job table; its id is a PRIMARY KEY, reported as such)."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        if exc.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_UNIQUE and "unique-key" in doc:
+            raise UniqueKeyTaken(doc["unique-key"]) from None
+        raise
+
+
 # The kinds of IntegrityError that say a primary key or UNIQUE value is taken.
 _DUPLICATE_KEY = frozenset({sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE})
 
@@ -374,7 +391,7 @@ class SqliteJobStore:
 
     def insert(self, doc: Doc, enqueue_pending: bool = False) -> None:
         try:
-            with self.db.write() as conn:
+            with self.db.write() as conn, _unique_key_of(doc):
                 conn.execute(
                     _INSERT, (doc["id"], _dumps(doc), int(enqueue_pending), *_columns(doc))
                 )
@@ -398,7 +415,8 @@ class SqliteJobStore:
             new = change(current)
             if new is None:
                 return current
-            _write_doc(conn, job_id, current, new)
+            with _unique_key_of(new):
+                _write_doc(conn, job_id, current, new)
             return new
 
     def claim_due(self, now: str, limit: int) -> list[Doc]:

@@ -61,6 +61,7 @@ COLUMNS: dict[str, str] = {
     "parent-job": "parent_job",
     "execution-mode": "execution_mode",
     "not-before": "not_before",
+    "unique-key": "unique_key",
 }
 _SQL_TYPES = {"str": "TEXT", "int": "INTEGER"}
 

@@ -71,6 +71,14 @@ class DuplicateId(Conflict):
     """A record with this id (or unique name) exists already."""
 
 
+class UniqueKeyTaken(Conflict):
+    """An unfinished job holds this ``unique-key`` already (see :class:`JobStore`)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"an unfinished job holds unique-key {key!r}")
+        self.key = key
+
+
 class StoreUrlError(ValueError):
     """A ``--db`` value that names no store this server can open (a usage error)."""
 
@@ -80,11 +88,17 @@ class JobStore(Protocol):
 
     ``principals`` narrows reads and deletes to the documents whose ACL grants a view right
     to one of them; ``None`` means no narrowing (an administrator).
+
+    Unique keys: at most one unfinished (QUEUED or RUNNING) job holds a given ``unique-key``.
+    A store keeps this with a constraint of its database (in SQLite a partial unique index),
+    never by a read before the write, so that concurrent adds through any number of job API
+    processes cannot both succeed; a write that would break it raises UniqueKeyTaken.
     """
 
     def insert(self, doc: Doc, enqueue_pending: bool = False) -> None:
-        """Store a new document (DuplicateId when its id exists). ``enqueue_pending`` marks
-        it as still owed a queue entry."""
+        """Store a new document (DuplicateId when its id exists, UniqueKeyTaken when an
+        unfinished job holds its unique-key). ``enqueue_pending`` marks it as still owed a
+        queue entry."""
 
     def get(self, job_id: str) -> Doc | None: ...
 
@@ -93,6 +107,8 @@ class JobStore(Protocol):
 
         ``change`` gets the current document and returns the new one (or None to leave it
         as it is). Returns the stored result, or None when there is no such document.
+        UniqueKeyTaken when the new one is unfinished and another unfinished job holds its
+        unique-key.
         """
 
     def mark_enqueued(self, job_id: str, entry_path: str | None) -> None:

@@ -1,15 +1,17 @@
 """Distributions the distributor tests run (loaded with `--actions-path tests/actions`).
 
-`crashy` counts its calls in the file named by CRASHY_COUNTER and raises on the first
-CRASHY_FAILURES (default 3) of them; without CRASHY_COUNTER it yields nothing. `recorded`,
-`odd_yields` and `gated_tick` serve the tick tests (tests/integration/test_distributor_ticks.py).
+`keyed` (with KEYED_TARGET) yields one pull job for that target twice per tick, under the
+unique key action:target, so that only one is ever unfinished. `crashy` counts its calls in
+the file named by CRASHY_COUNTER and raises on the first CRASHY_FAILURES (default 3) of
+them; without CRASHY_COUNTER it yields nothing. `recorded`, `odd_yields` and `gated_tick`
+serve the tick tests (tests/integration/test_distributor_ticks.py).
 """
 
 import os
 import time
 from pathlib import Path
 
-from nuvla_job.registry import distribute, distribution
+from nuvla_job.registry import action_and_target, distribute, distribution
 
 # The one-line form: one test_ok job every second.
 distribute("test_ok", 1, priority=50)
@@ -87,3 +89,12 @@ def gated_tick(api):
     while not os.path.exists(gate):
         time.sleep(0.02)
     yield {"action": "test_ok", "tags": [f"gated:{call}:second"]}
+
+
+@distribution("keyed", interval=1, unique_key=action_and_target)
+def keyed(api):
+    target = os.environ.get("KEYED_TARGET")
+    if not target:
+        return
+    for _ in range(2):
+        yield {"action": "test_ok", "execution-mode": "pull", "target-resource": {"href": target}}

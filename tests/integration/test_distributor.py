@@ -364,6 +364,27 @@ def test_a_failing_add_is_logged_and_the_loop_goes_on(
     assert len(jobs_of(admin_api, [name])) >= 4
 
 
+def test_a_distribution_key_keeps_one_unfinished_job(
+    admin_api: Api, start_distributor: Start
+) -> None:
+    """`keyed` yields the same job twice per tick under the key action:target: the job API
+    adds it once and answers the holder after that, tick after tick, until it is final."""
+    name = unique("dist")
+    target = f"deployment/{uuid.uuid4()}"
+    process = start_distributor(
+        name, "--distribution-include", "keyed", env={"KEYED_TARGET": target}
+    )
+    wait_count(process, "distributed 0 job(s) for keyed; 2 already unfinished", 2)
+    assert "distributed 1 job(s) for keyed; 1 already unfinished" in process.log()
+    [job] = jobs_of(admin_api, [name])
+    assert job["unique-key"] == f"test_ok:{target}"
+    admin_api.edit(job["id"], {"state": "SUCCESS"})
+    wait_count(process, "distributed 1 job(s) for keyed; 1 already unfinished", 2)
+    jobs = jobs_of(admin_api, [name])
+    assert len(jobs) == 2
+    assert [j["state"] for j in jobs] == ["SUCCESS", "QUEUED"]
+
+
 # -- options -------------------------------------------------------------------------------------
 
 
