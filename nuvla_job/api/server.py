@@ -278,6 +278,7 @@ class ServerConfig:
     tls_key: str | None = None
     login_max_failures: int = LoginLimits.max_failures
     login_max_failures_per_address: int = LoginLimits.max_failures_per_address
+    login_max_failures_per_name: int = LoginLimits.max_failures_per_name
     login_backoff: float = LoginLimits.backoff
     login_window: float = LoginLimits.window
     metrics: bool = True
@@ -367,6 +368,7 @@ class JobApiServer:
             login_limits=LoginLimits(
                 max_failures=self.config.login_max_failures,
                 max_failures_per_address=self.config.login_max_failures_per_address,
+                max_failures_per_name=self.config.login_max_failures_per_name,
                 backoff=self.config.login_backoff,
                 window=self.config.login_window,
             ),

@@ -1,14 +1,25 @@
-"""Slowing down password guessing: back-off after repeated failed logins.
+"""Slowing down password guessing: back-off after repeated failed logins, which no other
+client can turn against a legitimate one.
 
-Failures are counted per login name (user name or API-key id) and per client address. Once a
-counter reaches its limit, further logins for that name (or from that address) are refused
-with 429 and a Retry-After, without checking the credentials, for ``backoff`` seconds; the
-wait doubles with each further failure, up to ``window``. A successful login clears the
-name's counter; any counter is forgotten ``window`` seconds after its last failure. Attempts
-being verified count too, so a burst of parallel guesses cannot slip past the limit.
+Failures are counted per login name (user name or API-key id) *and client address*, and per
+client address. Once a counter reaches its limit, further logins for that name from that
+address (or anything from that address) are refused with 429 and a Retry-After, without
+checking the credentials, for ``backoff`` seconds; the wait doubles with each further
+failure, up to ``window``. A successful login clears its name-and-address counter; any
+counter is forgotten ``window`` seconds after its last failure. Attempts being verified
+count too, so a burst of parallel guesses cannot slip past the limit.
+
+Why not per name alone: then five bad logins from anywhere lock the name out for everyone,
+and a name is easy to learn (an API key's id is logged). Counted per name and address, the
+right secret from any other address is still accepted. The price: a guesser with many
+addresses gets ``max_failures`` tries per name from each of them (and ``per_address`` in
+all from each), before argon2's cost per try; API-key secrets are 256 random bits, so this
+matters for weak user passwords. ``max_failures_per_name`` (off by default) adds a count
+per name from all addresses for whoever prefers that lock-out to that exposure.
 
 The address is the TCP peer: behind a reverse proxy every client shares the proxy's, so
-set the per-address limit to 0 there (the per-name limit still applies).
+set the per-address limit to 0 there (counts per name and proxy still apply, and then do
+let one client lock a name out for the others behind the same proxy).
 """
 
 from __future__ import annotations
@@ -29,8 +40,9 @@ _PRUNE_AT = 10_000
 class LoginLimits:
     """How many failed logins are allowed before back-off (0 turns a limit off)."""
 
-    max_failures: int = 5
-    max_failures_per_address: int = 50
+    max_failures: int = 5  # per login name from one address
+    max_failures_per_address: int = 50  # from one address, all names together
+    max_failures_per_name: int = 0  # per login name from every address together (0: off)
     backoff: float = 30.0
     window: float = 900.0
 
@@ -62,9 +74,12 @@ class LoginThrottle:
     def _keys(self, name: str, address: str) -> list[tuple[str, int]]:
         keys = []
         if self.limits.max_failures > 0:
-            keys.append((f"name:{name}", self.limits.max_failures))
+            # NUL cannot be in an address: no name and address pair reads as another.
+            keys.append((f"pair:{address}\0{name}", self.limits.max_failures))
         if self.limits.max_failures_per_address > 0 and address:
             keys.append((f"addr:{address}", self.limits.max_failures_per_address))
+        if self.limits.max_failures_per_name > 0:
+            keys.append((f"name:{name}", self.limits.max_failures_per_name))
         return keys
 
     def _counter(self, key: str, now: float) -> _Counter:
@@ -116,9 +131,10 @@ class LoginThrottle:
                 counter.failures += 1
                 counter.last_failure = now
                 started = started or counter.failures == limit
-            elif key.startswith("name:"):
-                # Only the name's counter: one valid account must not clear an address
-                # that is guessing others' passwords.
+            elif key.startswith("pair:"):
+                # Only this name's counter from this address: one valid account must not
+                # clear an address that is guessing others' passwords, nor the others'
+                # failures for this name.
                 counter.failures = 0
         if len(self._counters) > self._prune_at:
             self._prune(now)

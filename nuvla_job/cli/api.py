@@ -135,7 +135,8 @@ def main() -> None:
     show_default=True,
     type=click.IntRange(0),
     envvar="JOB_API_LOGIN_MAX_FAILURES",
-    help="Failed logins per user name or key before back-off (0: no limit).",
+    help="Failed logins per user name or key from one client address before that "
+    "address backs off for that name (0: no limit).",
 )
 @click.option(
     "--login-max-failures-per-address",
@@ -145,6 +146,15 @@ def main() -> None:
     envvar="JOB_API_LOGIN_MAX_FAILURES_PER_ADDRESS",
     help="Failed logins per client address before back-off (0: no limit; use 0 "
     "behind a reverse proxy).",
+)
+@click.option(
+    "--login-max-failures-per-name",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    envvar="JOB_API_LOGIN_MAX_FAILURES_PER_NAME",
+    help="Failed logins per user name or key from all addresses together before the name "
+    "backs off everywhere (0: off; on, any client can lock a name out).",
 )
 @click.option(
     "--login-backoff",

@@ -101,7 +101,7 @@ def main(
     selected = select_distributions(
         distributions, distribution_include, distribution_exclude, distribution_interval
     )
-    api = make_api(common, pool_size=len(selected) + 2)
+    api = make_api(common, pool_size=len(selected) + 2, wait_when_throttled=True)
     if metrics is not None:
         metrics.start()  # before joining ZooKeeper: a port in use fails cleanly
     zk = connect_zookeeper(common)

@@ -132,7 +132,7 @@ def main(
     )
     if not distributions or job_id is not None:
         selected = []
-    api = make_api(common, pool_size=concurrency + len(selected) + 10)
+    api = make_api(common, pool_size=concurrency + len(selected) + 10, wait_when_throttled=True)
     from ..executor import Executor
     from ..queue import QueueConsumer
 

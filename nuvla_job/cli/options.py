@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -293,8 +294,18 @@ def _credentials(common: CommonConfig) -> dict[str, str] | None:
     return None
 
 
-def make_api(common: CommonConfig, pool_size: int = 10) -> Api:
-    """A logged-in ``nuvla.api.Api`` (or one using JOB_COOKIES or the authn header)."""
+# The longest wait between two logins refused with 429 (the server says how long in
+# Retry-After; its back-off is bounded by its --login-window, 900 s by default).
+MAX_LOGIN_WAIT = 900
+
+
+def make_api(common: CommonConfig, pool_size: int = 10, wait_when_throttled: bool = False) -> Api:
+    """A logged-in ``nuvla.api.Api`` (or one using JOB_COOKIES or the authn header).
+
+    ``wait_when_throttled``: a login refused with 429 (too many failed logins for this key
+    from this address) is tried again after the server's Retry-After, until it is let in,
+    instead of ending the command: a long-running engine process waits out a back-off
+    that others' failures may have started."""
     import requests.adapters
     import requests.utils
     from nuvla.api import Api
@@ -331,18 +342,41 @@ def make_api(common: CommonConfig, pool_size: int = 10) -> Api:
     api.session.mount("https://", adapter)
     LeanTransport.install(api.session, pool_size)
     if creds and not cookie_file:
+        _login(api, common.api_url, wait_when_throttled)
+    return api
+
+
+def _login(api: Api, url: str, wait_when_throttled: bool) -> None:
+    while True:
         try:
             response = api.login(api.session.login_params)
         except Exception as exc:
             raise click.ClickException(
-                f"cannot reach the job API at {common.api_url}: {type(exc).__name__}"
+                f"cannot reach the job API at {url}: {type(exc).__name__}"
             ) from None
-        if response is None or response.status_code != 201:
-            status = getattr(response, "status_code", "no answer")
-            raise click.ClickException(
-                f"login to the job API at {common.api_url} failed ({status})"
+        status = getattr(response, "status_code", "no answer")
+        if status == 429 and wait_when_throttled and response is not None:
+            wait = _retry_after(response.headers.get("Retry-After"))
+            log.warning(
+                "login to the job API at %s refused for now (429: too many failed logins "
+                "for this key from here); trying again in %d s",
+                url,
+                wait,
             )
-    return api
+            time.sleep(wait)  # gevent's sleep in the engine processes (monkey-patched)
+            continue
+        if status != 201:
+            raise click.ClickException(f"login to the job API at {url} failed ({status})")
+        return
+
+
+def _retry_after(value: str | None) -> int:
+    """Seconds to wait from a Retry-After header (seconds only; 5 when missing or odd)."""
+    try:
+        seconds = int((value or "").strip())
+    except ValueError:
+        return 5
+    return min(max(seconds, 1), MAX_LOGIN_WAIT)
 
 
 def connect_zookeeper(common: CommonConfig) -> KazooClient:

@@ -112,4 +112,29 @@ def test_forgotten_counters_are_pruned() -> None:
         attempt(throttle, f"new-{index}", "10.0.0.1", index % 2 == 0)
     # Pruned once past 10,000: the forgotten and the succeeded ones are gone.
     assert len(throttle._counters) < 5_000
-    assert not any(key.startswith("name:old-") for key in throttle._counters)
+    assert not any("old-" in key for key in throttle._counters)
+
+
+def test_failures_from_one_address_never_lock_the_name_out_from_another() -> None:
+    # The finding: five anonymous bad logins for a name made even its right secret get 429,
+    # from anywhere; done to the admin key, whose id is logged, executors could not start.
+    throttle, clock = make(max_failures_per_address=50)
+    for _ in range(20):
+        try:
+            attempt(throttle, "credential/admin", "203.0.113.5", False)
+        except TooManyFailures:
+            clock.now += 1
+    assert refused_for(throttle, "credential/admin", "203.0.113.5") > 0
+    attempt(throttle, "credential/admin", "10.0.0.7", True)  # the executor, from its address
+    throttle.begin("credential/admin", "10.0.0.7")
+    throttle.end("credential/admin", "10.0.0.7", True)
+    # and a success there clears nothing of the attacker's count
+    assert refused_for(throttle, "credential/admin", "203.0.113.5") > 0
+
+
+def test_a_limit_per_name_from_every_address_can_be_turned_on() -> None:
+    throttle, _ = make(max_failures=0, max_failures_per_name=4)
+    for index in range(4):  # one guess from each of four addresses
+        attempt(throttle, "alice", f"198.51.100.{index}", False)
+    assert refused_for(throttle, "alice", "10.0.0.1") == 10  # from anywhere, as asked
+    throttle.begin("bob", "10.0.0.1")
