@@ -37,6 +37,7 @@ from .job import (
     JobNotFound,
 )
 from .middleware import Chain, JobRun, Middleware
+from .newer_version import NewerVersionWaits
 from .outcome import Decision, Outcome, leaves_running
 from .queue import Entry
 from .registry import ActionRegistry, ActionSpec
@@ -109,6 +110,7 @@ class Executor:
         name: str = "executor",
         nuvlaedge_fs: str | None = None,
         zookeeper: ZkSettings | None = None,
+        newer_versions: NewerVersionWaits | None = None,
     ) -> None:
         self.api = api
         self.consumer = consumer
@@ -127,6 +129,8 @@ class Executor:
         self._stop_requests = 0
         self._api_failures = 0  # calls to the job API that failed in a row
         self._delaying: set[gevent.Greenlet] = set()  # waiting out a delay before a release
+        # Jobs for a newer engine released by this executor: failed past the bounds.
+        self.newer_versions = newer_versions or NewerVersionWaits()
 
     @property
     def queue(self) -> Consumer:
@@ -277,6 +281,16 @@ class Executor:
         except ApiUnavailable as exc:
             return self._api_unavailable(job_id, exc)
         self._api_failures = 0
+        if job.get("execution-mode") == "pull":
+            # The job API queues push and mixed jobs only: a pull job is run by whoever pulls
+            # it, with its own rights. An entry holding one was made by someone else (the
+            # queue's ACLs are open by default), and running it would lend it ours.
+            log.warning(
+                "%s: a pull-mode job in queue entry %s: consumed without running it",
+                job_id,
+                run.entry.name if run.entry else "?",
+            )
+            return Outcome.consume()
         return self._run_job(run, job)
 
     def _run_job(self, run: JobRun, job: Job) -> Outcome:
@@ -297,15 +311,9 @@ class Executor:
             )
             return Outcome.consume()
         version = job.get("version", SUPPORTED_VERSION)
-        if version > SUPPORTED_VERSION:
-            log.info(
-                "%s: version %s is newer than this engine's %s: left for a newer engine",
-                job_id,
-                version,
-                SUPPORTED_VERSION,
-            )
-            return Outcome.release(after=NEWER_VERSION_DELAY)
         try:
+            if version > SUPPORTED_VERSION:
+                return self._newer_version(run, job, version)
             if version < SUPPORTED_VERSION:
                 return self._fail(
                     job,
@@ -326,6 +334,28 @@ class Executor:
         except JobConflict as exc:
             log.warning("%s: the job API refused the update (%s): entry dropped", job_id, exc)
             return Outcome.consume()
+
+    def _newer_version(self, run: JobRun, job: Job, version: int) -> Outcome:
+        """Leave the job for a newer engine, unless it has waited for one too long."""
+        if run.entry is None:  # pull mode: nothing to leave it to
+            return Outcome.release(after=NEWER_VERSION_DELAY)
+        waits = self.newer_versions
+        wait = waits.release(job.id)
+        if not waits.exceeded(wait):
+            log.info(
+                "%s: version %s is newer than this engine's %s: left for a newer engine",
+                job.id,
+                version,
+                SUPPORTED_VERSION,
+            )
+            return Outcome.release(after=NEWER_VERSION_DELAY)
+        waits.forget(job.id)
+        return self._fail(
+            job,
+            f"no engine took this job: its version {version} is newer than {SUPPORTED_VERSION}, "
+            f"the newest this engine runs, and it went back to the queue {wait.releases - 1} "
+            f"time(s) over {waits.seconds(wait):.0f} s without an engine for it taking it",
+        )
 
     def _run_action(self, run: JobRun, job: Job, spec: ActionSpec) -> Outcome:
         """Run the action through the middleware and write what it returned or raised."""

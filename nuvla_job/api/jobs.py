@@ -341,6 +341,14 @@ class JobService:
                 raise forbidden(job_id)
             if current.get("state") in FINAL_STATES:
                 raise ApiError(409, f"{job_id} is in a final state and cannot be edited", job_id)
+            if (
+                "version" in data
+                and data["version"] != current.get("version")
+                and not caller.is_admin
+            ):
+                # The version picks which engine runs the job: a user could otherwise send
+                # it to no engine at all (released for a newer one forever).
+                raise ApiError(403, "only administrators can change a job's version", job_id)
             doc = {**current, **data}
             for name in select:
                 if name not in data and name not in REQUIRED:

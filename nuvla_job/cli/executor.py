@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 import click  # noqa: E402
 import gevent  # noqa: E402
 
+from .. import newer_version  # noqa: E402
 from ..middleware import Middleware  # noqa: E402
 from ..middleware.blocking import BlockedLoopWarning  # noqa: E402
 from ..middleware.log_context import LogContext  # noqa: E402
@@ -87,6 +88,24 @@ BLOCKING_WARNING = 1.0
     help="Longest an action may run; a job over it is FAILED (0: no limit). An "
     "action's own @action(..., timeout=) wins.",
 )
+@click.option(
+    "--newer-version-max-releases",
+    type=click.IntRange(0),
+    default=newer_version.MAX_RELEASES,
+    envvar="JOB_NEWER_VERSION_MAX_RELEASES",
+    show_default=True,
+    help="A job for a newer engine goes back to the queue at most this many times from "
+    "this executor; the next time it is FAILED, saying no engine took it.",
+)
+@click.option(
+    "--newer-version-max-wait",
+    type=click.FloatRange(0),
+    default=newer_version.MAX_WAIT,
+    envvar="JOB_NEWER_VERSION_MAX_WAIT",
+    show_default=True,
+    metavar="SECONDS",
+    help="The same bound in time, from the first release by this executor.",
+)
 @actions_options("action")
 @click.option(
     "--job-id",
@@ -108,6 +127,8 @@ def main(
     concurrency: int,
     grace_period: float,
     action_timeout: float,
+    newer_version_max_releases: int,
+    newer_version_max_wait: float,
     action_sources: ActionSources,
     job_id: str | None,
     distributions: bool,
@@ -168,6 +189,9 @@ def main(
         name=common.name,
         nuvlaedge_fs=common.nuvlaedge_fs,
         zookeeper=common.zookeeper,
+        newer_versions=newer_version.NewerVersionWaits(
+            newer_version_max_releases, newer_version_max_wait
+        ),
     )
     zk.add_listener(executor.session_changed)
     blocked_loop.watch()

@@ -14,7 +14,9 @@ from kazoo.exceptions import (
     BadVersionError,
     ConnectionClosedError,
     ConnectionLoss,
+    KazooException,
     NoNodeError,
+    NotEmptyError,
     RolledBackError,
     SessionExpiredError,
 )
@@ -46,6 +48,8 @@ _MAX_FINISHES_PER_REQUEST = 200
 _PREFETCH = 32
 # How often `holds` asks again while the connection is only lost (not the session).
 _HOLDS_TRIES = 5
+# How often a consume removes nodes found under its entry before it gives up.
+_CLEANUPS = 3
 
 
 class FinishOutcome(enum.Enum):
@@ -54,6 +58,7 @@ class FinishOutcome(enum.Enum):
     DONE = "done"
     ENTRY_GONE = "entry gone"  # consume only: someone deleted the entry; our node must go
     NOT_OURS = "not ours"  # the taken node changed (version): someone else's now
+    HAS_CHILDREN = "has children"  # consume only: nodes under the entry keep it from going
 
 
 class QueueConsumer:
@@ -408,6 +413,7 @@ class QueueConsumer:
         entry, taken = f"{ENTRIES}/{name}", f"{TAKEN}/{name}"
         unsure = False  # an earlier attempt may have been applied before the connection dropped
         spurious = 0
+        cleanups = 0
         with self._lock:
             confirmed = self._view.pop_confirmed(name)
         while True:
@@ -437,10 +443,33 @@ class QueueConsumer:
                 spurious += 1
                 unsure = True
                 continue
+            if outcome is FinishOutcome.HAS_CHILDREN and cleanups < _CLEANUPS:
+                # Entries never have children; someone made these (the tree's ACLs are
+                # open by default). They would keep the entry, and our taken node, forever.
+                cleanups += 1
+                self._remove_children(entry)
+                continue
             if outcome is FinishOutcome.ENTRY_GONE:
                 # Someone deleted the entry: our taken node must go anyway.
                 self._give_back(name, session)
+            elif outcome is FinishOutcome.HAS_CHILDREN:
+                log.error("queue entry %s keeps getting child nodes: released", name)
+                self._give_back(name, session)
             return outcome is FinishOutcome.DONE
+
+    def _remove_children(self, path: str) -> None:
+        try:
+            children = self.client.get_children(path)
+            for child in children:
+                self.client.delete(f"{path}/{child}", recursive=True)
+        except NoNodeError:
+            return
+        except KazooException as exc:
+            log.error("could not remove the child nodes of %s: %s", path, type(exc).__name__)
+            return
+        log.warning(
+            "queue entry %s had child nodes (%s): removed", path.rsplit("/", 1)[-1], len(children)
+        )
 
     def _read_many(self, paths: list[str]) -> list[Any]:
         """Flush of `_reads`: (data, stat), or the error, for each path; one request."""
@@ -478,8 +507,12 @@ class QueueConsumer:
                 outcomes.update((index, FinishOutcome.DONE) for index in todo)
                 break
             index, entry_op = owners[failed]
-            gone = entry_op and isinstance(results[failed], NoNodeError)
-            outcomes[index] = FinishOutcome.ENTRY_GONE if gone else FinishOutcome.NOT_OURS
+            if entry_op and isinstance(results[failed], NoNodeError):
+                outcomes[index] = FinishOutcome.ENTRY_GONE
+            elif entry_op and isinstance(results[failed], NotEmptyError):
+                outcomes[index] = FinishOutcome.HAS_CHILDREN
+            else:
+                outcomes[index] = FinishOutcome.NOT_OURS
             todo.remove(index)
         return [outcomes[index] for index in range(len(items))]
 

@@ -255,6 +255,20 @@ def test_users_see_and_manage_only_what_the_acl_grants(
     assert admin_api.get(mine).data["acl"]["owners"] == ["group/nuvla-admin"]
 
 
+def test_only_admins_change_a_jobs_version(job_api: JobApiProcess, admin_api: Api) -> None:
+    # The finding: with edit-data, `version: 99` left the job released for a newer engine
+    # every 5 s, forever.
+    alice = job_api.user_api(f"alice-{uuid.uuid4().hex[:6]}")
+    acl = {"owners": ["group/nuvla-admin"], "edit-data": [alice.user_id]}
+    job_id = admin_api.add("job", {"action": unique_action(), "acl": acl}).data["resource-id"]
+    status, message = error_status(alice.edit, job_id, {"version": 99})
+    assert (status, message) == (403, "only administrators can change a job's version")
+    assert admin_api.get(job_id).data["version"] == 2
+    # The document sent back as it was read (its version unchanged) is still an edit.
+    assert alice.edit(job_id, {"version": 2, "progress": 10}).data["progress"] == 10
+    assert admin_api.edit(job_id, {"version": 3}).data["version"] == 3
+
+
 def _raw_operation(api: Api, endpoint: str, job_id: str, op: str) -> int:
     """POST an operation without first reading the job (which the caller may not see)."""
     return api.session.post(f"{endpoint}/api/{job_id}/{op}", json={}, timeout=10).status_code

@@ -71,6 +71,50 @@ def test_garbage_entries_are_logged_consumed_and_executor_goes_on(
     assert log.count("holds no job id") >= 7
 
 
+# -- the queue as a trust boundary (anyone may write to it while its ACLs are open) ---------------
+
+
+def test_an_entry_with_child_nodes_is_dropped_whole(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
+    path = zk.create(queue.entry_prefix(0), b"not a job", sequence=True, makepath=True)
+    zk.create(f"{path}/child", b"", makepath=True)
+    start_executor()
+    job_id = add(admin_api, "test_ok")  # behind it: runs once it is out of the way
+    assert wait_state(admin_api, job_id)["state"] == "SUCCESS"
+    queue_empty(zk)  # neither the entry nor its taken node is left
+
+
+def test_a_pull_job_found_in_the_queue_is_consumed_without_running_it(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
+    # The finding: a hand-made entry holding another user's pull-mode job id made the
+    # executor run it with the executor's (admin) rights.
+    job_id = add(admin_api, "test_ok", **{"execution-mode": "pull"})
+    zk.create(queue.entry_prefix(0), job_id.encode(), sequence=True, makepath=True)
+    process = start_executor()
+    after = add(admin_api, "test_ok")
+    assert wait_state(admin_api, after)["state"] == "SUCCESS"
+    queue_empty(zk)
+    job = admin_api.get(job_id).data
+    assert (job["state"], job.get("started")) == ("QUEUED", None), "it was not run"
+    assert f"{job_id}: a pull-mode job in queue entry" in process.log()
+
+
+def test_a_job_no_engine_takes_is_failed_saying_so(
+    admin_api: Api, zk: KazooClient, start_executor
+) -> None:
+    # The finding: `version: 99` had the job released every 5 s, forever.
+    job_id = add(admin_api, "test_ok", version=99)
+    start_executor(env={"JOB_NEWER_VERSION_MAX_RELEASES": "2"})
+    job = wait_state(admin_api, job_id, timeout=60)
+    assert job["state"] == "FAILED"
+    assert job["status-message"].startswith(
+        "no engine took this job: its version 99 is newer than 2, the newest this engine runs"
+    )
+    queue_empty(zk)
+
+
 # -- misbehaving actions --------------------------------------------------------------------------
 
 

@@ -187,6 +187,24 @@ def test_consume_deletes_entry_and_taken_node(
     assert len(entry_names(zk)) == 1
 
 
+def test_consume_removes_nodes_someone_put_under_the_entry(
+    zk: KazooClient, new_consumer: Callable[..., QueueConsumer]
+) -> None:
+    # The finding: an entry with a child node stayed in /job/entries and /job/taken after
+    # the executor dropped it (ZooKeeper does not delete a node that has children).
+    put_many(zk, ["job/1", "job/2"])
+    consumer = new_consumer()
+    entry = consumer.take(timeout=WAIT)
+    assert entry is not None
+    zk.create(f"{entry.path}/child/grandchild", b"x", makepath=True)
+    assert consumer.consume(entry) is True
+    assert zk.exists(entry.path) is None
+    assert zk.exists(entry.taken_path) is None
+    assert consumer.held == []
+    rest = consumer.take(timeout=WAIT)
+    assert rest is not None and rest.job_id == "job/2"
+
+
 def test_release_makes_the_entry_available_to_another_consumer(
     zk: KazooClient, new_consumer: Callable[..., QueueConsumer]
 ) -> None:

@@ -21,6 +21,7 @@ from nuvla_job.executor import Executor
 from nuvla_job.job import SUPPORTED_VERSION
 from nuvla_job.metrics import outcome_label
 from nuvla_job.middleware import JobRun, Middleware
+from nuvla_job.newer_version import NewerVersionWaits
 from nuvla_job.outcome import Decision, LeaveRunning, Outcome
 from nuvla_job.registry import ActionRegistry
 from tests.support.executor_doubles import FakeApi, FakeConsumer, api_error
@@ -316,6 +317,47 @@ def test_newer_version_is_released_untouched_after_a_delay(
     assert gevent.get_hub().loop.now() - started >= 0.015
     assert api.edits == []
     assert consumer.released and not consumer.consumed and not consumer.held
+
+
+@pytest.mark.parametrize("releases, seconds", [(3, 0.0), (1, 601.0)])
+def test_newer_version_released_past_its_bounds_is_failed_saying_no_engine_took_it(
+    api: FakeApi,
+    consumer: FakeConsumer,
+    actions: ActionRegistry,
+    short_delays: None,
+    releases: int,
+    seconds: float,
+) -> None:
+    clock = [1000.0]
+    waits = NewerVersionWaits(max_releases=3, max_wait=600.0, clock=lambda: clock[0])
+    executor = Executor(api, consumer, actions, newer_versions=waits)
+    job_id = api.add_job("ok", version=SUPPORTED_VERSION + 1)
+    for _ in range(releases):
+        assert handle(executor, consumer, job_id) == Outcome.release(after=0.02)
+    clock[0] += seconds
+    assert handle(executor, consumer, job_id) == Outcome.consume("FAILED")
+    message = api.jobs[job_id]["status-message"]
+    assert message.startswith(
+        f"no engine took this job: its version {SUPPORTED_VERSION + 1} is newer than "
+        f"{SUPPORTED_VERSION}, the newest this engine runs, and it went back to the queue "
+        f"{releases} time(s) over {seconds:.0f} s"
+    )
+    assert api.states_written(job_id) == ["FAILED"]
+    # Another job's count is its own.
+    other = api.add_job("ok", version=SUPPORTED_VERSION + 1)
+    assert handle(executor, consumer, other) == Outcome.release(after=0.02)
+
+
+def test_pull_mode_job_found_in_the_queue_is_consumed_without_running_it(
+    api: FakeApi, consumer: FakeConsumer, executor: Executor, actions: ActionRegistry
+) -> None:
+    job_id = api.add_job("ok", **{"execution-mode": "pull"})
+    assert handle(executor, consumer, job_id) == Outcome.consume()
+    assert api.edits == [] and actions.get("ok").seen == []
+    assert consumed_only(consumer)
+    # Pulled by whoever may run it, the same job runs.
+    assert executor.run_pull(job_id) == 0
+    assert api.states_written(job_id) == ["RUNNING", "SUCCESS"]
 
 
 @pytest.mark.parametrize(
