@@ -13,10 +13,12 @@ VENV_MARKER := $(VENV)/.installed
 # browser test drives Chromium through its driver; the TLS tests make certificates with openssl.
 RUN_NEEDS := /usr/share/java/zookeeper.jar:zookeeper java:default-jre-headless
 TEST_NEEDS := $(RUN_NEEDS) chromium:chromium chromedriver:chromium-driver openssl:openssl
+# bench/peers.py runs Celery on a Redis it starts itself.
+BENCH_NEEDS := $(RUN_NEEDS) redis-server:redis-server
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv deps test-deps test faults lint run bench clean distclean
+.PHONY: venv deps test-deps bench-deps test faults lint run bench clean distclean
 
 venv: $(VENV_MARKER)
 
@@ -54,6 +56,9 @@ deps:
 test-deps:
 	$(call apt_needs,$(TEST_NEEDS))
 
+bench-deps:
+	$(call apt_needs,$(BENCH_NEEDS))
+
 test: test-deps venv
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
@@ -75,12 +80,14 @@ lint: venv
 run: deps venv
 	$(VENV)/bin/python -m nuvla_job.cli.demo
 
-# Every benchmark at full size (about 15 minutes). BENCH_ARGS=--publish also rewrites the
-# generated sections of docs/benchmarks.md and the plots in docs/img/; --quick for small sizes.
-bench: deps venv $(VENV)/.bench-installed
+# Every benchmark at full size (about 20 minutes), the peer table (bench/peers.py) first.
+# BENCH_ARGS=--publish also rewrites the generated sections of docs/benchmarks.md and the plots
+# in docs/img/; --quick for small sizes.
+bench: bench-deps venv $(VENV)/.bench-installed
 	$(VENV)/bin/python -m bench $(BENCH_ARGS)
 
-# The `bench` extra (matplotlib, for the plots), reinstalled when pyproject.toml changes.
+# The `bench` extra (matplotlib for the plots, Celery for the peers), reinstalled when
+# pyproject.toml changes.
 $(VENV)/.bench-installed: pyproject.toml $(VENV_MARKER)
 	$(VENV)/bin/pip install -q -e '.[test,bench]'
 	touch $@

@@ -20,6 +20,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 # Modules of this package that are helpers, not benchmarks.
 HELPERS = {"plots", "report"}
+# Run before the others, in this order: the peer table leads docs/benchmarks.md.
+FIRST = ("peers",)
 # Small sizes that check a benchmark end to end and draw its plots in a minute or two; the
 # numbers are not the ones to quote.
 QUICK: dict[str, list[str]] = {
@@ -27,6 +29,7 @@ QUICK: dict[str, list[str]] = {
     "delays": ["--jobs", "500", "--max-delay", "15", "--burst", "300"],
     "distributor": ["--seconds", "10"],
     "nuvla_mix": ["--jobs", "300", "--upstream-jobs", "30"],
+    "peers": ["--jobs", "300", "--upstream-jobs", "20", "--rounds", "1"],
     "executor": [
         "--jobs",
         "300",
@@ -55,11 +58,14 @@ QUICK: dict[str, list[str]] = {
 
 
 def modules() -> list[str]:
-    return sorted(
+    """The benchmarks, in the order they run: FIRST, then by name."""
+    found = {
         m.name
         for m in pkgutil.iter_modules([str(BENCH)])
         if not m.name.startswith("_") and not m.ispkg and m.name not in HELPERS
-    )
+    }
+    first = [name for name in FIRST if name in found]
+    return first + sorted(found - set(first))
 
 
 def run_one(name: str, args: list[str], env: dict[str, str]) -> int:

@@ -8,20 +8,30 @@ its Executor or Distributor), after importing the test modules of tests/actions_
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from nuvla_job.localstack.processes import REPO, EngineProcess, executor_process
 
 NUVLA_TEST_ACTIONS = REPO / "tests" / "actions_nuvla"
+TEST_MODULES = ("counted", "short_waits")
 _PROGRAM = (
-    "import sys; sys.path.insert(0, {actions!r}); import counted, short_waits; "
+    "import sys; sys.path.insert(0, {actions!r}); import {modules}; "
     "from nuvla.job_engine.job.base import main; "
     "from nuvla.job_engine.job.{package}.{package} import {cls}; main({cls})"
 )
 
 
-def _upstream(package: str, cls: str, args: list[str]) -> EngineProcess:
-    program = _PROGRAM.format(actions=str(NUVLA_TEST_ACTIONS), package=package, cls=cls)
+def _upstream(
+    package: str,
+    cls: str,
+    args: list[str],
+    actions: Path = NUVLA_TEST_ACTIONS,
+    modules: Sequence[str] = TEST_MODULES,
+) -> EngineProcess:
+    program = _PROGRAM.format(
+        actions=str(actions), modules=", ".join(modules), package=package, cls=cls
+    )
     return EngineProcess(
         f"upstream-{package}",
         args,
@@ -41,10 +51,16 @@ def api_args(api_url: str, credentials: dict[str, str]) -> list[str]:
     ]
 
 
-def upstream_executor(zk_hosts: str, api_url: str, credentials: dict[str, str]) -> EngineProcess:
-    return _upstream(
-        "executor", "Executor", [*api_args(api_url, credentials), "--zk-hosts", zk_hosts]
-    )
+def upstream_executor(
+    zk_hosts: str,
+    api_url: str,
+    credentials: dict[str, str],
+    actions: Path = NUVLA_TEST_ACTIONS,
+    modules: Sequence[str] = TEST_MODULES,
+) -> EngineProcess:
+    """The package's executor, after importing `modules` (action modules) from `actions`."""
+    args = [*api_args(api_url, credentials), "--zk-hosts", zk_hosts]
+    return _upstream("executor", "Executor", args, actions, modules)
 
 
 def upstream_distributor(

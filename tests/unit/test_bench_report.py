@@ -115,13 +115,14 @@ def test_publish_without_the_section_changes_nothing(tmp_path: Path) -> None:
 
 def test_the_published_document_has_a_section_for_every_benchmark() -> None:
     text = report.DOC.read_text("utf-8")
-    assert sorted(report.section_names(text)) == runner.modules()
+    assert sorted(report.section_names(text)) == sorted(runner.modules())
     for name in runner.modules():
         report.replace_section(text, name, "x")  # exactly one pair of markers each
 
 
 def test_runner_lists_benchmarks_not_helpers_and_passes_quick_sizes() -> None:
     assert runner.modules() == [
+        "peers",
         "api",
         "delays",
         "distributor",

@@ -1,0 +1,1 @@
+"""What the benchmarks share besides the report: process measurements and the peers' parts."""
