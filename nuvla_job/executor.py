@@ -26,6 +26,7 @@ from nuvla.api import Api
 
 from . import attempts, monitoring
 from .backoff import backoff_delay, jittered_backoff
+from .fetcher import JobFetcher
 from .job import (
     SUPPORTED_VERSION,
     ApiUnavailable,
@@ -121,6 +122,10 @@ class Executor:
         self.name = name
         self.nuvlaedge_fs = nuvlaedge_fs
         self.zookeeper = zookeeper  # handed to each Job (job.zookeeper)
+        # Concurrent fetches share one search on this project's job API (fetcher.py).
+        self.fetcher = JobFetcher(
+            api, nuvlaedge_fs=nuvlaedge_fs, executor_name=name, zookeeper=zookeeper
+        )
         self.pool = gevent.pool.Pool(concurrency)
         self._running: dict[gevent.Greenlet, Entry] = {}
         self._stopping = gevent.event.Event()
@@ -502,13 +507,7 @@ class Executor:
             raise JobLost()
 
     def _fetch(self, job_id: str) -> Job:
-        return Job.fetch(
-            self.api,
-            job_id,
-            nuvlaedge_fs=self.nuvlaedge_fs,
-            executor_name=self.name,
-            zookeeper=self.zookeeper,
-        )
+        return self.fetcher.fetch(job_id)
 
     # -- carrying the outcome out -----------------------------------------------------------
 

@@ -86,7 +86,8 @@ class CredentialsRefused(JobError):
     (an expired session whose new login failed, e.g. on a full disk)."""
 
 
-def _classify(exc: Exception, job_id: str) -> JobError:
+def classify_error(exc: Exception, job_id: str) -> JobError:
+    """The JobError a failed call to the job API about `job_id` stands for."""
     if isinstance(exc, NuvlaError) and exc.response is not None:
         status = exc.response.status_code
         if status == 404:
@@ -138,14 +139,20 @@ class Job(dict):
         """Get the job; a 404 is retried once after a short wait (the add may be in flight)."""
         for attempt in (1, 2):
             try:
-                return cls(api, _check_document(job_id, api.get(job_id).data), **kw)
+                return cls.from_document(api, job_id, api.get(job_id).data, **kw)
             except (NuvlaError, requests.RequestException, OSError) as exc:
-                error = _classify(exc, job_id)
+                error = classify_error(exc, job_id)
                 if isinstance(error, JobNotFound) and retry_not_found and attempt == 1:
                     time.sleep(NOT_FOUND_RETRY_DELAY)
                     continue
                 raise error from exc
         raise JobNotFound(job_id)  # pragma: no cover - the loop always returns or raises
+
+    @classmethod
+    def from_document(cls, api: Api, job_id: str, data: Any, **kw: Any) -> Job:
+        """The job `job_id` from a document the job API returned for it (JobMalformed when
+        it is not one)."""
+        return cls(api, _check_document(job_id, data), **kw)
 
     # -- read-only dict ---------------------------------------------------------------------
 
@@ -181,7 +188,7 @@ class Job(dict):
             try:
                 return self.api.get(job_uri)
             except NuvlaError as exc:
-                error = _classify(exc, job_uri)
+                error = classify_error(exc, job_uri)
                 if not isinstance(error, JobNotFound) or attempt == 2:
                     raise error from exc
                 time.sleep(NOT_FOUND_RETRY_DELAY)
@@ -243,7 +250,7 @@ class Job(dict):
             try:
                 self._context = self.api.operation(self, "get-context").data
             except (NuvlaError, requests.RequestException, OSError) as exc:
-                raise _classify(exc, self.id) from exc
+                raise classify_error(exc, self.id) from exc
         return self._context
 
     def _edit(self, data: dict[str, Any], select: str | None = None) -> None:
@@ -251,7 +258,7 @@ class Job(dict):
             kwargs = {"select": select} if select else {}
             self._refresh(self.api.edit(self.id, data, **kwargs).data)
         except (NuvlaError, requests.RequestException, OSError) as exc:
-            raise _classify(exc, self.id) from exc
+            raise classify_error(exc, self.id) from exc
 
     def update_job(
         self,

@@ -1,15 +1,16 @@
 """In-memory doubles of what the executor talks to, for unit tests of its decision table.
 
-:class:`FakeApi` answers ``get`` and ``edit`` as ``nuvla.api.Api`` does (documents under
-``.data``; errors as ``NuvlaError`` with a response, or as requests' connection errors),
-records every call, and fails on demand. :class:`FakeConsumer` is a queue that hands out
-entries, records consumes and releases, and can lose its "session".
+:class:`FakeApi` answers ``get``, ``edit`` and a ``search`` by id list as ``nuvla.api.Api``
+does (documents under ``.data``; errors as ``NuvlaError`` with a response, or as requests'
+connection errors), records every call, and fails on demand. :class:`FakeConsumer` is a
+queue that hands out entries, records consumes and releases, and can lose its "session".
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,14 @@ def api_error(status: int) -> NuvlaError:
 
 
 @dataclass
+class Page:
+    """What ``nuvla.api.Api.search`` returns: ``count`` and the ``resources``."""
+
+    count: int
+    resources: list[Answer]
+
+
+@dataclass
 class _Failure:
     error: BaseException
     times: int
@@ -50,7 +59,9 @@ class FakeApi:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.gets: list[str] = []
         self.edits: list[tuple[str, dict[str, Any]]] = []
-        self._failures: dict[str, list[_Failure]] = {"get": [], "edit": []}
+        self.searches: list[list[str]] = []  # the ids each search asked for
+        self.unsearchable: set[str] = set()  # jobs a search does not return (GET does)
+        self._failures: dict[str, list[_Failure]] = {"get": [], "edit": [], "search": []}
 
     def add_job(self, action: str = "ok", **attrs: Any) -> str:
         job_id = f"job/{uuid.uuid4()}"
@@ -60,7 +71,7 @@ class FakeApi:
     def fail(
         self, call: str, error: int | BaseException, *, times: int = 1, state: str | None = None
     ) -> None:
-        """Make the next ``times`` calls of ``call`` ("get" or "edit") fail with ``error``
+        """Make the next ``times`` calls of ``call`` ("get", "edit", "search") fail with ``error``
         (an HTTP status or an exception); ``state``: only edits that write that state."""
         failure = api_error(error) if isinstance(error, int) else error
         self._failures[call].append(_Failure(failure, times, state))
@@ -79,6 +90,18 @@ class FakeApi:
         if job_id not in self.jobs:
             raise api_error(404)
         return Answer(copy.deepcopy(self.jobs[job_id]))
+
+    def search(self, resource_type: str, filter: str = "", last: int = 20, **_: Any) -> Page:
+        """The job API's search for a filter ``id='a' or id='b' ...`` (the fetcher's)."""
+        ids = re.findall(r"id='([^']*)'", filter)
+        self.searches.append(ids)
+        self._maybe_fail("search")
+        found = [
+            Answer(copy.deepcopy(self.jobs[job_id]))
+            for job_id in ids
+            if job_id in self.jobs and job_id not in self.unsearchable
+        ]
+        return Page(len(found), found[:last])
 
     def edit(self, job_id: str, data: dict[str, Any], select: str | None = None) -> Answer:
         self._maybe_fail("edit", data)
