@@ -10,7 +10,9 @@ Only on this project's job API, whose search reads the same committed rows a GET
 presents each document as a GET does. A Nuvla server searches an index refreshed about once
 a second, whose answer may be older than the job's last write: there every fetch stays a
 GET. Which API it is is told by the jobs themselves (:func:`nuvla_job.attempts.own_api`):
-fetches are GETs until a job carrying ``attempts`` has been read.
+fetches are GETs until a job carrying ``attempts`` has been read. Until a first job has been
+read at all, one fetch at a time asks: the takes of an executor's start all arrive at once, and
+they would otherwise all be GETs before the first answer tells which API this is.
 
 The GET still decides whatever the search cannot answer: a job the search does not return
 (not found yet, not visible to these credentials, ...) is fetched with a GET, whose answer
@@ -69,15 +71,26 @@ class JobFetcher:
         self.job_options = job_options
         self._allowed = batch
         self.batching = False  # on once a job shows this project's job API
+        self._probed = False  # a first job has been read
+        self._probe = gevent.lock.Semaphore()
         self._searches = Batcher(_GeventHandler(), self._search, MAX_IDS_PER_SEARCH)
 
     def fetch(self, job_id: str) -> Job:
+        if self._allowed and not self._probed:
+            with self._probe:
+                if not self._probed:
+                    job = self._get(job_id)  # an error leaves the next fetch to ask
+                    self._probed = True
+                    return job
         if self.batching:
             found = self._searches.submit(job_id).get()
             if isinstance(found, JobError):
                 raise found
             if found is not None:
                 return Job.from_document(self.api, job_id, found, **self.job_options)
+        return self._get(job_id)
+
+    def _get(self, job_id: str) -> Job:
         job = Job.fetch(self.api, job_id, **self.job_options)
         if self._allowed and not self.batching and attempts.own_api(job):
             self.batching = True

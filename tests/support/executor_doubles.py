@@ -61,6 +61,7 @@ class FakeApi:
         self.edits: list[tuple[str, dict[str, Any]]] = []
         self.searches: list[list[str]] = []  # the ids each search asked for
         self.unsearchable: set[str] = set()  # jobs a search does not return (GET does)
+        self.latency = 0.0  # seconds each get and search takes (yielding to other greenlets)
         self._failures: dict[str, list[_Failure]] = {"get": [], "edit": [], "search": []}
 
     def add_job(self, action: str = "ok", **attrs: Any) -> str:
@@ -86,6 +87,8 @@ class FakeApi:
 
     def get(self, job_id: str) -> Answer:
         self.gets.append(job_id)
+        if self.latency:
+            gevent.sleep(self.latency)
         self._maybe_fail("get")
         if job_id not in self.jobs:
             raise api_error(404)
@@ -95,6 +98,8 @@ class FakeApi:
         """The job API's search for a filter ``id='a' or id='b' ...`` (the fetcher's)."""
         ids = re.findall(r"id='([^']*)'", filter)
         self.searches.append(ids)
+        if self.latency:
+            gevent.sleep(self.latency)
         self._maybe_fail("search")
         found = [
             Answer(copy.deepcopy(self.jobs[job_id]))

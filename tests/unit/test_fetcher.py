@@ -56,6 +56,31 @@ def test_a_search_asks_for_at_most_its_share_of_ids() -> None:
     assert sorted(i for s in api.searches for i in s) == sorted(ids)
 
 
+def test_fetches_arriving_before_any_job_was_read_wait_for_the_first_get() -> None:
+    # An executor's start: all its takes fetch at once. One GET tells which API it is; the
+    # others wait for its answer and then share searches.
+    api = FakeApi()
+    api.latency = 0.01
+    ids = _own_api_jobs(api, 30)
+    jobs = _fetch_all(JobFetcher(api), ids)
+    assert len(api.gets) == 1
+    assert sorted(i for s in api.searches for i in s) == sorted(set(ids) - set(api.gets))
+    assert [job.id for job in jobs] == ids
+
+
+def test_a_failed_first_get_leaves_the_next_fetch_to_ask() -> None:
+    api = FakeApi()
+    api.latency = 0.01
+    ids = _own_api_jobs(api, 3)
+    api.fail("get", ApiUnavailable("down"))
+    fetcher = JobFetcher(api)
+    greenlets = [gevent.spawn(fetcher.fetch, job_id) for job_id in ids]
+    gevent.joinall(greenlets)
+    assert isinstance(greenlets[0].exception, ApiUnavailable)
+    assert [g.value.id for g in greenlets[1:]] == ids[1:]
+    assert fetcher.batching and len(api.gets) == 2
+
+
 def test_jobs_of_a_nuvla_server_are_always_fetched_with_a_get() -> None:
     # A Nuvla server's search reads an index refreshed about once a second: never used.
     api = FakeApi()
