@@ -121,6 +121,16 @@ class OffLoopJobStore:
     def aggregate(self, query: Query, principals: frozenset[str] | None) -> dict[str, Any]:
         return self.offloop.run_heavy(self.store.aggregate, query, principals)
 
+    def status_changes(
+        self,
+        since: str,
+        until: str,
+        principals: frozenset[str] | None,
+        states: Iterable[str] | None = None,
+    ) -> list[tuple[str | None, str | None, int | None, int]]:
+        wanted = None if states is None else list(states)
+        return self.offloop.run_heavy(self.store.status_changes, since, until, principals, wanted)
+
     def delete_matching(self, query: Query, principals: frozenset[str] | None) -> int:
         return self.offloop.run_heavy(self.store.delete_matching, query, principals)
 

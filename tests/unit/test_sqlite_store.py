@@ -102,3 +102,70 @@ def test_an_uncreatable_folder_is_a_one_line_store_error(tmp_path: Path) -> None
         StoreError, match=r"^cannot create the folder .*a-file/sub for the database"
     ):
         SqliteStore(blocker / "sub" / "jobs.sqlite")
+
+
+def _changed(n: int, second: int, state: str, duration: int | None, owner: str) -> dict:
+    extra = {} if duration is None else {"duration": duration}
+    return doc(
+        n,
+        state=state,
+        action="b" if n % 2 else "a",
+        acl={"owners": ["group/nuvla-admin"], "view-data": [owner]},
+        **{"time-of-status-change": f"2026-01-01T00:00:{second:02d}.000Z"},
+        **extra,
+    )
+
+
+def test_status_changes_counts_a_range_by_action_state_and_duration(
+    store: SqliteJobStore,
+) -> None:
+    store.insert_many(
+        [
+            _changed(1, 10, "SUCCESS", 3, "user/u"),
+            _changed(3, 11, "SUCCESS", 3, "user/v"),
+            _changed(5, 12, "FAILED", 7, "user/u"),
+            _changed(2, 12, "RUNNING", None, "user/u"),
+            _changed(4, 20, "SUCCESS", 1, "user/u"),  # outside [10, 20)
+            _changed(6, 9, "SUCCESS", 1, "user/u"),  # before it
+        ]
+    )
+    since, until = "2026-01-01T00:00:10.000Z", "2026-01-01T00:00:20.000Z"
+    assert sorted(store.status_changes(since, until, None)) == [
+        ("a", "RUNNING", None, 1),
+        ("b", "FAILED", 7, 1),
+        ("b", "SUCCESS", 3, 2),
+    ]
+    finals = store.status_changes(since, until, None, states=["SUCCESS", "FAILED"])
+    assert sorted(finals) == [("b", "FAILED", 7, 1), ("b", "SUCCESS", 3, 2)]
+    # A user counts the jobs they may see, only.
+    mine = store.status_changes(since, until, frozenset({"user/v"}))
+    assert mine == [("b", "SUCCESS", 3, 1)]
+
+
+def test_status_changes_read_the_covering_index_alone(store: SqliteJobStore) -> None:
+    sql = (
+        "EXPLAIN QUERY PLAN SELECT action, state, duration, count(*) FROM job"
+        " INDEXED BY job_status_changed WHERE status_changed >= ? AND status_changed < ?"
+        " GROUP BY action, state, duration"
+    )
+    plan = " ".join(str(row[-1]) for row in store.db.read(sql, ("a", "b")))
+    assert "COVERING INDEX job_status_changed" in plan, plan
+
+
+def test_columns_added_to_an_older_database_are_filled_from_the_documents(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite"
+    sqlite = SqliteStore(path)
+    sqlite.jobs.insert_many([_changed(1, 10, "SUCCESS", 4, "user/u")])
+    with sqlite.db.write() as conn:  # as a version before these columns made it
+        conn.execute("DROP INDEX job_status_changed")
+        conn.execute("ALTER TABLE job DROP COLUMN status_changed")
+        conn.execute("ALTER TABLE job DROP COLUMN duration")
+    sqlite.close()
+    reopened = SqliteStore(path)
+    try:
+        rows = reopened.jobs.status_changes("2026", "2027", None)
+        assert rows == [("b", "SUCCESS", 4, 1)]
+    finally:
+        reopened.close()
