@@ -17,8 +17,9 @@ TEST_NEEDS := $(RUN_NEEDS) chromium:chromium chromedriver:chromium-driver openss
 BENCH_NEEDS := $(RUN_NEEDS) redis-server:redis-server
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+UP_ARGS ?=
 
-.PHONY: venv deps test-deps bench-deps test faults lint run bench clean distclean
+.PHONY: venv deps test-deps bench-deps test faults lint run up bench clean distclean
 
 venv: $(VENV_MARKER)
 
@@ -79,6 +80,11 @@ lint: venv
 
 run: deps venv
 	$(VENV)/bin/python -m nuvla_job.cli.demo
+
+# A local stack to play with (ZooKeeper, job API on port 8200, an executor, a distributor),
+# until Ctrl-C; UP_ARGS=--port 0 picks a free port (`python -m nuvla_job.cli.up --help`).
+up: deps venv
+	$(VENV)/bin/python -m nuvla_job.cli.up $(UP_ARGS)
 
 # Every benchmark at full size (about 20 minutes), the peer table (bench/peers.py) first.
 # BENCH_ARGS=--publish also rewrites the generated sections of docs/benchmarks.md and the plots

@@ -43,7 +43,11 @@ class JobApiProcess(Service):
         start_timeout: float = 30.0,
         env: dict[str, str] | None = None,
         program: Sequence[str] | None = None,
+        port: int | None = None,
+        own_session: bool = False,
     ) -> None:
+        """``port``: this one, or fail (default: a free one, another if it is taken first).
+        ``own_session``: as for :class:`~.processes.EngineProcess`."""
         # The `job-api` command: this interpreter's module, or e.g. an installed console script.
         self.this_copy = not program
         self.program = list(program) if program else [sys.executable, "-m", "nuvla_job.cli.api"]
@@ -55,7 +59,9 @@ class JobApiProcess(Service):
         self.db = self.base_dir / "jobs.sqlite"
         self.credentials_path = self.base_dir / "admin-credentials.json"
         self.log_path = self.base_dir / "job-api.log"
-        self.port = free_port(self.host)
+        self.port_fixed = port is not None
+        self.port = port if port is not None else free_port(self.host)
+        self.own_session = own_session
         self._process: subprocess.Popen[bytes] | None = None
         self._starts = 0
 
@@ -98,7 +104,7 @@ class JobApiProcess(Service):
         """
         if self.pid:
             return
-        attempts = 1 if self._starts else BIND_ATTEMPTS
+        attempts = 1 if (self._starts or self.port_fixed) else BIND_ATTEMPTS
         for attempt in range(attempts):
             try:
                 self._spawn()
@@ -123,6 +129,7 @@ class JobApiProcess(Service):
                 stderr=subprocess.STDOUT,
                 cwd=self.base_dir,
                 env=env,
+                start_new_session=self.own_session,
             )
 
     def _wait_ready(self) -> None:

@@ -62,6 +62,8 @@ class EngineProcess:
     Each has a temporary folder (its working directory and log), removed by :meth:`close`;
     :meth:`close_all` closes every one not closed yet (the tests call it after each test,
     and it runs at exit), so a caller may read the log after :meth:`stop`.
+    ``own_session``: the child leads a session of its own, so a terminal's Ctrl-C reaches
+    only the caller, which then stops its children in its own order (`make up`).
     """
 
     _open: set[EngineProcess] = set()
@@ -74,8 +76,10 @@ class EngineProcess:
         args: list[str],
         env: dict[str, str] | None = None,
         program: Sequence[str] | None = None,
+        own_session: bool = False,
     ) -> None:
         self.module = module
+        self.own_session = own_session
         self.args = args
         self.env = env or {}
         self.this_copy = not program
@@ -95,6 +99,7 @@ class EngineProcess:
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
                 env=env,
+                start_new_session=self.own_session,
             )
         return self
 
@@ -197,6 +202,7 @@ def executor_process(
     *extra: str,
     env: dict[str, str] | None = None,
     actions_path: Path | None = TEST_ACTIONS,
+    own_session: bool = False,
 ) -> EngineProcess:
     """A `job-executor` process (not started) for the given stack."""
     args = [
@@ -210,4 +216,4 @@ def executor_process(
     ]
     if actions_path is not None:
         args += ["--actions-path", str(actions_path)]
-    return EngineProcess("nuvla_job.cli.executor", args, env)
+    return EngineProcess("nuvla_job.cli.executor", args, env, own_session=own_session)

@@ -198,7 +198,10 @@ class ZooKeeperServer(Service):
         start_timeout: float = 30.0,
         base_dir: str | os.PathLike[str] | None = None,
         tls: ZooKeeperTls | None = None,
+        own_session: bool = False,
     ) -> None:
+        # own_session: as for processes.EngineProcess (a terminal's Ctrl-C skips the JVM).
+        self.own_session = own_session
         self._port_fixed = port is not None
         self._port = port if port is not None else free_port(self.host)
         self.tls = tls
@@ -404,6 +407,7 @@ class ZooKeeperServer(Service):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.base_dir,
+                start_new_session=self.own_session,
             )
         # Safety net for interpreters that exit without running fixture teardown.
         atexit.register(self.stop)
