@@ -6,6 +6,7 @@ Each test runs the real command: ZooKeeper, the job API, an executor and a distr
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -37,6 +38,8 @@ class Up:
             stderr=subprocess.STDOUT,
             text=True,
             env=child_env(),
+            # Its own process group, as a shell's foreground job: Ctrl-C is sent to it.
+            start_new_session=True,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -139,7 +142,7 @@ def test_up_starts_the_stack_the_snippet_runs_a_job_and_ctrl_c_stops_everything(
     assert "RUNNING 0 None" in out, out  # QUEUED too, unless the executor was quicker
     assert re.search(r"SUCCESS 0 \d+\n", pasted.stdout), out  # state, return code, duration
 
-    up.process.send_signal(signal.SIGINT)
+    os.killpg(up.process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     assert up.finish(60) == 0, up.output
     assert "stopped" in up.output
     assert [pid for pid in pids.values() if alive(pid)] == []
