@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "benchmarks.md"
 IMAGES = REPO / "docs" / "img"
+# Benchmarks whose section lives on a page of its own, not in docs/benchmarks.md.
+OWN_PAGES = {"capacity": REPO / "docs" / "capacity.md"}
 
 
 def _markers(name: str) -> tuple[str, str]:
