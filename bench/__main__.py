@@ -29,6 +29,7 @@ QUICK: dict[str, list[str]] = {
     "capacity": ["--jobs", "300", "--long-jobs", "100", "--long-sleep", "3"],
     "delays": ["--jobs", "500", "--max-delay", "15", "--burst", "300"],
     "distributor": ["--seconds", "10"],
+    "waiters": ["--jobs", "100", "--min-seconds", "3", "--spread", "3"],
     "nuvla_mix": ["--jobs", "300", "--upstream-jobs", "30"],
     "peers": ["--jobs", "300", "--upstream-jobs", "20", "--rounds", "1"],
     "executor": [

@@ -19,7 +19,8 @@ Waiting costs the job API little: every job the client's threads wait for is fol
 one long-poll request at a time (``POST /api/job/wait``, see nuvla_job/api/changes.py),
 which the job API answers when one of them changes or after :data:`LONG_POLL` seconds. A
 thousand waiting jobs in one process are one open connection and, while nothing changes,
-one request every 20 seconds; each change costs one answer and the next request.
+one request every 20 seconds; changes cost at most one answer and the next request each,
+fewer as the client lets :data:`GATHER` seconds of changes gather before asking again.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "http://127.0.0.1:8200"
 # Seconds the job API holds one wait request while nothing changes (it allows up to 60).
 LONG_POLL = 20.0
+# Seconds between an answer carrying changes and the next long poll (see _Watcher._run).
+GATHER = 0.05
 # Seconds a request may take beyond what the job API is asked to hold it.
 REQUEST_TIMEOUT = 30.0
 # Connections kept open to the job API (threads beyond it open and drop their own).
@@ -265,11 +268,19 @@ class _Watcher:
     A wait for a job the request in flight does not follow sends a short request of its own
     (the job's current version, and a higher ``seq`` under the same ``watch`` token), which
     makes the job API answer the one in flight; the next one follows every job.
+
+    One lock guards the state; the watcher thread waits on ``_cond`` (more jobs to follow,
+    a close), each followed job's waits on a condition of their own, so an answer wakes only
+    the waits of the jobs it carries, and a wait that starts wakes only the watcher (with a
+    thousand waits, one condition for all made each change wake every wait, and every wait
+    that started again wake them all once more).
     """
 
     def __init__(self, client: Client) -> None:
         self._client = client
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)  # the watcher thread's
+        self._job_conds: dict[str, threading.Condition] = {}  # the waits', by job
         self._versions: dict[str, tuple[str, Doc]] = {}  # the newest (etag, doc) seen
         self._missing: set[str] = set()
         self._interest: Counter[str] = Counter()  # waits in progress, by job
@@ -287,6 +298,12 @@ class _Watcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        """Wake every wait (the lock held): a close, a refusal that ends them all."""
+        for cond in self._job_conds.values():
+            cond.notify_all()
 
     def next_version(
         self, job_id: str, etag: str | None, deadline: float | None
@@ -297,6 +314,9 @@ class _Watcher:
                 raise ClientError("the client is closed")
             self._fatal = None
             self._interest[job_id] += 1
+            job_cond = self._job_conds.get(job_id)
+            if job_cond is None:
+                job_cond = self._job_conds[job_id] = threading.Condition(self._lock)
             # The request in flight does not follow this job: end it, so that the next one
             # does (unless that is asked already; then the next one follows this job too).
             nudge = (
@@ -335,12 +355,13 @@ class _Watcher:
                         raise _TimedOut(self._failure)
                     if self._closed:
                         raise ClientError("the client is closed")
-                    self._cond.wait(remaining)
+                    job_cond.wait(remaining)
         finally:
             with self._cond:
                 self._interest[job_id] -= 1
                 if self._interest[job_id] <= 0:
                     del self._interest[job_id]
+                    del self._job_conds[job_id]
                     self._versions.pop(job_id, None)
                     self._missing.discard(job_id)
 
@@ -359,6 +380,7 @@ class _Watcher:
 
     def _apply(self, answer: Doc) -> None:
         with self._cond:
+            woken: set[str] = set()
             for item in answer.get("jobs", []):
                 doc = item["job"]
                 doc.pop("operations", None)
@@ -366,9 +388,14 @@ class _Watcher:
                 # Answers may cross (a superseded one arriving last): keep the newest.
                 if held is None or doc.get("updated", "") >= held[1].get("updated", ""):
                     self._versions[doc["id"]] = (item["etag"], doc)
-            self._missing.update(i for i in answer.get("missing", []) if i in self._interest)
+                    woken.add(doc["id"])
+            missing = {i for i in answer.get("missing", []) if i in self._interest}
+            self._missing.update(missing)
             self._failure = None
-            self._cond.notify_all()
+            for job_id in woken | missing:
+                cond = self._job_conds.get(job_id)
+                if cond is not None:
+                    cond.notify_all()
 
     def _run(self) -> None:
         failures = 0
@@ -393,7 +420,7 @@ class _Watcher:
                     self._failure = exc
                     if isinstance(exc, ClientError) and not _transient(exc):
                         self._fatal = exc
-                        self._cond.notify_all()
+                        self._wake_all()
                     log.debug("wait request failed (%s): next in %.1f s", exc, delay)
                     self._cond.wait(delay)  # close() ends it
                 continue
@@ -401,6 +428,14 @@ class _Watcher:
                 self._in_flight = None
             failures = 0
             self._apply(answer)
+            if answer.get("jobs") or answer.get("missing"):
+                # Let the next moment's changes gather on the job API, answered by one
+                # request: each request reads every job it follows, so a request per change
+                # of a thousand jobs cost the job API more than polling them would.
+                until = time.monotonic() + GATHER
+                with self._cond:
+                    while not self._closed and (left := until - time.monotonic()) > 0:
+                        self._cond.wait(left)
 
 
 def _transient(exc: ClientError) -> bool:

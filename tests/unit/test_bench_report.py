@@ -132,6 +132,7 @@ def test_runner_lists_benchmarks_not_helpers_and_passes_quick_sizes() -> None:
         "executor",
         "nuvla_mix",
         "queue_takes",
+        "waiters",
     ]
     assert set(runner.QUICK) == set(runner.modules())
     options = runner.parse_args(["--quick", "--publish", "executor"])
