@@ -53,6 +53,8 @@ class Settings:
     # Where clients reach the API (scheme://host[:port][/prefix]): the cloud entry point's
     # base-uri. Never read from the request's Host header, which the client chooses.
     public_url: str = ""
+    # Seconds between two samples of the dashboard's fleet charts (fleet.FleetSampler).
+    dashboard_interval: float = 5.0
 
 
 def _send(resp: falcon.Response, status: int, body: Any) -> None:

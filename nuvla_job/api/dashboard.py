@@ -9,17 +9,24 @@ elsewhere) polls these endpoints and the job collection itself:
 - ``GET /api/dashboard/executors``: the executors announced under ``/executors`` (see
   :mod:`nuvla_job.presence`) with their in-flight jobs;
 - ``GET /api/dashboard/leaders``: the leader of each distribution, read from kazoo's
-  election nodes under ``/election/<name>`` (the contender with the lowest sequence leads).
+  election nodes under ``/election/<name>`` (the contender with the lowest sequence leads);
+- ``GET /api/dashboard/fleet``: the fleet over time (jobs ended per second by outcome, queue
+  depth, running jobs, p50/p99 duration per action, executors' in-flight jobs), from the
+  ring of samples :mod:`nuvla_job.api.fleet` takes;
+- ``GET /api/dashboard/actions``: the per-action table of a period (any logged-in user: it
+  counts the jobs the caller may see).
 
 Authentication is the API's own: the session cookie made by ``POST /api/session`` (password
 or API key). These cluster-wide views are for administrators: 401 without a session, 403
-for other users. Recent jobs come from ``GET /api/job``, with the job ACLs as always.
+for other users. Jobs themselves (the search, one job's page) come from ``GET /api/job``, with
+the job ACLs as always.
 Nothing here writes to ZooKeeper.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections import deque
@@ -37,7 +44,9 @@ from kazoo.protocol.states import KazooState
 from .. import presence, queue
 from ..distributor import ELECTION_ROOT
 from ..zk import children, pipelined, read_nodes
+from . import fleet
 from .errors import ApiError
+from .fleet import FleetSampler
 
 if TYPE_CHECKING:
     from .app import Context
@@ -232,6 +241,64 @@ class Leaders:
         _send(resp, {"distributions": self.view.leaders()})
 
 
+def _seconds(req: falcon.Request, name: str, default: float, least: float, most: float) -> float:
+    text = req.get_param(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not least <= value <= most:  # nan included
+        raise ApiError(400, f"{name} must be a number of seconds from {least:g} to {most:g}")
+    return value
+
+
+class Fleet:
+    """``GET /api/dashboard/fleet?window=S``: the fleet's samples of the last S seconds."""
+
+    def __init__(self, ctx: Context, sampler: FleetSampler) -> None:
+        self.ctx = ctx
+        self.sampler = sampler
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _require_admin(self.ctx, req)
+        window = _seconds(req, "window", 900, 60, fleet.WINDOW)
+        _send(resp, self.sampler.series(window))
+
+
+class Actions:
+    """``GET /api/dashboard/actions?period=S``: per action, the jobs last updated in the last S
+    seconds (a final job: that ended then), or between ``since`` and ``until`` (epoch
+    seconds): counts by state, failure rate, duration percentiles. A user counts the jobs
+    they may see, as in a search."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        caller = self.ctx.caller(req)
+        if caller.is_anonymous:
+            raise ApiError(
+                401, "authentication required: log in with POST /api/session (password or API key)"
+            )
+        now = time.time()
+        period = _seconds(req, "period", 3600, 60, fleet.MAX_PERIOD)
+        until = _seconds(req, "until", now, 0, now + 86400)
+        since = _seconds(req, "since", until - period, 0, until)
+        principals = None if caller.is_admin else caller.claims
+        rows = self.ctx.jobs.store.updated_counts(fleet.iso(since), fleet.iso(until), principals)
+        _send(
+            resp,
+            {
+                "since": fleet.iso(since),
+                "until": fleet.iso(until),
+                "periods": list(fleet.PERIODS),
+                "actions": fleet.action_table(rows),
+            },
+        )
+
+
 class Page:
     """``GET /dashboard``: the page itself, public (it holds no data; its JSON needs a login)."""
 
@@ -246,15 +313,19 @@ class Page:
         resp.cache_control = ["no-cache"]
 
 
-def register(app: falcon.App, ctx: Context) -> QueueDepthSampler:
-    """Add the dashboard's routes to ``app`` and start sampling the queue depth."""
+def register(app: falcon.App, ctx: Context) -> tuple[QueueDepthSampler, FleetSampler]:
+    """Add the dashboard's routes to ``app`` and start sampling the queue and the fleet."""
     # The job queue's kazoo client (ZooKeeperJobQueue.client); None without ZooKeeper.
     view = ZooKeeperView(getattr(ctx.jobs.queue, "client", None))
     sampler = QueueDepthSampler(view)
+    fleet_sampler = FleetSampler(ctx.jobs.store, view, ctx.settings.dashboard_interval)
     app.add_route("/dashboard", Page())
     app.add_static_route("/dashboard/static", str(STATIC_DIR))
     app.add_route("/api/dashboard/queue", QueueDepth(ctx, sampler))
     app.add_route("/api/dashboard/executors", Executors(ctx, view))
     app.add_route("/api/dashboard/leaders", Leaders(ctx, view))
+    app.add_route("/api/dashboard/fleet", Fleet(ctx, fleet_sampler))
+    app.add_route("/api/dashboard/actions", Actions(ctx))
     sampler.start()
-    return sampler
+    fleet_sampler.start()
+    return sampler, fleet_sampler

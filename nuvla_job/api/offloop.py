@@ -121,7 +121,7 @@ class OffLoopJobStore:
     def aggregate(self, query: Query, principals: frozenset[str] | None) -> dict[str, Any]:
         return self.offloop.run_heavy(self.store.aggregate, query, principals)
 
-    def status_changes(
+    def updated_counts(
         self,
         since: str,
         until: str,
@@ -129,7 +129,7 @@ class OffLoopJobStore:
         states: Iterable[str] | None = None,
     ) -> list[tuple[str | None, str | None, int | None, int]]:
         wanted = None if states is None else list(states)
-        return self.offloop.run_heavy(self.store.status_changes, since, until, principals, wanted)
+        return self.offloop.run_heavy(self.store.updated_counts, since, until, principals, wanted)
 
     def delete_matching(self, query: Query, principals: frozenset[str] | None) -> int:
         return self.offloop.run_heavy(self.store.delete_matching, query, principals)

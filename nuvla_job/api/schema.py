@@ -97,8 +97,6 @@ INDEXED: dict[str, str] = {
     "not-before": "str",
     # The store's constraint: unique among unfinished jobs (store.UniqueKeyTaken).
     "unique-key": "str",
-    # The dashboard's per-action table and fleet charts (store.JobStore.status_changes):
-    # jobs by the time of their last status change, with their duration.
-    "time-of-status-change": "str",
+    # The dashboard's per-action table and fleet charts (store.JobStore.updated_counts).
     "duration": "int",
 }

@@ -285,6 +285,7 @@ class ServerConfig:
     public_url: str = ""  # the base URI clients are told (check_public_url); "": endpoint
     db_threads: int = DEFAULT_THREADS  # offloop.OffLoop: database calls running at once
     query_timeout: float = StoreLimits.query_timeout  # seconds one transaction may run
+    dashboard_interval: float = 5.0  # seconds between two fleet samples (api/fleet.py)
 
     def resolved(self) -> ServerConfig:
         """The defaults filled in; StoreUrlError when `db` names no store."""
@@ -364,6 +365,7 @@ class JobApiServer:
             secure_cookie=bool(self.config.tls_cert),
             max_body=self.config.max_body,
             metrics=self.config.metrics,
+            dashboard_interval=self.config.dashboard_interval,
             public_url=self.config.public_url or self.config.endpoint,
             login_limits=LoginLimits(
                 max_failures=self.config.login_max_failures,

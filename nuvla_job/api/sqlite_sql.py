@@ -62,7 +62,6 @@ COLUMNS: dict[str, str] = {
     "execution-mode": "execution_mode",
     "not-before": "not_before",
     "unique-key": "unique_key",
-    "time-of-status-change": "status_changed",
     "duration": "duration",
 }
 _SQL_TYPES = {"str": "TEXT", "int": "INTEGER"}

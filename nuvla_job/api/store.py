@@ -136,20 +136,21 @@ class JobStore(Protocol):
         """The query's aggregations, keyed and shaped as query.aggregation_key and
         query.terms_answer / query.metric_answer say."""
 
-    def status_changes(
+    def updated_counts(
         self,
         since: str,
         until: str,
         principals: frozenset[str] | None,
         states: Iterable[str] | None = None,
     ) -> list[tuple[str | None, str | None, int | None, int]]:
-        """How many jobs whose ``time-of-status-change`` is in [since, until) (CIMI
-        timestamps, compared as text) there are for each (action, state, duration), narrowed
-        to ``states`` when given: the dashboard's per-action table and fleet samples.
+        """How many jobs last ``updated`` in [since, until) (CIMI timestamps, compared as
+        text) there are for each (action, state, duration), narrowed to ``states`` when
+        given: the dashboard's per-action table and fleet samples. A final job is never
+        edited again, so its ``updated`` is the time it ended.
 
-        Answered from an index on (time-of-status-change, action, state, duration) alone
-        (for an administrator), so its cost follows the jobs in the range, not the table:
-        the fleet sampler asks it every few seconds.
+        Answered from an index on (updated, action, state, duration) alone (for an
+        administrator), so its cost follows the jobs in the range, not the table: the fleet
+        sampler asks it every few seconds.
         """
 
     def delete_matching(self, query: Query, principals: frozenset[str] | None) -> int:

@@ -182,6 +182,15 @@ def main() -> None:
     "needed: they hold counts and route templates, no ids or names).",
 )
 @click.option(
+    "--dashboard-interval",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.5, 600),
+    envvar="JOB_API_DASHBOARD_INTERVAL",
+    help="Seconds between two samples of the dashboard's fleet charts (three hours of "
+    "them are kept in memory).",
+)
+@click.option(
     "--max-connections",
     default=1000,
     show_default=True,

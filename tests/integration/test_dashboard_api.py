@@ -22,7 +22,7 @@ from tests.support.waiting import wait_for
 
 WAIT = 15.0
 TIMEOUT = 10.0  # each request's
-ENDPOINTS = ("queue", "executors", "leaders")
+ENDPOINTS = ("queue", "executors", "leaders", "fleet")
 
 
 def login_key(api: JobApiProcess) -> requests.Session:
@@ -68,22 +68,28 @@ def test_anonymous_gets_401(job_api: JobApiProcess, name: str) -> None:
     assert "POST /api/session" in response.json()["message"]
 
 
-def test_other_users_get_403_and_admins_200(job_api: JobApiProcess, admin) -> None:
-    result = job_api.cli("add-user", "dash-user", "--password", "pw-Secret-1")
+def login_user(api: JobApiProcess, name: str) -> requests.Session:
+    """A new user's HTTP session (password login); the user is added first."""
+    result = api.cli("add-user", name, "--password", "pw-Secret-1")
     assert result.returncode == 0, result.stderr
     user = requests.Session()
     response = user.post(
-        f"{job_api.endpoint}/api/session",
+        f"{api.endpoint}/api/session",
         json={
             "template": {
                 "href": "session-template/password",
-                "username": "dash-user",
+                "username": name,
                 "password": "pw-Secret-1",
             }
         },
         timeout=TIMEOUT,
     )
     assert response.status_code == 201, response.text
+    return user
+
+
+def test_other_users_get_403_and_admins_200(job_api: JobApiProcess, admin) -> None:
+    user = login_user(job_api, "dash-user")
     for name in ENDPOINTS:
         response = user.get(f"{job_api.endpoint}/api/dashboard/{name}", timeout=TIMEOUT)
         assert response.status_code == 403, (name, response.text)
@@ -245,3 +251,73 @@ def test_zookeeper_views_answer_503_while_it_is_away(
     finally:
         zookeeper.start()
     job_api.wait_queue_connected()
+
+
+# -- the per-action table and the fleet ----------------------------------------------------
+
+
+def test_actions_table_counts_what_each_caller_may_see(job_api: JobApiProcess, admin) -> None:
+    user = login_user(job_api, "dash-table-user")
+    user_id = user.get(f"{job_api.endpoint}/api/session", timeout=TIMEOUT).json()["resources"][0][
+        "identifier"
+    ]
+    action = f"dash_table_{time.time_ns()}"
+    shared = {"owners": ["group/nuvla-admin"], "view-data": [user_id], "manage": [user_id]}
+    made = []
+    for n in range(4):
+        body: dict[str, Any] = {"action": action}
+        if n < 2:
+            body["acl"] = shared
+        response = admin.post(f"{job_api.endpoint}/api/job", json=body, timeout=TIMEOUT)
+        assert response.status_code == 201, response.text
+        made.append(response.json()["resource-id"])
+    # One of the user's jobs and one of the admin's fail, one of the admin's succeeds.
+    for job_id, state in ((made[0], "FAILED"), (made[2], "FAILED"), (made[3], "SUCCESS")):
+        response = admin.put(
+            f"{job_api.endpoint}/api/{job_id}", json={"state": state}, timeout=TIMEOUT
+        )
+        assert response.status_code == 200, response.text
+
+    def row(session: requests.Session) -> dict[str, Any]:
+        response = session.get(
+            f"{job_api.endpoint}/api/dashboard/actions?period=600", timeout=TIMEOUT
+        )
+        assert response.status_code == 200, response.text
+        return next(r for r in response.json()["actions"] if r["action"] == action)
+
+    everything = row(admin)
+    assert everything["states"] == {"FAILED": 2, "SUCCESS": 1, "QUEUED": 1}
+    assert everything["failure-rate"] == pytest.approx(2 / 3)
+    mine = row(user)
+    assert mine["states"] == {"FAILED": 1, "QUEUED": 1}
+    assert mine["failure-rate"] == 1.0
+    anonymous = requests.get(f"{job_api.endpoint}/api/dashboard/actions", timeout=TIMEOUT)
+    assert anonymous.status_code == 401
+    for bad in ("period=abc", "period=5", "period=nan", "since=-1"):
+        response = admin.get(f"{job_api.endpoint}/api/dashboard/actions?{bad}", timeout=TIMEOUT)
+        assert response.status_code == 400, (bad, response.text)
+        assert "seconds" in response.json()["message"]
+
+
+def test_fleet_samples_count_the_jobs_that_ended(job_api: JobApiProcess, admin) -> None:
+    action = f"dash_fleet_{time.time_ns()}"
+    started = time.time()
+    for _ in range(3):
+        response = admin.post(f"{job_api.endpoint}/api/job", json={"action": action})
+        job_id = response.json()["resource-id"]
+        admin.put(f"{job_api.endpoint}/api/{job_id}", json={"state": "RUNNING"})
+        admin.put(f"{job_api.endpoint}/api/{job_id}", json={"state": "FAILED"})
+
+    def ended() -> int | None:
+        body = get(admin, job_api, "fleet")
+        if action not in body["actions"]:
+            return None
+        return sum(b["ended"]["FAILED"] for b in body["buckets"] if b["time"] >= started)
+
+    assert wait_for(ended, "the failures in a fleet sample", timeout=30) >= 3
+    body = get(admin, job_api, "fleet")
+    bucket = next(b for b in body["buckets"] if action in b["durations"])
+    assert bucket["durations"][action]["p50"] == 0  # whole seconds
+    assert bucket["rate"]["FAILED"] > 0 and bucket["running"] is not None
+    response = admin.get(f"{job_api.endpoint}/api/dashboard/fleet?window=1", timeout=TIMEOUT)
+    assert response.status_code == 400

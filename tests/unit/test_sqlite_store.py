@@ -105,18 +105,19 @@ def test_an_uncreatable_folder_is_a_one_line_store_error(tmp_path: Path) -> None
 
 
 def _changed(n: int, second: int, state: str, duration: int | None, owner: str) -> dict:
+    """A job last updated at the given second of 2026-01-01T00:00."""
     extra = {} if duration is None else {"duration": duration}
     return doc(
         n,
         state=state,
         action="b" if n % 2 else "a",
         acl={"owners": ["group/nuvla-admin"], "view-data": [owner]},
-        **{"time-of-status-change": f"2026-01-01T00:00:{second:02d}.000Z"},
+        **{"updated": f"2026-01-01T00:00:{second:02d}.000Z"},
         **extra,
     )
 
 
-def test_status_changes_counts_a_range_by_action_state_and_duration(
+def test_updated_counts_counts_a_range_by_action_state_and_duration(
     store: SqliteJobStore,
 ) -> None:
     store.insert_many(
@@ -130,26 +131,26 @@ def test_status_changes_counts_a_range_by_action_state_and_duration(
         ]
     )
     since, until = "2026-01-01T00:00:10.000Z", "2026-01-01T00:00:20.000Z"
-    assert sorted(store.status_changes(since, until, None)) == [
+    assert sorted(store.updated_counts(since, until, None)) == [
         ("a", "RUNNING", None, 1),
         ("b", "FAILED", 7, 1),
         ("b", "SUCCESS", 3, 2),
     ]
-    finals = store.status_changes(since, until, None, states=["SUCCESS", "FAILED"])
+    finals = store.updated_counts(since, until, None, states=["SUCCESS", "FAILED"])
     assert sorted(finals) == [("b", "FAILED", 7, 1), ("b", "SUCCESS", 3, 2)]
     # A user counts the jobs they may see, only.
-    mine = store.status_changes(since, until, frozenset({"user/v"}))
+    mine = store.updated_counts(since, until, frozenset({"user/v"}))
     assert mine == [("b", "SUCCESS", 3, 1)]
 
 
-def test_status_changes_read_the_covering_index_alone(store: SqliteJobStore) -> None:
+def test_updated_counts_read_the_covering_index_alone(store: SqliteJobStore) -> None:
     sql = (
         "EXPLAIN QUERY PLAN SELECT action, state, duration, count(*) FROM job"
-        " INDEXED BY job_status_changed WHERE status_changed >= ? AND status_changed < ?"
+        " INDEXED BY job_updated_action_state WHERE updated >= ? AND updated < ?"
         " GROUP BY action, state, duration"
     )
     plan = " ".join(str(row[-1]) for row in store.db.read(sql, ("a", "b")))
-    assert "COVERING INDEX job_status_changed" in plan, plan
+    assert "COVERING INDEX job_updated_action_state" in plan, plan
 
 
 def test_columns_added_to_an_older_database_are_filled_from_the_documents(
@@ -159,13 +160,15 @@ def test_columns_added_to_an_older_database_are_filled_from_the_documents(
     sqlite = SqliteStore(path)
     sqlite.jobs.insert_many([_changed(1, 10, "SUCCESS", 4, "user/u")])
     with sqlite.db.write() as conn:  # as a version before these columns made it
-        conn.execute("DROP INDEX job_status_changed")
-        conn.execute("ALTER TABLE job DROP COLUMN status_changed")
+        conn.execute("DROP INDEX job_updated_action_state")
+        conn.execute("CREATE INDEX job_updated ON job(updated)")
         conn.execute("ALTER TABLE job DROP COLUMN duration")
     sqlite.close()
     reopened = SqliteStore(path)
     try:
-        rows = reopened.jobs.status_changes("2026", "2027", None)
+        rows = reopened.jobs.updated_counts("2026", "2027", None)
         assert rows == [("b", "SUCCESS", 4, 1)]
+        names = {r[0] for r in reopened.db.read("SELECT name FROM sqlite_master")}
+        assert "job_updated_action_state" in names and "job_updated" not in names
     finally:
         reopened.close()
