@@ -127,11 +127,18 @@ function drawExecutors(data) {
     const cell = document.createElement("td");
     cell.className = "in-flight";
     cell.appendChild(el("b", e["in-flight-count"] ?? ids.length));
-    for (const id of ids.slice(0, SHOWN_IN_FLIGHT)) cell.appendChild(el("span", id, "job-id"));
+    for (const id of ids.slice(0, SHOWN_IN_FLIGHT)) {
+      const link = jobLink(id);
+      link.classList.add("job-id");
+      cell.appendChild(link);
+    }
     if (ids.length > SHOWN_IN_FLIGHT) {
       cell.appendChild(el("span", `+${ids.length - SHOWN_IN_FLIGHT} more`, "muted"));
     }
-    const who = el("td", e.name ?? e.node, "name");
+    const who = el("td", null, "name");
+    const name = el("a", e.name ?? e.node);
+    name.href = `#/executor/${encodeURIComponent(e.name ?? e.node)}`;
+    who.appendChild(name);
     who.appendChild(el("span", e.error ?? `${e.host} · pid ${e.pid}`, "detail"));
     const tr = row([who, e.concurrency, el("td", shortTime(e.started), "time"), cell]);
     tr.dataset.name = e.name ?? e.node;
@@ -174,7 +181,7 @@ function drawJobs(data) {
     const message = el("td", job["status-message"] || "", "message");
     message.title = job["status-message"] || "";
     const tr = row([
-      el("td", job.id, "id"), job.action, el("td", job.state, `state ${job.state}`),
+      wrap(jobLink(job.id)), job.action, el("td", job.state, `state ${job.state}`),
       progressCell, el("td", shortTime(job.updated), "time"), message,
       actionCell,
     ]);
@@ -231,8 +238,20 @@ function jobsPath() {
   return failed ? `${RECENT}&filter=${encodeURIComponent("state='FAILED'")}` : RECENT;
 }
 
+// A link to one job's page (#/job/<uuid>).
+function jobLink(id) {
+  const link = el("a", id, "id");
+  link.href = `#/${id}`;
+  return link;
+}
+
 async function poll() {
   clearTimeout(timer);
+  // The overview's panels are polled only while it is shown (views.js polls the others).
+  if (currentView() !== "overview") {
+    timer = setTimeout(poll, POLL_MS);
+    return;
+  }
   panels[3][0] = jobsPath();
   const results = await Promise.allSettled(panels.map(([path]) => call("GET", path)));
   if (results.some((r) => r.status === "rejected" && r.reason.status === 401)) {
@@ -261,6 +280,8 @@ async function poll() {
 function showLogin() {
   clearTimeout(timer);
   $("#board").hidden = true;
+  for (const view of document.querySelectorAll("main.view")) view.hidden = true;
+  $("#nav").hidden = true;
   $("#logout").hidden = true;
   $("#who").textContent = "";
   $("#status").textContent = "not logged in";
@@ -269,8 +290,9 @@ function showLogin() {
 
 function showBoard(session) {
   $("#login").hidden = true;
-  $("#board").hidden = false;
+  $("#nav").hidden = false;
   $("#logout").hidden = false;
+  route();
   $("#who").textContent = session ? session.identifier : "";
   poll();
 }
