@@ -8,11 +8,14 @@ PYTHON ?= python3
 VENV := .venv
 # Touched after a successful install: reinstall only when pyproject.toml changes.
 VENV_MARKER := $(VENV)/.installed
-# What runs need from Debian, as CHECK:PACKAGE (CHECK: a file, or a command on PATH).
+# What runs need from Debian, as CHECK:PACKAGE (CHECK: a file, which may be a glob, or a
+# command on PATH).
 # ZooKeeper's jars (the server of `make run` and of the tests) need a JRE; the dashboard's
-# browser test drives Chromium through its driver; the TLS tests make certificates with openssl.
+# browser test drives Chromium through its driver; the TLS tests make certificates with openssl;
+# the PostgreSQL store's tests start a server of their own (any version Debian ships).
 RUN_NEEDS := /usr/share/java/zookeeper.jar:zookeeper java:default-jre-headless
-TEST_NEEDS := $(RUN_NEEDS) chromium:chromium chromedriver:chromium-driver openssl:openssl
+TEST_NEEDS := $(RUN_NEEDS) chromium:chromium chromedriver:chromium-driver openssl:openssl \
+	/usr/lib/postgresql/*/bin/initdb:postgresql
 # bench/peers.py runs Celery on a Redis it starts itself.
 BENCH_NEEDS := $(RUN_NEEDS) redis-server:redis-server
 PYTEST_ARGS ?=
@@ -34,7 +37,7 @@ define apt_needs
 	for need in $(1); do \
 		check=$${need%%:*}; package=$${need#*:}; \
 		case $$check in \
-			/*) [ -e "$$check" ] && continue ;; \
+			/*) compgen -G "$$check" >/dev/null && continue ;; \
 			*) command -v "$$check" >/dev/null 2>&1 && continue ;; \
 		esac; \
 		missing="$$missing $$package"; \

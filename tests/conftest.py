@@ -1,7 +1,10 @@
-"""Shared fixtures: one real ZooKeeper per test session, a clean kazoo client per test."""
+"""Shared fixtures: one real ZooKeeper per test session, a clean kazoo client per test; one
+real PostgreSQL per test session, a fresh database per test."""
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +15,8 @@ from nuvla.api import Api
 
 from nuvla_job.zk import make_client
 from tests.support.jobapi import JobApiProcess
+from tests.support.needs import require
+from tests.support.postgres import PostgresNotAvailable, PostgresServer
 from tests.support.processes import EngineProcess, executor_process, serving_on_free_port
 from tests.support.zookeeper import ZooKeeperServer
 
@@ -86,6 +91,31 @@ def zk(zookeeper: ZooKeeperServer, zk_factory: Callable[..., KazooClient]) -> Ka
     for path in CLEAN_PATHS:
         wipe(client, path)
     return client
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL server (see nuvla_job/localstack/postgres.py), started on
+    first use; stopped by pid at the end of the session, whatever the tests did."""
+    try:
+        server = PostgresServer()
+    except PostgresNotAvailable as exc:
+        require(False, str(exc))
+        raise
+    with server:
+        yield server
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def postgres_db(postgres: PostgresServer) -> Iterator[str]:
+    """The URL of a new empty database on the session's server, dropped after the test."""
+    name = f"test_{os.getpid()}_{next(_databases)}"
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
 
 
 # job API fixtures: see tests/support/jobapi.py
