@@ -6,15 +6,18 @@ executor table, turns each entry into one :class:`~nuvla_job.outcome.Outcome`, c
 on the queue: consume (the entry is done, also when the action left its job RUNNING for a
 monitor), release (back to the queue), or nothing when the entry is lost (the session that
 took it ended). What else a job goes through (metrics, log context, time limit, Sentry, the
-blocked-loop warning) is middleware hooked around it (nuvla_job/middleware/).
+blocked-loop warning) is middleware hooked around it (nuvla_job/middleware/). A job whose
+action has a concurrency limit (limits.py) waits for it between its fetch and RUNNING
+without occupying a slot: an executor runs up to N jobs and holds at most N more waiting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -37,6 +40,7 @@ from .job import (
     JobMalformed,
     JobNotFound,
 )
+from .limits import LimitLost, Limits
 from .middleware import Chain, JobRun, Middleware
 from .newer_version import NewerVersionWaits
 from .outcome import Decision, Outcome, leaves_running
@@ -112,6 +116,7 @@ class Executor:
         nuvlaedge_fs: str | None = None,
         zookeeper: ZkSettings | None = None,
         newer_versions: NewerVersionWaits | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.api = api
         self.consumer = consumer
@@ -126,8 +131,13 @@ class Executor:
         self.fetcher = JobFetcher(
             api, nuvlaedge_fs=nuvlaedge_fs, executor_name=name, zookeeper=zookeeper
         )
-        self.pool = gevent.pool.Pool(concurrency)
+        self.limits = limits or Limits()
+        # Unbounded: the slots are counted by _busy(), since jobs waiting for a limit are
+        # greenlets that hold none.
+        self.pool = gevent.pool.Group()
         self._running: dict[gevent.Greenlet, Entry] = {}
+        self._waiting: set[gevent.Greenlet] = set()  # waiting for a limit: no slot held
+        self._claims = 0  # jobs that got their limit's place and wait for a slot (first served)
         self._stopping = gevent.event.Event()
         self._slot_freed = gevent.event.Event()
         self._reserved = 0  # slots held by takes in flight
@@ -182,6 +192,8 @@ class Executor:
                 entry = self.queue.take(timeout=1.0)
             finally:
                 self._reserved -= 1
+                if self._claims:
+                    self._slot_freed.set()  # a job that got its limit's place wants the slot
             if entry is None:
                 continue
             if self._stopping.is_set():
@@ -192,10 +204,19 @@ class Executor:
             self._running[greenlet] = entry
             greenlet.link(self._forget)
 
+    def _busy(self) -> int:
+        """Slots occupied: by jobs (not those waiting for a limit) and by takes in flight."""
+        return len(self.pool) - len(self._waiting) + self._reserved
+
     def _wait_for_slot(self) -> None:
-        """Wait for a slot no job or take occupies, or for a stop request (its grace period
-        starts at once)."""
-        while len(self.pool) + self._reserved >= self.concurrency and not self._stopping.is_set():
+        """Wait for a slot no job or take occupies and no job that got its limit's place is
+        waiting for, with room for one more waiting job; or for a stop request (its grace
+        period starts at once)."""
+        while (
+            self._busy() >= self.concurrency
+            or self._claims
+            or len(self._waiting) >= self.concurrency
+        ) and not self._stopping.is_set():
             self._slot_freed.clear()
             gevent.wait([self._slot_freed, self._stopping], count=1)
 
@@ -204,8 +225,17 @@ class Executor:
         self._slot_freed.set()
 
     def in_flight(self) -> list[str]:
-        """The ids of the jobs running now (for the executor's presence node)."""
-        return [entry.job_id for entry in self._running.values() if entry.job_id]
+        """The ids of the jobs running now, not those waiting for a limit (for the executor's
+        presence node)."""
+        return [
+            entry.job_id
+            for greenlet, entry in self._running.items()
+            if entry.job_id and greenlet not in self._waiting
+        ]
+
+    def waiting(self) -> int:
+        """Jobs taken and waiting for a concurrency limit."""
+        return len(self._waiting)
 
     def stop(self) -> None:
         """Stop taking jobs; a second call also ends the grace period at once."""
@@ -221,8 +251,9 @@ class Executor:
         self._stopping.set()
         if self.consumer is not None:
             self.consumer.pause()
-        # Entries kept only to delay their release have nothing left to finish.
-        for greenlet in list(self._delaying):
+        # Entries kept only to delay their release, or waiting for a limit, have nothing to
+        # finish.
+        for greenlet in list(self._delaying | self._waiting):
             greenlet.kill(JobReleased, block=False)
         if self._stop_requests > 1:
             self._release_running()
@@ -327,18 +358,59 @@ class Executor:
                 )
             if run.spec is None:
                 return self._fail(job, f"no action '{job['action']}' is registered in this engine")
-            # The attempt is counted in the same edit: a crash during the action keeps it.
-            retried = run.spec.retries > 0
-            job.write({"state": "RUNNING", **attempts.start(job, retried)})
-            # A process frozen between the take and here would start a job another executor
-            # may run already: ask first (free while the take is recent).
-            self._check_still_ours(run)
-            return self._run_action(run, job, run.spec)
+            with self._limited(run, run.spec, job.id):
+                # The attempt is counted in the same edit: a crash during the action keeps it.
+                retried = run.spec.retries > 0
+                job.write({"state": "RUNNING", **attempts.start(job, retried)})
+                # A process frozen between the take and here would start a job another
+                # executor may run already: ask first (free while the take is recent).
+                self._check_still_ours(run)
+                return self._run_action(run, job, run.spec)
         except ApiUnavailable as exc:
             return self._api_unavailable(job_id, exc)
         except JobConflict as exc:
             log.warning("%s: the job API refused the update (%s): entry dropped", job_id, exc)
             return Outcome.consume()
+
+    @contextlib.contextmanager
+    def _limited(self, run: JobRun, spec: ActionSpec, job_id: str) -> Iterator[None]:
+        """Hold the action's concurrency limits (limits.py) around the job's run. While it
+        waits for them the job holds no slot; once it has them it gets the next free slot
+        before any new take does."""
+        if run.entry is None or not self.limits.applies(spec):
+            yield  # pull mode runs one job: no limit to wait for
+            return
+        current = gevent.getcurrent()
+        self._waiting.add(current)
+        self._slot_freed.set()
+        try:
+            try:
+                held = self.limits.acquire(spec, job_id)
+            except LimitLost:
+                raise JobLost() from None
+            try:
+                self._claim_slot(current)
+            except BaseException:
+                held.release()
+                raise
+        finally:
+            self._waiting.discard(current)
+        try:
+            yield
+        finally:
+            held.release()
+
+    def _claim_slot(self, current: gevent.Greenlet) -> None:
+        """Wait for a free slot and occupy it (leave the waiting set)."""
+        self._claims += 1
+        try:
+            while self._busy() + 1 > self.concurrency:
+                self._slot_freed.clear()
+                self._slot_freed.wait()
+            self._waiting.discard(current)
+        finally:
+            self._claims -= 1
+            self._slot_freed.set()  # the take loop re-checks: claims may be down to 0
 
     def _newer_version(self, run: JobRun, job: Job, version: int) -> Outcome:
         """Leave the job for a newer engine, unless it has waited for one too long."""

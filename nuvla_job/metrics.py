@@ -75,6 +75,11 @@ RELEASES = Counter(
     f"{PREFIX}queue_releases", "Taken entries released back to the queue.", registry=None
 )
 IN_FLIGHT = Gauge(f"{PREFIX}jobs_in_flight", "Jobs this executor is processing now.", registry=None)
+WAITING = Gauge(
+    f"{PREFIX}jobs_waiting_for_limit",
+    "Jobs this executor took that wait, QUEUED and holding no slot, for a concurrency limit.",
+    registry=None,
+)
 QUEUE_DEPTH = Gauge(
     f"{PREFIX}queue_depth",
     "Queue entries this executor sees available to take (not taken).",
@@ -207,12 +212,15 @@ def http_request(method: str, route: str, status: int, seconds: float) -> None:
 class _Executor(Protocol):
     def in_flight(self) -> list[str]: ...
 
+    def waiting(self) -> int: ...
+
 
 def watch_executor(executor: _Executor, depth: Callable[[], int]) -> None:
     """Publish the executor's metrics; in-flight jobs and queue depth are read at scrape."""
     IN_FLIGHT.set_function(lambda: len(executor.in_flight()))
+    WAITING.set_function(executor.waiting)
     QUEUE_DEPTH.set_function(depth)
-    _register(JOBS, JOB_DURATION, DEAD_LETTERS, TAKES, RELEASES, IN_FLIGHT, QUEUE_DEPTH)
+    _register(JOBS, JOB_DURATION, DEAD_LETTERS, TAKES, RELEASES, IN_FLIGHT, WAITING, QUEUE_DEPTH)
 
 
 def watch_distributor(distributions: list[str]) -> None:

@@ -75,6 +75,9 @@ class ActionSpec:
     backoff: float = DEFAULT_BACKOFF
     max_backoff: float = DEFAULT_MAX_BACKOFF
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    # At most this many jobs of the action run at once across every executor sharing the
+    # ZooKeeper ensemble (limits.py); None: no fleet-wide limit.
+    max_concurrent: int | None = None
 
     @property
     def where(self) -> str:
@@ -171,6 +174,11 @@ def _seconds(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and 0 < value < math.inf
 
 
+def is_positive_int(value: object) -> bool:
+    """An int >= 1 (not a bool): a count of jobs."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _exception_types(value: object) -> tuple[type[BaseException], ...] | None:
     """``retry_on`` as a tuple of exception classes, None when it is not one."""
     types = value if isinstance(value, tuple) else (value,)
@@ -188,6 +196,7 @@ def action(
     backoff: float = DEFAULT_BACKOFF,
     max_backoff: float = DEFAULT_MAX_BACKOFF,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    max_concurrent: int | None = None,
     action_name: str | None = None,
 ) -> Callable[[type], type]:
     """Declare the decorated class as the action ``name`` (upstream-compatible).
@@ -199,7 +208,9 @@ def action(
     ``retries``: how many more attempts a job gets when ``do_work`` raises one of
     ``retry_on`` (an exception class or a tuple of them; the time limit counts as an
     ``Exception``), each after a wait of ``backoff`` seconds doubled per attempt, at most
-    ``max_backoff``, jittered. Any other option is a TypeError naming it.
+    ``max_backoff``, jittered. ``max_concurrent``: at most this many jobs of the action run
+    at once across every executor of the fleet (a job over it waits, QUEUED, without taking
+    an executor slot). Any other option is a TypeError naming it.
     """
     if name is not None and action_name is not None:
         raise TypeError(
@@ -231,6 +242,10 @@ def action(
         raise ValueError(
             f"action {shown}: max_backoff ({max_backoff!r}) is shorter than backoff ({backoff!r})"
         )
+    if max_concurrent is not None and not is_positive_int(max_concurrent):
+        raise ValueError(
+            f"action {shown}: max_concurrent must be an int >= 1, not {max_concurrent!r}"
+        )
     retry_types = _exception_types(retry_on)
     if retry_types is None:
         raise TypeError(
@@ -248,6 +263,7 @@ def action(
             backoff=float(backoff),
             max_backoff=float(max_backoff),
             retry_on=retry_types,
+            max_concurrent=max_concurrent,
         )
         setattr(cls, SPECS_ATTRIBUTE, (*cls.__dict__.get(SPECS_ATTRIBUTE, ()), spec))
         registry.add(spec, quiet=True)

@@ -21,9 +21,9 @@ from kazoo.security import ACL, make_digest_acl
 if TYPE_CHECKING:
     from kazoo.client import KazooClient
 
-# The trees the engine owns: the queue, the distributors' elections, the restore lock, and
-# the executors' registry (if any).
-ENGINE_ROOTS = ("/job", "/election", "/locks", "/executors")
+# The trees the engine owns: the queue, the distributors' elections, the restore lock,
+# the executors' registry (if any), and the concurrency limits.
+ENGINE_ROOTS = ("/job", "/election", "/locks", "/executors", "/limits")
 
 
 class ZkAccessDenied(RuntimeError):

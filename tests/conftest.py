@@ -21,7 +21,7 @@ from tests.support.processes import EngineProcess, executor_process, serving_on_
 from tests.support.zookeeper import ZooKeeperServer
 
 # Trees owned by the engine; wiped before each test that uses `zk`.
-CLEAN_PATHS = ("/job", "/election")
+CLEAN_PATHS = ("/job", "/election", "/limits")
 CLIENT_START_TIMEOUT = 15.0
 
 
@@ -84,7 +84,7 @@ def zk_factory(zookeeper: ZooKeeperServer) -> Iterator[Callable[..., KazooClient
 
 @pytest.fixture
 def zk(zookeeper: ZooKeeperServer, zk_factory: Callable[..., KazooClient]) -> KazooClient:
-    """A connected client on a clean tree: /job and /election are deleted first."""
+    """A connected client on a clean tree: /job, /election and /limits are deleted first."""
     # A fault test that failed while the server was down must not break every later test.
     zookeeper.start()
     client = zk_factory()

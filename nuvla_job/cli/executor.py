@@ -20,6 +20,7 @@ import click  # noqa: E402
 import gevent  # noqa: E402
 
 from .. import newer_version  # noqa: E402
+from ..limits import Limits, parse_caps  # noqa: E402
 from ..middleware import Middleware  # noqa: E402
 from ..middleware.blocking import BlockedLoopWarning  # noqa: E402
 from ..middleware.log_context import LogContext  # noqa: E402
@@ -108,6 +109,25 @@ BLOCKING_WARNING = 1.0
 )
 @actions_options("action")
 @click.option(
+    "--max-concurrent",
+    "max_concurrent",
+    multiple=True,
+    envvar="JOB_MAX_CONCURRENT",
+    metavar="ACTION=N",
+    help="Run at most N jobs of ACTION at once in this executor; the others wait, holding "
+    "no slot (repeatable).",
+)
+@click.option(
+    "--fleet-max-concurrent",
+    "fleet_max_concurrent",
+    multiple=True,
+    envvar="JOB_FLEET_MAX_CONCURRENT",
+    metavar="ACTION=N",
+    help="Run at most N jobs of ACTION at once across every executor, as "
+    "@action(max_concurrent=N) does, which it overrides; give every executor the same "
+    "(repeatable).",
+)
+@click.option(
     "--job-id",
     envvar="JOB_ID",
     default=None,
@@ -130,6 +150,8 @@ def main(
     newer_version_max_releases: int,
     newer_version_max_wait: float,
     action_sources: ActionSources,
+    max_concurrent: tuple[str, ...],
+    fleet_max_concurrent: tuple[str, ...],
     job_id: str | None,
     distributions: bool,
     distribution_interval: tuple[str, ...],
@@ -147,6 +169,13 @@ def main(
 
     scheduler.register(registered)  # the elected loop that queues delayed jobs
     actions = action_sources.require(action_sources.load())
+    caps = {
+        option: _caps(values, actions.names(), option)
+        for option, values in (
+            ("--max-concurrent", max_concurrent),
+            ("--fleet-max-concurrent", fleet_max_concurrent),
+        )
+    }
     # Checked even when distributions are off, so a typo is found before it matters.
     selected = select_distributions(
         registered, distribution_include, distribution_exclude, distribution_interval
@@ -192,6 +221,7 @@ def main(
         newer_versions=newer_version.NewerVersionWaits(
             newer_version_max_releases, newer_version_max_wait
         ),
+        limits=Limits(zk, caps["--max-concurrent"], caps["--fleet-max-concurrent"]),
     )
     zk.add_listener(executor.session_changed)
     blocked_loop.watch()
@@ -218,6 +248,13 @@ def main(
         zk.stop()
         zk.close()
     sys.exit(code)
+
+
+def _caps(values: tuple[str, ...], actions: list[str], option: str) -> dict[str, int]:
+    try:
+        return parse_caps(values, actions)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def executor_middleware(

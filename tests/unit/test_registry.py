@@ -82,7 +82,7 @@ def test_spec_is_frozen() -> None:
 
 # `retries` was one of these until issue 14 made it an option; `max_retries` (Dramatiq's
 # spelling) is a typo of it that must not pass silently.
-@pytest.mark.parametrize("option", ["max_retries", "max_concurrent", "pull_mode"])
+@pytest.mark.parametrize("option", ["max_retries", "max_concurrency", "pull_mode"])
 def test_unknown_option_is_an_error_naming_it(option: str) -> None:
     with pytest.raises(TypeError, match=option):
         action("unit_unknown", **{option: 1})  # type: ignore[arg-type]
@@ -119,6 +119,9 @@ def test_retry_policy_options_become_spec_fields(own_default_registry: ActionReg
         ({"retry_on": "ValueError"}, TypeError, "retry_on must be an exception class"),
         ({"retry_on": (ValueError, int)}, TypeError, "retry_on must be an exception class"),
         ({"retry_on": ()}, TypeError, "retry_on must be an exception class"),
+        ({"max_concurrent": 0}, ValueError, "max_concurrent must be an int >= 1"),
+        ({"max_concurrent": True}, ValueError, "max_concurrent must be an int >= 1"),
+        ({"max_concurrent": "3"}, ValueError, "max_concurrent must be an int >= 1"),
     ],
 )
 def test_bad_retry_options_are_errors_naming_them(
