@@ -1,10 +1,11 @@
 """The SQLite dialect of the query language: filter trees, orderings and aggregations
 compiled to parameterised SQL over the store's ``job`` table (sqlite.py).
 
-The table holds each document as JSON text in ``doc`` and the paths of ``schema.INDEXED`` in
-columns of their own (`COLUMNS`), which the store writes from the document, keeping only
-values of the column's type (NULL otherwise). Filters and orderings on those paths read the
-columns, and so run on their indexes; every other path is read with SQLite's JSON1 functions.
+The shared part of the filter compiler is sql_common.py's. The table holds each document as
+JSON text in ``doc`` and the paths of ``schema.INDEXED`` in columns of their own (`COLUMNS`),
+which the store writes from the document, keeping only values of the column's type (NULL
+otherwise). Filters and orderings on those paths read the columns, and so run on their
+indexes; every other path is read with SQLite's JSON1 functions.
 Values only ever travel as ``?`` parameters; the only user text in the SQL is a path's
 segments, which filters.segments has checked.
 
@@ -14,22 +15,10 @@ The answers are those of evaluate.py for every document (filters.py gives the se
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from . import schema
-from .filters import (
-    And,
-    Comparison,
-    FilterError,
-    Node,
-    Or,
-    Scalar,
-    Value,
-    fold,
-    list_split,
-    segments,
-)
+from .filters import Node, Scalar, Value, list_split, segments
 from .query import (
     AGGREGATION_OPS,
     Query,
@@ -38,6 +27,7 @@ from .query import (
     metric_answer,
     terms_answer,
 )
+from .sql_common import COLUMNS, FilterCompiler, Fragment, group, order_terms
 
 __all__ = [
     "COLUMNS",
@@ -49,21 +39,6 @@ __all__ = [
     "aggregation_result",
 ]
 
-# The column of each indexed path (schema.INDEXED): `id` is the primary key.
-COLUMNS: dict[str, str] = {
-    "id": "id",
-    "state": "state",
-    "action": "action",
-    "created": "created",
-    "updated": "updated",
-    "priority": "priority",
-    "target-resource/href": "target_href",
-    "parent-job": "parent_job",
-    "execution-mode": "execution_mode",
-    "not-before": "not_before",
-    "unique-key": "unique_key",
-    "duration": "duration",
-}
 _SQL_TYPES = {"str": "TEXT", "int": "INTEGER"}
 
 
@@ -84,119 +59,6 @@ def json_path(path: str, relative: bool = False) -> str:
 _NUMERIC_TYPES = "('integer', 'real')"
 
 
-@dataclass(frozen=True, slots=True)
-class _Fragment:
-    sql: str
-    params: tuple[Any, ...]
-    nullable: bool  # may be NULL where the comparison is false (matters only under negation)
-    negation: str | None = None  # a simpler negation than the generic one, same params
-
-
-_FALSE = _Fragment("0", (), False)
-_TRUE = _Fragment("1", (), False)
-
-
-def _kind(value: object) -> str:
-    """Which JSON values a filter value can match: 'str', 'num', 'bool' or 'null'."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    return "num" if isinstance(value, int) else "str"
-
-
-def _group(value: Value) -> dict[str, list[Scalar]]:
-    """Values by kind, in first-seen order (a scalar is a one-value group)."""
-    values = value if isinstance(value, tuple) else (value,)
-    groups: dict[str, list[Scalar]] = {}
-    for v in values:
-        groups.setdefault(_kind(v), []).append(v)
-    return groups
-
-
-def _test(op: str, expr: str, values: list[Scalar]) -> tuple[str, tuple[Any, ...]]:
-    """`expr op value` for one value, or membership for several (only with '=')."""
-    if op == "=" and len(values) > 1:
-        return f"{expr} IN ({', '.join('?' * len(values))})", tuple(values)
-    value = values[0]
-    if op == "^=":
-        upper = _prefix_upper(str(value))
-        if upper is None:
-            return f"{expr} >= ?", (value,)
-        return f"{expr} >= ? AND {expr} < ?", (value, upper)
-    return f"{expr} {op} ?", (value,)
-
-
-def _prefix_upper(prefix: str) -> str | None:
-    """The least string above every string starting with `prefix` (code point order, which
-    is SQLite's BINARY order on UTF-8), or None when there is none."""
-    chars = list(prefix)
-    while chars:
-        code = ord(chars[-1])
-        if code < 0x10FFFF:
-            code += 1
-            if 0xD800 <= code <= 0xDFFF:
-                code = 0xE000  # surrogates never occur in valid text
-            chars[-1] = chr(code)
-            return "".join(chars)
-        chars.pop()
-    return None
-
-
-def _typed_test(
-    op: str, kind: str, type_expr: str, value_expr: str, values: list[Scalar]
-) -> _Fragment:
-    """A comparison against JSON values whose type is given by `type_expr`."""
-    if kind == "bool":  # only '=' reaches here: a boolean is matched by its JSON type
-        names: list[Scalar] = ["true" if v else "false" for v in values]
-        sql, params = _test("=", type_expr, names)
-        return _Fragment(sql, params, True)
-    type_test = f"{type_expr} = 'text'" if kind == "str" else f"{type_expr} IN {_NUMERIC_TYPES}"
-    sql, params = _test(op, value_expr, values)
-    return _Fragment(f"{type_test} AND {sql}", params, True)
-
-
-def _any_of(parts: list[_Fragment]) -> _Fragment:
-    if not parts:
-        return _FALSE
-    if len(parts) == 1:
-        return parts[0]
-    return _Fragment(
-        " OR ".join(f"({p.sql})" for p in parts),
-        tuple(v for p in parts for v in p.params),
-        any(p.nullable for p in parts),
-    )
-
-
-def _indexed(path: str, op: str, value: Value) -> _Fragment:
-    column = COLUMNS[path]
-    # The column only holds values of its own type (see the module docstring).
-    column_kind = "num" if schema.INDEXED[path] == "int" else "str"
-    parts = []
-    for kind, values in _group(value).items():
-        if kind == "null":
-            parts.append(_Fragment(f"{column} IS NULL", (), False, f"{column} IS NOT NULL"))
-        elif kind == column_kind:
-            sql, params = _test(op, column, values)
-            # `column = ?` is NULL on a NULL column; `IS NOT` is its null-safe negation
-            negation = f"{column} IS NOT ?" if sql == f"{column} = ?" else None
-            parts.append(_Fragment(sql, params, True, negation))
-    return _any_of(parts)
-
-
-def _scalar(path: str, op: str, value: Value) -> _Fragment:
-    where = json_path(path)
-    type_expr = f"json_type(doc, '{where}')"
-    value_expr = f"json_extract(doc, '{where}')"
-    parts = []
-    for kind, values in _group(value).items():
-        if kind == "null":
-            parts.append(_Fragment(f"{value_expr} IS NULL", (), False, f"{value_expr} IS NOT NULL"))
-        else:
-            parts.append(_typed_test(op, kind, type_expr, value_expr, values))
-    return _any_of(parts)
-
-
 def _element_exprs(inner: str | None) -> tuple[str, str]:
     """(type, value) SQL of one element ``j`` of a json_each over a list path."""
     if inner is None:
@@ -208,62 +70,56 @@ def _element_exprs(inner: str | None) -> tuple[str, str]:
     )
 
 
-def _list(path: str, op: str, value: Value) -> _Fragment:
-    list_path, inner = list_split(path)
-    type_expr, value_expr = _element_exprs(inner)
-    # typeof(j.key) = 'integer' keeps array elements only: a scalar or a map is not a list.
-    source = f"json_each(doc, '{json_path(list_path)}') AS j WHERE typeof(j.key) = 'integer'"
-    parts, tests = [], []
-    for kind, values in _group(value).items():
-        if kind == "null":
-            no_value = f"NOT EXISTS (SELECT 1 FROM {source} AND {type_expr} != 'null')"
-            parts.append(_Fragment(no_value, (), False))
-        else:
-            tests.append(_typed_test(op, kind, type_expr, value_expr, values))
-    if tests:
-        test = _any_of(tests)
-        parts.append(
-            _Fragment(f"EXISTS (SELECT 1 FROM {source} AND ({test.sql}))", test.params, False)
-        )
-    return _any_of(parts)
+class _SqliteFilters(FilterCompiler):
+    """The shared compiler (sql_common.py) on SQLite's JSON1 functions."""
+
+    def _typed_test(
+        self, op: str, kind: str, type_expr: str, value_expr: str, values: list[Scalar]
+    ) -> Fragment:
+        """A comparison against JSON values whose type is given by `type_expr`."""
+        if kind == "bool":  # only '=' reaches here: a boolean is matched by its JSON type
+            names: list[Scalar] = ["true" if v else "false" for v in values]
+            sql, params = self.test("=", type_expr, names)
+            return Fragment(sql, params, True)
+        type_test = f"{type_expr} = 'text'" if kind == "str" else f"{type_expr} IN {_NUMERIC_TYPES}"
+        sql, params = self.test(op, value_expr, values)
+        return Fragment(f"{type_test} AND {sql}", params, True)
+
+    def scalar(self, path: str, op: str, value: Value) -> Fragment:
+        where = json_path(path)
+        type_expr = f"json_type(doc, '{where}')"
+        value_expr = f"json_extract(doc, '{where}')"
+        parts = []
+        for kind, values in group(value).items():
+            if kind == "null":
+                parts.append(
+                    Fragment(f"{value_expr} IS NULL", (), False, f"{value_expr} IS NOT NULL")
+                )
+            else:
+                parts.append(self._typed_test(op, kind, type_expr, value_expr, values))
+        return self.any_of(parts)
+
+    def list(self, path: str, op: str, value: Value) -> Fragment:
+        list_path, inner = list_split(path)
+        type_expr, value_expr = _element_exprs(inner)
+        # typeof(j.key) = 'integer' keeps array elements only: a scalar or a map is not a list.
+        source = f"json_each(doc, '{json_path(list_path)}') AS j WHERE typeof(j.key) = 'integer'"
+        parts, tests = [], []
+        for kind, values in group(value).items():
+            if kind == "null":
+                no_value = f"NOT EXISTS (SELECT 1 FROM {source} AND {type_expr} != 'null')"
+                parts.append(Fragment(no_value, (), False))
+            else:
+                tests.append(self._typed_test(op, kind, type_expr, value_expr, values))
+        if tests:
+            test = self.any_of(tests)
+            parts.append(
+                Fragment(f"EXISTS (SELECT 1 FROM {source} AND ({test.sql}))", test.params, False)
+            )
+        return self.any_of(parts)
 
 
-def _comparison_sql(node: Comparison) -> _Fragment:
-    op = "=" if node.op == "!=" else node.op
-    if node.path in schema.LIST_PATHS:
-        fragment = _list(node.path, op, node.value)
-    elif node.path in schema.INDEXED:
-        fragment = _indexed(node.path, op, node.value)
-    else:
-        fragment = _scalar(node.path, op, node.value)
-    if node.op != "!=":
-        return fragment
-    if fragment is _FALSE:
-        return _TRUE
-    if fragment.negation is not None:
-        return _Fragment(fragment.negation, fragment.params, False)
-    if fragment.nullable:
-        return _Fragment(f"({fragment.sql}) IS NOT 1", fragment.params, False)
-    return _Fragment(f"NOT ({fragment.sql})", fragment.params, False)
-
-
-def _node_sql(node: Node) -> _Fragment:
-    if isinstance(node, Comparison):
-        return _comparison_sql(node)
-    if isinstance(node, And | Or) and node.children:
-        joiner = " AND " if isinstance(node, And) else " OR "
-        parts = [_node_sql(child) for child in node.children]
-        return _Fragment(
-            joiner.join(_wrap(p.sql) for p in parts),
-            tuple(v for p in parts for v in p.params),
-            any(p.nullable for p in parts),
-        )
-    raise FilterError(f"not a filter node: {node!r}")
-
-
-def _wrap(sql: str) -> str:
-    # Parenthesise anything with a top-level AND/OR in it (over-wrapping is harmless).
-    return f"({sql})" if " AND " in sql or " OR " in sql else sql
+_FILTERS = _SqliteFilters()
 
 
 def filter_sql(node: Node) -> tuple[str, list[Any]]:
@@ -271,8 +127,7 @@ def filter_sql(node: Node) -> tuple[str, list[Any]]:
     matches `node` (a tree from filters.parse, whose limits keep the parameters well under
     SQLite's 32,766, its expressions under 1,000 deep and its groups within its parser's
     stack)."""
-    fragment = _node_sql(fold(node))
-    return fragment.sql, list(fragment.params)
+    return _FILTERS.compile(node)
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,9 +143,7 @@ def _sort_expr(path: str) -> str:
 
 def order_by_sql(query: Query) -> str:
     """``ORDER BY ...`` for the query; `id` always ends it so that paging is stable."""
-    order = query.orderby or [("created", False)]
-    if all(path != "id" for path, _ in order):
-        order = [*order, ("id", False)]
+    order = order_terms(query.orderby)
     terms = [f"{_sort_expr(path)} {'DESC' if desc else 'ASC'}" for path, desc in order]
     return "ORDER BY " + ", ".join(terms)
 
