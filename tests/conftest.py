@@ -18,6 +18,7 @@ from tests.support.jobapi import JobApiProcess
 from tests.support.needs import require
 from tests.support.postgres import PostgresNotAvailable, PostgresServer
 from tests.support.processes import EngineProcess, executor_process, serving_on_free_port
+from tests.support.stores import STORE_KINDS, StoreWith, postgres_store_factory, sqlite_store_with
 from tests.support.zookeeper import ZooKeeperServer
 
 # Trees owned by the engine; wiped before each test that uses `zk`.
@@ -118,6 +119,20 @@ def postgres_db(postgres: PostgresServer) -> Iterator[str]:
     postgres.drop_database(name)
 
 
+@pytest.fixture(scope="module", params=STORE_KINDS)
+def store_with(request: pytest.FixtureRequest) -> Iterator[StoreWith]:
+    """Make stores holding given documents, on each store in turn (module-scoped: a
+    PostgreSQL database per module, emptied at each use)."""
+    if request.param == "sqlite":
+        yield sqlite_store_with
+        return
+    server = request.getfixturevalue("postgres")
+    name = f"store_{os.getpid()}_{next(_databases)}"
+    with postgres_store_factory(server.create_database(name)) as factory:
+        yield factory
+    server.drop_database(name)
+
+
 # job API fixtures: see tests/support/jobapi.py
 
 
@@ -132,6 +147,55 @@ def job_api(zookeeper: ZooKeeperServer) -> Iterator[JobApiProcess]:
 def fresh_api(zookeeper: ZooKeeperServer) -> Iterator[JobApiProcess]:
     """A job API of its own on an empty database (no jobs of other tests)."""
     with JobApiProcess(zookeeper.hosts) as server:
+        yield server
+
+
+class ApiStore:
+    """Which store the job APIs of a module run on: ``db()`` is a new ``--db`` value (None:
+    the launcher's own SQLite file; a new PostgreSQL database otherwise)."""
+
+    def __init__(self, kind: str, request: pytest.FixtureRequest) -> None:
+        self.kind = kind
+        self.request = request
+        self.databases: list[str] = []
+
+    def db(self) -> str | None:
+        if self.kind == "sqlite":
+            return None
+        server: PostgresServer = self.request.getfixturevalue("postgres")
+        name = f"api_{os.getpid()}_{next(_databases)}"
+        self.databases.append(name)
+        return server.create_database(name)
+
+    def drop(self, name: str) -> None:
+        server: PostgresServer = self.request.getfixturevalue("postgres")
+        server.drop_database(name)
+
+
+@pytest.fixture(scope="module", params=STORE_KINDS)
+def api_store(request: pytest.FixtureRequest) -> Iterator[ApiStore]:
+    """The store of the job APIs of `job_api_each_store` and `fresh_api_each_store`: each
+    test using them runs on SQLite, then on PostgreSQL."""
+    choice = ApiStore(request.param, request)
+    yield choice
+    for name in choice.databases:
+        choice.drop(name)
+
+
+@pytest.fixture(scope="module")
+def job_api_each_store(zookeeper: ZooKeeperServer, api_store: ApiStore) -> Iterator[JobApiProcess]:
+    """A job API for the module on each store in turn. A module runs its tests on both by
+    overriding `job_api` with it (see tests/integration/test_api_http.py)."""
+    with JobApiProcess(zookeeper.hosts, db=api_store.db()) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_api_each_store(
+    zookeeper: ZooKeeperServer, api_store: ApiStore
+) -> Iterator[JobApiProcess]:
+    """`fresh_api` on each store in turn (PostgreSQL: a new database)."""
+    with JobApiProcess(zookeeper.hosts, db=api_store.db()) as server:
         yield server
 
 

@@ -22,7 +22,7 @@ from .identity import ANONYMOUS, Caller, Identities
 from .jobs import JobService
 from .offloop import OffLoop
 from .query import Query, QueryError, parse_query
-from .store import PageTooLarge, QueryTimeout, StoreError
+from .store import PageTooLarge, QueryTimeout, StoreError, Unstorable
 from .throttle import LoginLimits, LoginThrottle, TooManyFailures
 
 log = logging.getLogger(__name__)
@@ -490,8 +490,12 @@ def _store_error(
 
 
 def _too_large(
-    req: falcon.Request, resp: falcon.Response, exc: PageTooLarge, params: dict[str, Any]
+    req: falcon.Request,
+    resp: falcon.Response,
+    exc: PageTooLarge | Unstorable,
+    params: dict[str, Any],
 ) -> None:
+    # Also a value the store cannot hold: both are the request's fault, said in our words.
     _send(resp, 400, {"status": 400, "message": str(exc)})
 
 
@@ -546,5 +550,6 @@ def create_app(
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_error_handler(StoreError, _store_error)
     app.add_error_handler(PageTooLarge, _too_large)
+    app.add_error_handler(Unstorable, _too_large)
     app.add_error_handler(ApiError, _api_error)
     return app

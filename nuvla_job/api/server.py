@@ -32,7 +32,7 @@ from .jobs import JobService, QueueUnavailable
 from .offloop import DEFAULT_THREADS, OffLoop, OffLoopStore
 from .private_files import FILE_MODE, private_folder, tighten, tighten_fd
 from .request_headers import RequestHeaders
-from .store import StoreLimits, StoreUrl, open_store, parse_store_url
+from .store import Store, StoreLimits, StoreUrl, open_store, parse_store_url
 from .throttle import LoginLimits
 from .zk_queue import ZooKeeperJobQueue
 
@@ -346,10 +346,12 @@ class JobApiServer:
         if self.config.tls_cert:
             ssl_args = {"ssl_context": tls_context(self.config.tls_cert, self.config.tls_key or "")}
         limits = StoreLimits(query_timeout=self.config.query_timeout)
-        # Every database call runs in the pool's threads, never on the event loop.
-        self.store = OffLoopStore(
-            open_store(self.config.store_url, limits), OffLoop(self.config.db_threads)
-        )
+        # Every database call runs in the pool's threads, never on the event loop, unless
+        # the store yields to other greenlets itself (PostgreSQL).
+        store = open_store(self.config.store_url, limits)
+        self.offloop = OffLoop(self.config.db_threads)
+        self.cooperative = bool(getattr(store, "cooperative", False))
+        self.store: Store = store if self.cooperative else OffLoopStore(store, self.offloop)
         self.identities = Identities(self.store.identities)
         if not ensure_admin_key(
             self.identities, self.config.admin_credentials, self.config.endpoint
@@ -380,7 +382,7 @@ class JobApiServer:
             self.identities,
             settings,
             queue_state=lambda: str(self.zk.state),
-            offloop=self.store.offloop,
+            offloop=None if self.cooperative else self.offloop,
         )
         self.draining = Draining(self.app)
         self.http = NoDelayWSGIServer(
@@ -451,7 +453,9 @@ class JobApiServer:
             self.zk.stop()
             self.zk.close()
         finally:
-            self.store.close()
+            self.store.close()  # an OffLoopStore closes its pool too
+            if self.cooperative:
+                self.offloop.close()
 
     def serve_forever(self) -> None:
         self.start()

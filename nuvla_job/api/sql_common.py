@@ -96,7 +96,7 @@ class FilterCompiler:
     def scalar(self, path: str, op: str, value: Value) -> Fragment:
         raise NotImplementedError
 
-    def list(self, path: str, op: str, value: Value) -> Fragment:
+    def list_path(self, path: str, op: str, value: Value) -> Fragment:
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------
@@ -149,7 +149,7 @@ class FilterCompiler:
     def comparison(self, node: Comparison) -> Fragment:
         op = "=" if node.op == "!=" else node.op
         if node.path in schema.LIST_PATHS:
-            fragment = self.list(node.path, op, node.value)
+            fragment = self.list_path(node.path, op, node.value)
         elif node.path in schema.INDEXED:
             fragment = self.indexed(node.path, op, node.value)
         else:

@@ -99,7 +99,7 @@ class _SqliteFilters(FilterCompiler):
                 parts.append(self._typed_test(op, kind, type_expr, value_expr, values))
         return self.any_of(parts)
 
-    def list(self, path: str, op: str, value: Value) -> Fragment:
+    def list_path(self, path: str, op: str, value: Value) -> Fragment:
         list_path, inner = list_split(path)
         type_expr, value_expr = _element_exprs(inner)
         # typeof(j.key) = 'integer' keeps array elements only: a scalar or a map is not a list.

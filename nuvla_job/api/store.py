@@ -3,18 +3,20 @@
 
 The job rules (jobs.py) and the identity rules (identity.py) speak only to the protocols
 here; everything a database speaks itself (SQL, its dialect of the filter language, its
-schema) lives in the module that implements them, today sqlite.py (with sqlite_sql.py). A
-second database is a sibling module and one more branch in :func:`open_store`.
+schema) lives in the module that implements them: sqlite.py (with sqlite_sql.py) and
+postgres.py (with postgres_sql.py), sharing sql_common.py. Another database is a sibling
+module and one more branch in :func:`open_store`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .query import Query
 
@@ -61,6 +63,11 @@ class StoreLimits:
 
     query_timeout: float = 10.0  # seconds one transaction (a search, a bulk delete) may run
     max_page_bytes: int = 64 * 1024 * 1024  # the stored documents of one page of a search
+
+
+class Unstorable(Exception):
+    """A value this store's database cannot hold (PostgreSQL: a NUL character in text);
+    the message is for a 400 answer."""
 
 
 class Conflict(Exception):
@@ -206,7 +213,11 @@ class IdentityStore(Protocol):
 
 
 class Store(Protocol):
-    """One database: the jobs and the identities in it."""
+    """One database: the jobs and the identities in it.
+
+    ``cooperative`` (a class attribute, False when absent): its calls yield to other
+    greenlets while they wait on the database, so the server may call it on its event loop.
+    """
 
     @property
     def jobs(self) -> JobStore: ...
@@ -221,33 +232,68 @@ class Store(Protocol):
 # Which store a --db value names
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-_SQLITE_FORMS = "a file path or sqlite:///absolute/path"
+_FORMS = "a file path, sqlite:///absolute/path or postgresql://user@host:port/database"
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 @dataclass(frozen=True)
 class StoreUrl:
-    """A parsed ``--db`` value. Only SQLite exists so far: ``path`` is its file."""
+    """A parsed ``--db`` value: SQLite's file (``path``), or a PostgreSQL URL (``url``)."""
 
-    scheme: str
-    path: Path
+    scheme: str  # "sqlite" or "postgresql"
+    path: Path = Path()
+    url: str = ""
 
     @property
     def folder(self) -> Path:
-        """Where the database lives (the admin credentials go beside it by default)."""
-        return self.path.parent
+        """Where the admin credentials go by default: beside a SQLite file; in the user's
+        data folder for a server database."""
+        if self.scheme == "sqlite":
+            return self.path.parent
+        base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+        return Path(base) / "nuvla-job"
 
     def __str__(self) -> str:
-        return str(self.path)
+        if self.scheme == "sqlite":
+            return str(self.path)
+        return redacted(self.url)
+
+
+def redacted(url: str) -> str:
+    """A URL without its password (for logs and messages)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _postgres_url(value: str) -> StoreUrl:
+    bad = StoreUrlError(
+        "a PostgreSQL URL is postgresql://user[:password]@host[:port]/database"
+        " (libpq options may follow as ?name=value)"
+    )
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise bad from None
+    database = unquote(parts.path.lstrip("/"))
+    if not parts.hostname or not database or "/" in database or parts.fragment:
+        raise bad
+    return StoreUrl("postgresql", url=value)
 
 
 def parse_store_url(value: str) -> StoreUrl:
-    """The store a ``--db`` value names: a file path or ``sqlite:///path`` (SQLite).
+    """The store a ``--db`` value names: a file path or ``sqlite:///path`` (SQLite), or
+    ``postgresql://...`` (PostgreSQL).
 
     Raises StoreUrlError, with a message fit for a usage error, for anything else. The
     message never repeats a URL (it may hold a password).
     """
     if not value.strip():
-        raise StoreUrlError(f"the database is empty: give {_SQLITE_FORMS}")
+        raise StoreUrlError(f"the database is empty: give {_FORMS}")
     if value == ":memory:" or value.startswith("file::memory:"):
         # A server on a memory database loses every job at each restart while their queue
         # entries stay in ZooKeeper, and writes a new admin key each time.
@@ -258,10 +304,10 @@ def parse_store_url(value: str) -> StoreUrl:
     if not _URL.match(value):
         return StoreUrl("sqlite", Path(value).expanduser())
     scheme = value.split(":", 1)[0].lower()
-    if scheme in ("postgresql", "postgres"):
-        raise StoreUrlError(f"the PostgreSQL store is not available yet; give {_SQLITE_FORMS}")
+    if scheme in _POSTGRES_SCHEMES:
+        return _postgres_url(value)
     if scheme != "sqlite":
-        raise StoreUrlError(f"unknown database scheme '{scheme}://': give {_SQLITE_FORMS}")
+        raise StoreUrlError(f"unknown database scheme '{scheme}://': give {_FORMS}")
     parts = urlsplit(value)
     if parts.netloc or parts.query or parts.fragment or not parts.path.strip("/"):
         raise StoreUrlError(
@@ -272,15 +318,26 @@ def parse_store_url(value: str) -> StoreUrl:
 
 
 def open_store(url: StoreUrl | str, limits: StoreLimits | None = None) -> Store:
-    """The store `url` names, opened (its folder and schema created when missing).
+    """The store `url` names, opened (its folder and schema created when missing, a
+    PostgreSQL schema upgraded).
 
     StoreUrlError for a value that names no store; StoreError when it cannot be opened.
-    The store is synchronous and may be called from several threads at once; the server
-    runs it off its event loop (offloop.OffLoopStore).
+    A store is synchronous and may be called from several threads at once; unless it is
+    ``cooperative`` (it yields to other greenlets while it waits), the server runs it off
+    its event loop (offloop.OffLoopStore).
     """
     if isinstance(url, str):
         url = parse_store_url(url)
-    # Imported here: each store module imports this one for the protocols and errors.
+    # Imported here: each store module imports this one for the protocols and errors (and
+    # psycopg is an extra, imported after gevent's patch: postgres.py says why).
+    if url.scheme == "postgresql":
+        try:
+            from .postgres import PostgresStore
+        except ImportError:
+            raise StoreUrlError(
+                "the PostgreSQL store needs psycopg: pip install 'nuvla-job[postgresql]'"
+            ) from None
+        return PostgresStore(url.url, limits)
     from .sqlite import SqliteStore
 
     return SqliteStore(url.path, limits)

@@ -45,9 +45,11 @@ class JobApiProcess(Service):
         program: Sequence[str] | None = None,
         port: int | None = None,
         own_session: bool = False,
+        db: str | None = None,
     ) -> None:
         """``port``: this one, or fail (default: a free one, another if it is taken first).
-        ``own_session``: as for :class:`~.processes.EngineProcess`."""
+        ``own_session``: as for :class:`~.processes.EngineProcess`. ``db``: the ``--db``
+        value (default: a SQLite file in its temporary folder), e.g. a PostgreSQL URL."""
         # The `job-api` command: this interpreter's module, or e.g. an installed console script.
         self.this_copy = not program
         self.program = list(program) if program else [sys.executable, "-m", "nuvla_job.cli.api"]
@@ -56,7 +58,7 @@ class JobApiProcess(Service):
         self.start_timeout = start_timeout
         self.env = env or {}
         self.base_dir = Path(tempfile.mkdtemp(prefix="job-api-test-"))
-        self.db = self.base_dir / "jobs.sqlite"
+        self.db: Path | str = self.base_dir / "jobs.sqlite" if db is None else db
         self.credentials_path = self.base_dir / "admin-credentials.json"
         self.log_path = self.base_dir / "job-api.log"
         self.port_fixed = port is not None

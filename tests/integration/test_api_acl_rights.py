@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from nuvla.api import Api
 
 from tests.integration.test_api_http import unique_action
 from tests.integration.test_api_rules import error_status
 from tests.support.jobapi import JobApiProcess
+
+
+# Every test here runs on each store: SQLite, then PostgreSQL (tests/conftest.py).
+@pytest.fixture(scope="module")
+def job_api(job_api_each_store: JobApiProcess) -> JobApiProcess:
+    return job_api_each_store
 
 
 def granted(admin_api: Api, right: str, user: Api, action: str) -> str:

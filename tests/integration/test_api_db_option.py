@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from nuvla_job.localstack.ports import free_port
 from tests.support.jobapi import JobApiProcess
 
 JOB_API = Path(sys.executable).with_name("job-api")
@@ -45,8 +46,8 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("postgresql://jobs:hunter2@db.example:5432/jobs", "PostgreSQL store is not available yet"),
-        ("postgres://db.example/jobs", "PostgreSQL store is not available yet"),
+        ("postgresql://jobs:hunter2@db.example:port/jobs", "a PostgreSQL URL is postgresql://"),
+        ("postgres://jobs:hunter2@db.example", "a PostgreSQL URL is postgresql://"),
         ("mysql://jobs:hunter2@db.example/jobs", "unknown database scheme 'mysql://'"),
         ("sqlite://db.example/jobs.sqlite", "a sqlite URL is sqlite:///"),
         (":memory:", ":memory: is not served"),
@@ -69,10 +70,19 @@ def test_a_db_the_server_cannot_serve_is_a_usage_error(
 
 
 def test_the_environment_variable_is_checked_the_same_way(tmp_path: Path) -> None:
-    result = job_api("serve", cwd=tmp_path, env={"JOB_API_DB": "postgresql://db.example/jobs"})
+    result = job_api("serve", cwd=tmp_path, env={"JOB_API_DB": "postgresql:///jobs"})
     assert result.returncode == 2
-    assert "PostgreSQL store is not available yet" in one_line_error(result)
+    assert "a PostgreSQL URL is postgresql://" in one_line_error(result)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_postgresql_server_that_does_not_answer_is_a_one_line_error(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    url = f"postgresql://jobs:hunter2@127.0.0.1:{free_port()}/jobs"
+    result = job_api("serve", "--db", url, cwd=tmp_path, env={"XDG_DATA_HOME": str(home)})
+    assert result.returncode == 1, result.stderr
+    assert "cannot connect to the PostgreSQL database" in one_line_error(result)
+    assert "hunter2" not in result.stderr + result.stdout
 
 
 def test_a_folder_that_cannot_be_created_is_a_one_line_error(tmp_path: Path) -> None:

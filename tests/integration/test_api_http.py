@@ -12,6 +12,12 @@ from nuvla.api import Api, NuvlaError
 from tests.support.jobapi import JobApiProcess
 
 
+# Every test here runs on each store: SQLite, then PostgreSQL (tests/conftest.py).
+@pytest.fixture(scope="module")
+def job_api(job_api_each_store: JobApiProcess) -> JobApiProcess:
+    return job_api_each_store
+
+
 def unique_action() -> str:
     return f"test_{uuid.uuid4().hex[:12]}"
 

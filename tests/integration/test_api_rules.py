@@ -15,6 +15,12 @@ from tests.integration.test_api_http import add_job, unique_action
 from tests.support.jobapi import JobApiProcess
 
 
+# Every test here runs on each store: SQLite, then PostgreSQL (tests/conftest.py).
+@pytest.fixture(scope="module")
+def job_api(job_api_each_store: JobApiProcess) -> JobApiProcess:
+    return job_api_each_store
+
+
 def error_status(call, *args, **kwargs) -> tuple[int, str]:
     with pytest.raises(NuvlaError) as err:
         call(*args, **kwargs)

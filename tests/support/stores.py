@@ -1,18 +1,25 @@
-"""The job API's real stores for unit tests: built with their own schema in a temporary folder."""
+"""The job API's real stores for unit tests: built with their own schema, SQLite in a
+temporary folder, PostgreSQL in a database of the test server (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from nuvla_job.api.sqlite import SqliteStore
+from nuvla_job.api.store import Store
+
+Docs = Iterable[dict[str, Any]]
+# Makes a store holding the documents given (for one test or one example).
+StoreWith = Callable[[Docs], AbstractContextManager[Store]]
+STORE_KINDS = ("sqlite", "postgresql")
 
 
 @contextmanager
-def sqlite_store_with(docs: Iterable[dict[str, Any]]) -> Iterator[SqliteStore]:
+def sqlite_store_with(docs: Docs) -> Iterator[SqliteStore]:
     """A fresh SQLite store holding `docs` (bulk-loaded as the store writes them), removed
     with its folder afterwards."""
     with tempfile.TemporaryDirectory(prefix="store-test-") as folder:
@@ -22,3 +29,29 @@ def sqlite_store_with(docs: Iterable[dict[str, Any]]) -> Iterator[SqliteStore]:
             yield store
         finally:
             store.close()
+
+
+def emptied(store: Any) -> Any:
+    """A PostgreSQL store with no jobs again (cheaper than a new database per example)."""
+    with store.db.transaction() as conn:
+        conn.execute(b"TRUNCATE job")
+        conn.execute(b"UPDATE job_total SET n = 0")
+    return store
+
+
+@contextmanager
+def postgres_store_factory(url: str) -> Iterator[StoreWith]:
+    """Stores on the database at `url`: each use empties it and loads the documents."""
+    from nuvla_job.api.postgres import PostgresStore
+
+    store = PostgresStore(url)
+
+    @contextmanager
+    def store_with(docs: Docs) -> Iterator[Store]:
+        emptied(store).jobs.insert_many(docs)
+        yield store
+
+    try:
+        yield store_with
+    finally:
+        store.close()
