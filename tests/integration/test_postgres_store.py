@@ -1,0 +1,140 @@
+"""The PostgreSQL store (nuvla_job/api/postgres.py) where it differs from SQLite: versioned
+migrations, its typed conflicts, its query budget (statement_timeout), values PostgreSQL
+cannot hold, an exact total with many writers, and, through a real `job-api serve`, that a
+query waiting on the database does not stall the other requests (gevent-cooperative)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import requests
+
+from nuvla_job.api.postgres import MIGRATIONS, PostgresStore
+from nuvla_job.api.query import parse_query
+from nuvla_job.api.store import DuplicateId, QueryTimeout, StoreLimits, UniqueKeyTaken, Unstorable
+from tests.support.jobapi import JobApiProcess
+from tests.support.waiting import wait_for
+
+
+@pytest.fixture
+def store(postgres_db: str) -> Iterator[PostgresStore]:
+    store = PostgresStore(postgres_db)
+    yield store
+    store.close()
+
+
+def _rows(url: str, sql: str, *params: object) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql.encode(), params).fetchall()
+
+
+def test_migrations_are_applied_once_and_recorded(postgres_db: str) -> None:
+    first = PostgresStore(postgres_db)
+    first.jobs.insert({"id": "job/1", "state": "QUEUED"})
+    # A second process (a replica) finds the schema up to date and the data kept.
+    second = PostgresStore(postgres_db)
+    try:
+        assert second.db.migrate() == []
+        assert second.jobs.get("job/1") == {"id": "job/1", "state": "QUEUED"}
+    finally:
+        first.close()
+        second.close()
+    versions = _rows(postgres_db, "SELECT version FROM schema_migrations ORDER BY version")
+    assert [v for (v,) in versions] == sorted(MIGRATIONS)
+
+
+def test_typed_conflicts(store: PostgresStore) -> None:
+    store.jobs.insert({"id": "job/1", "state": "QUEUED", "unique-key": "k"})
+    with pytest.raises(DuplicateId, match="job/1 already exists"):
+        store.jobs.insert({"id": "job/1", "state": "QUEUED"})
+    with pytest.raises(UniqueKeyTaken):
+        store.jobs.insert({"id": "job/2", "state": "QUEUED", "unique-key": "k"})
+    store.jobs.insert({"id": "job/3", "state": "FAILED", "unique-key": "k"})  # final: free
+    with pytest.raises(UniqueKeyTaken):
+        store.jobs.update("job/3", lambda doc: {**doc, "state": "QUEUED"})
+    assert store.jobs.get("job/3") == {"id": "job/3", "state": "FAILED", "unique-key": "k"}
+    assert store.jobs.search(parse_query({}), None)[0] == 2
+
+
+def test_a_query_past_its_budget_is_a_query_timeout(postgres_db: str) -> None:
+    store = PostgresStore(postgres_db, StoreLimits(query_timeout=0.2))
+    try:
+        started = time.monotonic()
+        with pytest.raises(QueryTimeout):
+            store.db.read("SELECT pg_sleep(5)")
+        assert time.monotonic() - started < 3
+        assert store.jobs.get("job/none") is None  # the connection is usable again
+    finally:
+        store.close()
+
+
+def test_nul_characters_are_refused_in_our_words(store: PostgresStore) -> None:
+    with pytest.raises(Unstorable, match="NUL"):
+        store.jobs.insert({"id": "job/1", "name": "a\x00b"})
+    with pytest.raises(Unstorable, match="NUL"):
+        store.jobs.search(parse_query({"filter": ["name='a\x00b'"]}), None)
+
+
+def test_the_total_stays_exact_with_concurrent_writers(postgres_db: str) -> None:
+    stores = [PostgresStore(postgres_db) for _ in range(2)]
+    try:
+
+        def writer(n: int) -> None:
+            store = stores[n % 2]
+            for i in range(25):
+                store.jobs.insert({"id": f"job/{n}-{i}", "state": "QUEUED"})
+                if i % 5 == 0:
+                    store.jobs.delete(f"job/{n}-{i}")
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        unfiltered = stores[0].jobs.search(parse_query({}), None)[0]
+        counted = stores[1].jobs.search(parse_query({"filter": ["id!=null"]}), None)[0]
+        assert unfiltered == counted == 4 * 20
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_waiting_query_does_not_stall_other_requests(zookeeper, postgres_db: str) -> None:
+    """An edit waits on a row another client holds locked; meanwhile the same job API
+    answers gets and health checks at once, then finishes the edit when the lock goes."""
+    with JobApiProcess(zookeeper.hosts, db=postgres_db) as server:
+        admin = server.admin_api()
+        held = admin.add("job", {"action": "test_held"}).data["resource-id"]
+        other = admin.add("job", {"action": "test_other"}).data["resource-id"]
+        editor = server.admin_api()
+        answers: list[int] = []
+        with psycopg.connect(postgres_db) as lock:
+            lock.execute(b"SELECT 1 FROM job WHERE id = %s FOR UPDATE", (held,))
+
+            def edit() -> None:
+                response = editor.session.put(
+                    f"{server.endpoint}/api/{held}", json={"status-message": "edited"}, timeout=30
+                )
+                answers.append(response.status_code)
+
+            thread = threading.Thread(target=edit)
+            thread.start()
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            wait_for(
+                lambda: _rows(postgres_db, waiting)[0][0] == 1, "the edit waiting on the lock", 10
+            )
+            started = time.monotonic()
+            for _ in range(10):
+                got = admin.session.get(f"{server.endpoint}/api/{other}", timeout=5)
+                assert got.status_code == 200 and got.json()["id"] == other
+                assert requests.get(f"{server.endpoint}/api/health", timeout=5).status_code
+            assert time.monotonic() - started < 5
+            assert thread.is_alive() and not answers  # the edit is still waiting
+            lock.rollback()
+        thread.join(30)
+        assert answers == [200]
+        assert admin.get(held).data["status-message"] == "edited"
