@@ -18,7 +18,13 @@ from tests.support.jobapi import JobApiProcess
 from tests.support.needs import require
 from tests.support.postgres import PostgresNotAvailable, PostgresServer
 from tests.support.processes import EngineProcess, executor_process, serving_on_free_port
-from tests.support.stores import STORE_KINDS, StoreWith, postgres_store_factory, sqlite_store_with
+from tests.support.stores import (
+    STORE_KINDS,
+    ApiStore,
+    StoreWith,
+    postgres_store_factory,
+    sqlite_store_with,
+)
 from tests.support.zookeeper import ZooKeeperServer
 
 # Trees owned by the engine; wiped before each test that uses `zk`.
@@ -150,36 +156,17 @@ def fresh_api(zookeeper: ZooKeeperServer) -> Iterator[JobApiProcess]:
         yield server
 
 
-class ApiStore:
-    """Which store the job APIs of a module run on: ``db()`` is a new ``--db`` value (None:
-    the launcher's own SQLite file; a new PostgreSQL database otherwise)."""
-
-    def __init__(self, kind: str, request: pytest.FixtureRequest) -> None:
-        self.kind = kind
-        self.request = request
-        self.databases: list[str] = []
-
-    def db(self) -> str | None:
-        if self.kind == "sqlite":
-            return None
-        server: PostgresServer = self.request.getfixturevalue("postgres")
-        name = f"api_{os.getpid()}_{next(_databases)}"
-        self.databases.append(name)
-        return server.create_database(name)
-
-    def drop(self, name: str) -> None:
-        server: PostgresServer = self.request.getfixturevalue("postgres")
-        server.drop_database(name)
-
-
 @pytest.fixture(scope="module", params=STORE_KINDS)
 def api_store(request: pytest.FixtureRequest) -> Iterator[ApiStore]:
     """The store of the job APIs of `job_api_each_store` and `fresh_api_each_store`: each
     test using them runs on SQLite, then on PostgreSQL."""
-    choice = ApiStore(request.param, request)
+    choice = ApiStore(
+        request.param,
+        lambda: request.getfixturevalue("postgres"),
+        lambda: f"api_{os.getpid()}_{next(_databases)}",
+    )
     yield choice
-    for name in choice.databases:
-        choice.drop(name)
+    choice.drop_all()
 
 
 @pytest.fixture(scope="module")

@@ -299,6 +299,11 @@ def _unique_key_of(doc: Doc) -> Iterator[None]:
         raise
 
 
+def _unstorable_id(key: str) -> bool:
+    """A key no row can have (PostgreSQL text holds no NUL): looked up, it is simply absent."""
+    return "\x00" in key
+
+
 class PostgresJobStore:
     """store.JobStore on a :class:`Database`."""
 
@@ -339,6 +344,8 @@ class PostgresJobStore:
         return None if row is None else orjson.loads(row[0])
 
     def update(self, job_id: str, change: Callable[[Doc], Doc | None]) -> Doc | None:
+        if _unstorable_id(job_id):
+            return None
         with self.db.transaction() as conn:
             current = self._locked(conn, job_id)
             if current is None:
@@ -365,6 +372,8 @@ class PostgresJobStore:
     def unclaim(self, job_ids: Iterable[str], due: str) -> None:
         with self.db.transaction() as conn:
             for job_id in job_ids:
+                if _unstorable_id(job_id):
+                    continue
                 current = self._locked(conn, job_id, " AND enqueue_pending")
                 if current is None:
                     continue
@@ -374,6 +383,8 @@ class PostgresJobStore:
                 _write_doc(conn, job_id, new, extra="enqueue_pending = FALSE")
 
     def mark_enqueued(self, job_id: str, entry_path: str | None) -> None:
+        if _unstorable_id(job_id):
+            return
         with self.db.transaction() as conn:
             doc = self._locked(conn, job_id)
             if doc is None:
@@ -389,6 +400,8 @@ class PostgresJobStore:
         return [orjson.loads(r[0]) for r in rows]
 
     def delete(self, job_id: str) -> bool:
+        if _unstorable_id(job_id):
+            return False
         with self.db.transaction() as conn:
             deleted = conn.execute(b"DELETE FROM job WHERE id = %s", (job_id,)).rowcount
             _count_delta(conn, -deleted)
@@ -404,6 +417,8 @@ class PostgresJobStore:
     # -- reads ----------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Doc | None:
+        if _unstorable_id(job_id):
+            return None
         rows = self.db.read("SELECT doc::text FROM job WHERE id = %s", (job_id,))
         return orjson.loads(rows[0][0]) if rows else None
 
@@ -506,7 +521,7 @@ class PostgresIdentityStore:
             )
 
     def principal(self, kind: str, name: str) -> Principal | None:
-        if "\x00" in name:
+        if _unstorable_id(name):
             return None
         rows = self.db.read(
             "SELECT id, kind, name, secret_hash, identity, claims::text, created FROM principal"
@@ -541,7 +556,7 @@ class PostgresIdentityStore:
             )
 
     def _session(self, where: str, value: str) -> SessionRecord | None:
-        if "\x00" in value:
+        if _unstorable_id(value):
             return None
         rows = self.db.read(
             "SELECT id, token_hash, identity, claims::text, created, expiry FROM session"
@@ -560,7 +575,7 @@ class PostgresIdentityStore:
         return self._session("id", session_id)
 
     def delete_session(self, session_id: str) -> bool:
-        if "\x00" in session_id:
+        if _unstorable_id(session_id):
             return False
         with self.db.transaction() as conn:
             return conn.execute(b"DELETE FROM session WHERE id = %s", (session_id,)).rowcount > 0

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import psycopg
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
@@ -123,8 +124,9 @@ def _login(server: JobApiProcess, template: dict[str, str]) -> requests.Session:
 
 
 @pytest.fixture(scope="module")
-def fuzz_stack(zookeeper) -> Iterator[Stack]:
-    """One job API for the module (starting one takes seconds on a busy machine)."""
+def fuzz_stack(zookeeper, api_store) -> Iterator[Stack]:
+    """One job API for the module (starting one takes seconds on a busy machine), on each
+    store in turn (tests/conftest.py)."""
     zk = make_client(zookeeper.hosts, use_gevent=False)
     with JobApiProcess(
         zookeeper.hosts,
@@ -134,6 +136,7 @@ def fuzz_stack(zookeeper) -> Iterator[Stack]:
         "0",
         "--max-body",
         str(256 * 1024),
+        db=api_store.db(),
     ) as server:
         zk.start(timeout=15)
         try:
@@ -198,6 +201,12 @@ def check_answer(response: requests.Response) -> None:
 
 def _stored(stack: Stack) -> tuple[list[tuple[str, dict, int]], int]:
     """Every row of the database (id, document, enqueue_pending) and the stored total."""
+    if isinstance(stack.server.db, str):  # a PostgreSQL URL
+        with psycopg.connect(stack.server.db) as conn:
+            found = conn.execute(b"SELECT id, doc::text, enqueue_pending::int FROM job")
+            pg_rows = [(i, json.loads(d), p) for i, d, p in found]
+            row = conn.execute(b"SELECT sum(n) FROM job_total").fetchone()
+        return pg_rows, int(row[0]) if row else 0
     db = sqlite3.connect(f"file:{stack.server.db}?mode=ro", uri=True)
     try:
         rows = [

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 from kazoo.client import KazooClient
 
 from nuvla_job import queue
-from nuvla_job.api.sqlite import Database, SqliteJobStore
+from nuvla_job.api.sqlite import SqliteStore
+from nuvla_job.api.store import Store
 from nuvla_job.timeutil import now_iso
 from tests.support.jobapi import JobApiProcess
+from tests.support.stores import ApiStore
 
 
 def pending_job(priority: int) -> dict:
@@ -41,17 +44,26 @@ def entries_for(zk: KazooClient, job_id: str) -> list[str]:
     ]
 
 
-def test_interrupted_adds_are_queued_once_at_start(zookeeper, zk: KazooClient) -> None:
-    server = JobApiProcess(zookeeper.hosts)
+def _store(db: str | Path) -> Store:
+    if isinstance(db, str):
+        from nuvla_job.api.postgres import PostgresStore
+
+        return PostgresStore(db)
+    return SqliteStore(db)
+
+
+def test_interrupted_adds_are_queued_once_at_start(
+    zookeeper, zk: KazooClient, api_store: ApiStore
+) -> None:
+    server = JobApiProcess(zookeeper.hosts, db=api_store.db())
     # The state a crash leaves: two jobs stored and marked; one of them got its entry
     # just before the crash, the other did not.
-    db = Database(str(server.db))
-    store = SqliteJobStore(db)
+    store = _store(server.db)
     lost, entered = pending_job(7), pending_job(8)
-    store.insert(lost, enqueue_pending=True)
-    store.insert(entered, enqueue_pending=True)
+    store.jobs.insert(lost, enqueue_pending=True)
+    store.jobs.insert(entered, enqueue_pending=True)
     existing = queue.put(zk, entered["id"], 8)
-    db.close()
+    store.close()
     try:
         server.start()
         api = server.admin_api()

@@ -15,13 +15,22 @@ from nuvla.api import Api
 from nuvla_job import queue
 from nuvla_job.client import Client
 from tests.support.jobapi import JobApiProcess
+from tests.support.stores import ApiStore
 from tests.support.zookeeper import ZooKeeperServer
 
 
+# Every test here runs on each store: SQLite, then PostgreSQL (tests/conftest.py).
+@pytest.fixture(scope="module")
+def job_api(job_api_each_store: JobApiProcess) -> JobApiProcess:
+    return job_api_each_store
+
+
 @pytest.fixture
-def two_apis(zookeeper: ZooKeeperServer) -> Iterator[tuple[JobApiProcess, JobApiProcess]]:
-    """Two job API processes serving one SQLite database."""
-    with JobApiProcess(zookeeper.hosts) as first:
+def two_apis(
+    zookeeper: ZooKeeperServer, api_store: ApiStore
+) -> Iterator[tuple[JobApiProcess, JobApiProcess]]:
+    """Two job API processes serving one database (a SQLite file, or a PostgreSQL one)."""
+    with JobApiProcess(zookeeper.hosts, db=api_store.db()) as first:
         second = JobApiProcess(zookeeper.hosts)
         second.db, second.credentials_path = first.db, first.credentials_path
         with second:

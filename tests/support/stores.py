@@ -55,3 +55,26 @@ def postgres_store_factory(url: str) -> Iterator[StoreWith]:
         yield store_with
     finally:
         store.close()
+
+
+class ApiStore:
+    """Which store the job APIs of a module run on: ``db()`` is a new ``--db`` value (None:
+    the launcher's own SQLite file; a new PostgreSQL database otherwise), dropped by
+    ``drop_all()``."""
+
+    def __init__(self, kind: str, server: Callable[[], Any], name: Callable[[], str]) -> None:
+        self.kind = kind
+        self.server = server  # the session's PostgresServer, started on first use
+        self.name = name
+        self.databases: list[str] = []
+
+    def db(self) -> str | None:
+        if self.kind == "sqlite":
+            return None
+        name = self.name()
+        self.databases.append(name)
+        return str(self.server().create_database(name))
+
+    def drop_all(self) -> None:
+        for name in self.databases:
+            self.server().drop_database(name)
