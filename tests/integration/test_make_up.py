@@ -181,3 +181,18 @@ def test_a_taken_port_is_a_clear_error_and_leaves_nothing(up_factory: type[Up]) 
     assert started, up.output  # ZooKeeper had started: it is stopped again
     for pid in re.findall(r"=(\d+)", started.group(1)):
         assert not alive(int(pid))
+
+
+def test_ctrl_c_during_the_start_stops_what_had_started(up_factory: type[Up]) -> None:
+    up = up_factory("--port", "0")
+    up.wait_for_output("starting ZooKeeper")  # ZooKeeper's JVM takes seconds to serve
+    up.process.send_signal(signal.SIGINT)
+    assert up.finish(START_TIMEOUT) == 0, up.output
+    assert "SIGINT: stopping" in up.output
+    assert "export JOB_API_URL=" not in up.output  # it never reported a running stack
+    assert "Traceback" not in up.output
+    started = re.search(r"^stopping (.+)$", up.output, re.MULTILINE)
+    assert started, up.output  # at least ZooKeeper had started: it is stopped again
+    pids = [int(pid) for pid in re.findall(r"=(\d+)", started.group(1))]
+    assert pids and [pid for pid in pids if alive(pid)] == []
+    assert up.output.rstrip().endswith("stopped")
