@@ -17,7 +17,7 @@ from nuvla.api import Api
 
 from nuvla_job.limits import LIMITS_ROOT, FleetLimit, LimitLost, limit_path
 from tests.integration.test_distributor import run_cli
-from tests.integration.test_executor import add, wait_state
+from tests.integration.test_executor import add, queue_empty, wait_state
 from tests.integration.test_metrics import scrape, value
 from tests.support.waiting import wait_for
 
@@ -182,11 +182,18 @@ def test_a_job_over_the_limit_waits_holding_no_slot_and_starts_in_order(
     samples = scrape(url)
     assert value(samples, "nuvla_job_jobs_in_flight") == 1
     assert value(samples, "nuvla_job_jobs_waiting_for_limit") == 2
+    # A job cancelled while it waits is not run when its turn comes.
+    for _ in (1, 2):
+        gated.append(add(admin_api, "test_limited_gated", payload=payload))
+    wait_for(lambda: value(scrape(url), "nuvla_job_jobs_waiting_for_limit") == 3, "3 jobs waiting")
+    admin_api.operation(admin_api.get(gated[3]), "cancel")
     gate.touch()
-    assert all(wait_state(admin_api, job)["state"] == "SUCCESS" for job in gated)
+    states = [wait_state(admin_api, job)["state"] for job in gated]
+    assert states == ["SUCCESS", "SUCCESS", "SUCCESS", "CANCELED", "SUCCESS"]
     lines = marks(log)
-    assert [job for mark, job, _ in lines if mark == "start"] == gated
+    assert [job for mark, job, _ in lines if mark == "start"] == [*gated[:3], gated[4]]
     assert peak(lines) == 1
+    queue_empty(zk)
 
 
 def test_a_dead_executor_s_place_comes_back(
