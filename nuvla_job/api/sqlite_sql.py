@@ -70,6 +70,11 @@ def _element_exprs(inner: str | None) -> tuple[str, str]:
     )
 
 
+# Lists of strings the store also keeps in a side table of (value, job_id) rows, indexed by
+# value (sqlite.py writes them with the document): ``path = 'text'`` is a lookup there.
+SIDE_TABLES: dict[str, tuple[str, str]] = {"tags": ("job_tag", "tag")}
+
+
 class _SqliteFilters(FilterCompiler):
     """The shared compiler (sql_common.py) on SQLite's JSON1 functions."""
 
@@ -101,6 +106,19 @@ class _SqliteFilters(FilterCompiler):
 
     def list_path(self, path: str, op: str, value: Value) -> Fragment:
         list_path, inner = list_split(path)
+        side = SIDE_TABLES.get(path) if op == "=" else None
+        groups = group(value)
+        if side is not None and "str" in groups:
+            # The side table holds exactly the list's string elements: an element equal to
+            # one of the strings is a row of it. The other kinds of value keep the JSON test.
+            table, column = side
+            strings = groups.pop("str")
+            sql, params = self.test("=", column, strings)
+            found = Fragment(f"id IN (SELECT job_id FROM {table} WHERE {sql})", params, False)
+            if not groups:
+                return found
+            others = tuple(v for vs in groups.values() for v in vs)
+            return self.any_of([found, self.list_path(path, op, others)])
         type_expr, value_expr = _element_exprs(inner)
         # typeof(j.key) = 'integer' keeps array elements only: a scalar or a map is not a list.
         source = f"json_each(doc, '{json_path(list_path)}') AS j WHERE typeof(j.key) = 'integer'"

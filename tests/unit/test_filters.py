@@ -301,8 +301,11 @@ def test_other_paths_compile_to_json_functions():
     sql, params = filter_sql(parse("progress>=50", NOW))
     assert "json_extract(doc, '$.\"progress\"') >= ?" in sql
     assert params == [50]
-    sql, _ = filter_sql(parse("tags='x'", NOW))
+    sql, _ = filter_sql(parse("tags^='x'", NOW))
     assert sql.startswith("EXISTS (SELECT 1 FROM json_each(doc, '$.\"tags\"')")
+    # A tag equal to a string is a lookup in the store's side table of tags.
+    sql, _ = filter_sql(parse("tags='x'", NOW))
+    assert sql == "id IN (SELECT job_id FROM job_tag WHERE tag = ?)"
     sql, _ = filter_sql(parse("acl/owners='x'", NOW))
     assert 'json_each(doc, \'$."acl"."owners"\')' in sql
 
@@ -341,6 +344,7 @@ def test_hand_built_paths_are_validated():
         "created<'now-7d'",
         "created>=2026-01-01 and created<2026-02-01",
         "target-resource/href='deployment/1'",
+        "tags='/job/entries/entry-999-0000000001'",
     ],
 )
 def test_common_filters_use_an_index(text, empty_store):

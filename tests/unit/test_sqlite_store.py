@@ -162,6 +162,7 @@ def test_columns_added_to_an_older_database_are_filled_from_the_documents(
     with sqlite.db.write() as conn:  # as a version before these columns made it
         conn.execute("DROP INDEX job_updated_action_state")
         conn.execute("CREATE INDEX job_updated ON job(updated)")
+        conn.execute("DROP INDEX job_duration_id")
         conn.execute("ALTER TABLE job DROP COLUMN duration")
     sqlite.close()
     reopened = SqliteStore(path)
@@ -170,5 +171,52 @@ def test_columns_added_to_an_older_database_are_filled_from_the_documents(
         assert rows == [("b", "SUCCESS", 4, 1)]
         names = {r[0] for r in reopened.db.read("SELECT name FROM sqlite_master")}
         assert "job_updated_action_state" in names and "job_updated" not in names
+    finally:
+        reopened.close()
+
+
+def _visible(store: SqliteJobStore, principals: set[str], text: str | None = None) -> list[str]:
+    params = {"filter": [text]} if text else {}
+    count, docs = store.search(parse_query(params), frozenset(principals))
+    assert count == len(docs)
+    return sorted(d["id"] for d in docs)
+
+
+def test_the_readers_and_tags_side_tables_follow_every_write(store: SqliteJobStore) -> None:
+    store.insert(doc(1, acl={"owners": ["group/nuvla-admin"], "view-data": ["user/u"]}))
+    store.insert_many([doc(2, acl={"manage": ["user/u", "user/v"]}, tags=["t", 3])])
+    store.insert(doc(3, acl={"owners": "user/u"}))  # not a list: grants nothing
+    assert _visible(store, {"user/u"}) == ["job/1", "job/2"]
+    assert _visible(store, {"user/v"}) == ["job/2"]
+    assert _visible(store, {"user/w", "user/v"}, "tags='t'") == ["job/2"]
+    store.update("job/1", lambda d: {**d, "acl": {"edit-acl": ["user/w"]}})
+    assert _visible(store, {"user/u"}) == ["job/2"]
+    assert _visible(store, {"user/w"}) == ["job/1"]
+    store.update("job/2", lambda d: {**d, "tags": ["s"]})
+    assert ids(store, "tags='t'") == [] and ids(store, "tags='s'") == ["job/2"]
+    store.delete("job/2")
+    store.delete_matching(parse_query({"filter": ["id='job/1'"]}), frozenset({"user/w"}))
+    rows = store.db.read("SELECT count(*) FROM job_reader UNION ALL SELECT count(*) FROM job_tag")
+    assert rows == [(0,), (0,)]
+    # The kept total of each state follows inserts, state changes and deletes.
+    store.update("job/3", lambda d: {**d, "state": "FAILED"})
+    assert store.db.read("SELECT state, n FROM job_state_total WHERE n > 0") == [("FAILED", 1)]
+
+
+def test_side_tables_missing_from_an_older_database_are_filled_from_the_documents(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite"
+    sqlite = SqliteStore(path)
+    sqlite.jobs.insert_many([doc(1, acl={"view-meta": ["user/u"]}, tags=["t"])])
+    with sqlite.db.write() as conn:  # as a version before them made it
+        conn.execute("DROP TRIGGER job_side_rows_gone")
+        for table in ("job_reader", "job_tag", "job_state_total"):
+            conn.execute(f"DROP TABLE {table}")
+    sqlite.close()
+    reopened = SqliteStore(path)
+    try:
+        assert _visible(reopened.jobs, {"user/u"}, "tags='t'") == ["job/1"]
+        assert reopened.jobs.search(parse_query({"filter": ["state='QUEUED'"]}), None)[0] == 1
     finally:
         reopened.close()
