@@ -399,7 +399,8 @@ class Database:
     @contextmanager
     def write(self, bounded: bool = True) -> Iterator[sqlite3.Connection]:
         """A write transaction (nested calls join the outer one); ``bounded=False`` only for
-        the schema's own changes at open, which may fill a new table from every job."""
+        what no request makes: the schema's changes at open (which may fill a new table from
+        every job) and bulk loads."""
         with self._lock:
             conn = self._writer
             if conn.in_transaction:
@@ -592,7 +593,7 @@ class SqliteJobStore:
     def insert_many(self, docs: Iterable[Doc]) -> int:
         listed = list(docs)
         rows = ((d["id"], _dumps(d), 0, *_columns(d)) for d in listed)
-        with self.db.write() as conn:
+        with self.db.write(bounded=False) as conn:
             count = conn.executemany(_INSERT, rows).rowcount
             for table, column, values, _ in _SIDES:
                 conn.executemany(

@@ -55,21 +55,11 @@ def test_heavy_calls_leave_a_thread_for_light_ones() -> None:
         offloop.close()
 
 
-def _with_many_tags(path: Path) -> Path:
-    """500 jobs of 300 tags each, written within the default budget (each tag is also a row
-    of the store's side table)."""
-    loader = SqliteStore(path)
-    loader.jobs.insert_many(
-        {"id": f"job/{i}", "tags": [f"t{j}" for j in range(300)]} for i in range(500)
-    )
-    loader.close()
-    return path
-
-
 def test_the_loop_keeps_running_while_the_database_works(tmp_path: Path) -> None:
-    path = _with_many_tags(tmp_path / "jobs.sqlite")
-    inner = SqliteStore(path, StoreLimits(query_timeout=1.0))
+    inner = SqliteStore(tmp_path / "jobs.sqlite", StoreLimits(query_timeout=1.0))
     store = OffLoopStore(inner, OffLoop(2))
+    docs = [{"id": f"job/{i}", "tags": [f"t{j}" for j in range(300)]} for i in range(500)]
+    store.jobs.insert_many(docs)
     heavy = parse_query({"filter": [" or ".join(f"tags^='x{i}'" for i in range(400))]})
     ticks: list[float] = []
 
@@ -92,8 +82,10 @@ def test_the_loop_keeps_running_while_the_database_works(tmp_path: Path) -> None
 
 
 def test_the_budget_covers_bulk_deletes_too(tmp_path: Path) -> None:
-    path = _with_many_tags(tmp_path / "jobs.sqlite")
-    store = SqliteStore(path, StoreLimits(query_timeout=0.3))
+    store = SqliteStore(tmp_path / "jobs.sqlite", StoreLimits(query_timeout=0.3))
+    store.jobs.insert_many(
+        {"id": f"job/{i}", "tags": [f"t{j}" for j in range(300)]} for i in range(500)
+    )
     heavy = parse_query({"filter": [" or ".join(f"tags^='x{i}'" for i in range(400))]})
     with pytest.raises(QueryTimeout):
         store.jobs.delete_matching(heavy, None)
