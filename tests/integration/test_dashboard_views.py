@@ -7,19 +7,19 @@ rate to the traceback of one of its failed jobs.
 
 from __future__ import annotations
 
-import shutil
 import signal
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from nuvla_job.localstack.processes import executor_process
+from nuvla_job.timeutil import format_time
+from tests.support.browser import WAIT, chromium, css, log_in
+from tests.support.browser import waiting as wait
 from tests.support.jobapi import JobApiProcess
-from tests.support.needs import require
 from tests.support.waiting import wait_for
-
-WAIT = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -51,75 +51,17 @@ def stack(zookeeper) -> Iterator[tuple[JobApiProcess, Any, list[str], list[str]]
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory) -> Iterator[Any]:
-    try:
-        from selenium import webdriver
-        from selenium.common.exceptions import WebDriverException
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        webdriver = None
-    require(webdriver is not None, "selenium is not installed (pip install -e '.[test]')")
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    require(bool(chromium and driver_path), "Debian's chromium and chromium-driver are missing")
-    tmp = tmp_path_factory.mktemp("views-browser")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-        f"--user-data-dir={tmp / 'profile'}",
-    ):
-        options.add_argument(arg)
-    try:
-        driver = webdriver.Chrome(
-            service=Service(driver_path, log_output=str(tmp / "driver.log")), options=options
-        )
-    except WebDriverException as exc:
-        require(False, f"headless chromium cannot start here: {exc.msg}")
-    try:
+    with chromium(tmp_path_factory.mktemp("views-browser")) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture(scope="module")
 def page(browser, stack):
     """The browser logged in as the admin on the stack's dashboard."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-
     api = stack[0]
-    browser.get(f"{api.endpoint}/dashboard")
-    wait(browser).until(EC.visibility_of_element_located((By.ID, "login-form")))
     creds = api.credentials()
-    browser.find_element(By.ID, "login-name").send_keys(creds["key"])
-    browser.find_element(By.ID, "login-secret").send_keys(creds["secret"])
-    browser.find_element(By.ID, "login-submit").click()
-    wait(browser).until(EC.visibility_of_element_located((By.ID, "nav")))
+    log_in(browser, api.endpoint, creds["key"], creds["secret"])
     return browser
-
-
-def wait(browser) -> Any:
-    from selenium.common.exceptions import (
-        NoSuchElementException,
-        StaleElementReferenceException,
-    )
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(
-        browser,
-        WAIT,
-        poll_frequency=0.1,
-        ignored_exceptions=[StaleElementReferenceException, NoSuchElementException],
-    )
-
-
-def css(browser, selector: str) -> Any:
-    from selenium.webdriver.common.by import By
-
-    return browser.find_element(By.CSS_SELECTOR, selector)
 
 
 def test_three_clicks_from_a_failure_rate_to_a_traceback(page, stack) -> None:
@@ -217,3 +159,85 @@ def test_fleet_charts_draw_the_run(page, stack) -> None:
         "return Object.keys(charts).filter((k) => k.startsWith('duration-'))"
     )
     assert any("test_raises" in k for k in durations)
+
+
+@pytest.fixture
+def user_page(tmp_path) -> Iterator[Any]:
+    """A second browser of its own, for a user who is not an administrator."""
+    with chromium(tmp_path) as driver:
+        yield driver
+
+
+def test_a_user_sees_only_their_jobs_and_only_the_actions_their_rights_allow(
+    user_page, stack
+) -> None:
+    api, admin, _, _ = stack
+    viewer = api.user_api("viewer")
+    uid = viewer.user_id
+    # Delayed a day: they stay QUEUED, the stack's executor never takes them.
+    tomorrow = format_time(datetime.now(UTC) + timedelta(days=1))
+    later = {"not-before": tomorrow, "action": "viewer_action"}
+
+    def add(acl: dict[str, list[str]], **change: Any) -> str:
+        job = admin.add("job", {**later, "acl": acl}).data["resource-id"]
+        if change:
+            admin.edit(job, change)
+        return job
+
+    may_view = add({"view-data": [uid]})
+    may_cancel = add({"manage": [uid]})
+    failed = add({"view-data": [uid]}, state="FAILED", **{"status-message": "theirs broke"})
+    others = [
+        add({}, state="FAILED", **{"status-message": "Traceback: someone else's"}),
+        add({}, state="SUCCESS"),
+    ]
+    mine = {may_view, may_cancel, failed}
+    log_in(user_page, api.endpoint, "viewer", "pw-Secret-1", kind="password")
+
+    # The search lists their jobs and nobody else's.
+    rows = "#search-results tr[data-id]"
+    user_page.get(f"{api.endpoint}/dashboard#/jobs")
+    wait(user_page).until(
+        lambda d: (
+            {r.get_attribute("data-id") for r in d.find_elements("css selector", rows)} == mine
+        )
+    )
+    assert css(user_page, "#search-count").text == "(3)"
+
+    # Their job's page: no Cancel where they may only view; then someone else's job is
+    # refused, and nothing of the page before stays.
+    user_page.get(f"{api.endpoint}/dashboard#/{may_view}")
+    wait(user_page).until(lambda d: may_view in css(d, "#job-title").text)
+    assert user_page.find_elements("css selector", "#job-actions button.cancel") == []
+    user_page.get(f"{api.endpoint}/dashboard#/{others[0]}")
+    wait(user_page).until(lambda d: "may not see this job" in css(d, "#job-load-error").text)
+    assert not css(user_page, "#job-body").is_displayed()
+    assert css(user_page, "#job-title").text == others[0]
+    assert "someone else" not in user_page.find_element("tag name", "body").text
+    # Where they may manage the job, Cancel is offered.
+    user_page.get(f"{api.endpoint}/dashboard#/{may_cancel}")
+    wait(user_page).until(lambda d: css(d, "#job-actions button.cancel").is_displayed())
+    assert css(user_page, "#job-load-error").text == ""
+
+    # The per-action table counts their jobs only: three of the action's five.
+    user_page.get(f"{api.endpoint}/dashboard#/actions")
+    cell = '#actions-table tr[data-action="viewer_action"] td:nth-child(2)'
+    wait(user_page).until(lambda d: css(d, cell).text == "3")
+    assert admin.search("job", filter="action='viewer_action'", last=0).count == 5
+    states = css(user_page, '#actions-table tr[data-action="viewer_action"]').text
+    assert "FAILED 1" in states and "SUCCESS" not in states
+
+    # The overview's latest jobs: theirs, with Cancel only on the one they may cancel.
+    user_page.get(f"{api.endpoint}/dashboard#/")
+    recent = "#jobs tr[data-id]"
+    wait(user_page).until(
+        lambda d: (
+            {r.get_attribute("data-id") for r in d.find_elements("css selector", recent)} == mine
+        )
+    )
+    cancels = {
+        r.get_attribute("data-id")
+        for r in user_page.find_elements("css selector", recent)
+        if r.find_elements("css selector", "button.cancel")
+    }
+    assert cancels == {may_cancel}

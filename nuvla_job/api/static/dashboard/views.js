@@ -194,7 +194,20 @@ function operationButton(job, rel, label) {
 
 async function drawJob({ path }) {
   const id = path; // "job/<uuid>"
-  const job = await call("GET", `/api/${id}`);
+  let job;
+  try {
+    job = await call("GET", `/api/${id}`);
+  } catch (error) {
+    // Refused (403), gone (404) or failed: nothing of another job stays on the page.
+    $("#job-body").hidden = true;
+    $("#job-title").replaceChildren(el("span", id, "mono"));
+    if (error.status === 403) {
+      throw new HttpError(403, "You may not see this job: its ACL grants you no right on it.");
+    }
+    throw error;
+  }
+  $("#job-load-error").textContent = "";
+  $("#job-body").hidden = false;
   $("#job-title").replaceChildren(el("span", job.id, "mono"), el("span", ` ${job.action} `),
     el("span", job.state, `state ${job.state}`));
   $("#job-actions").replaceChildren(...["cancel", "retry"]
