@@ -47,6 +47,7 @@ from ..zk import children, pipelined, read_nodes
 from . import fleet
 from .errors import ApiError
 from .fleet import FleetSampler
+from .periodic import Periodic
 
 if TYPE_CHECKING:
     from .app import Context
@@ -165,16 +166,15 @@ class ZooKeeperView:
         return self._guarded(read)
 
 
-class QueueDepthSampler:
+class QueueDepthSampler(Periodic):
     """Samples the queue depth every ``interval`` seconds into a ring buffer (a greenlet)."""
 
     def __init__(
         self, view: ZooKeeperView, interval: float = SAMPLE_INTERVAL, size: int = SAMPLE_COUNT
     ) -> None:
+        super().__init__(interval)
         self.view = view
-        self.interval = interval
         self.samples: deque[dict[str, Any]] = deque(maxlen=size)
-        self._greenlet: gevent.Greenlet | None = None
 
     def sample(self) -> bool:
         """Take one sample now; False (and nothing recorded) while ZooKeeper is away."""
@@ -184,20 +184,6 @@ class QueueDepthSampler:
             return False
         self.samples.append({"time": round(time.time(), 3), **counts})
         return True
-
-    def _run(self) -> None:
-        while True:
-            self.sample()
-            gevent.sleep(self.interval)
-
-    def start(self) -> None:
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._run)
-
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
 
 
 def _require_admin(ctx: Context, req: falcon.Request) -> None:

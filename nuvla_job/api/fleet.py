@@ -32,12 +32,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import gevent
-
 from ..states import FINAL_STATES, JOB_CANCELED, JOB_FAILED, JOB_RUNNING, JOB_SUCCESS
 from ..timeutil import format_time
 from .errors import ApiError
 from .filters import Comparison
+from .periodic import Periodic
 from .query import Query
 from .store import JobStore, StoreError
 
@@ -103,7 +102,7 @@ def _ended(rows: Iterable[Row]) -> tuple[dict[str, int], dict[str, Counter[int]]
     return dict(ended), durations
 
 
-class FleetSampler:
+class FleetSampler(Periodic):
     """Samples the fleet every ``interval`` seconds into a ring (a greenlet)."""
 
     def __init__(
@@ -113,12 +112,11 @@ class FleetSampler:
         interval: float = DEFAULT_INTERVAL,
         window: float = WINDOW,
     ) -> None:
+        super().__init__(interval)
         self.store = store
         self.zookeeper = zookeeper
-        self.interval = interval
         self.samples: deque[Sample] = deque(maxlen=max(1, int(window / interval)))
         self._cut: float | None = None  # where the last slice of ended jobs stopped
-        self._greenlet: gevent.Greenlet | None = None
 
     def sample(self, now: float | None = None) -> Sample:
         now = time.time() if now is None else now
@@ -150,23 +148,6 @@ class FleetSampler:
         sample = Sample(now, entries, taken, running, ended, durations, executors)
         self.samples.append(sample)
         return sample
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.sample()
-            except Exception:  # never let one bad sample end the sampling
-                log.exception("fleet sample failed")
-            gevent.sleep(self.interval)
-
-    def start(self) -> None:
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._run)
-
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
 
     def series(self, window: float, buckets: int = MAX_BUCKETS, now: float | None = None) -> dict:
         """The samples of the last ``window`` seconds merged into at most ``buckets``."""

@@ -1,10 +1,5 @@
-"""The dashboard driven in headless Chromium against a real job API, ZooKeeper and executor.
-
-Browser driver: Selenium with Debian's ``chromium-driver``. The driver comes from the same
-Debian source package as ``chromium``, so the two always match, and nothing is downloaded at
-run time (Playwright would need its own browser build, or a pinned protocol version matched
-by hand to the system Chromium). Skipped, with the reason, only where no browser can run;
-under CI (``CI`` set) a missing browser fails instead, so a lost install step shows.
+"""The dashboard driven in headless Chromium (tests/support/browser.py) against a real job
+API, ZooKeeper and executor.
 
 Set ``DASHBOARD_SCREENSHOT=docs/dashboard.png`` to also save the screenshot for the README.
 """
@@ -28,50 +23,16 @@ from nuvla.api import Api
 
 from nuvla_job.presence import ROOT
 from tests.conftest import wipe
+from tests.support.browser import HEIGHT, WAIT, WIDTH, chromium, log_in
 from tests.support.jobapi import JobApiProcess
-from tests.support.needs import require
 
-WIDTH, HEIGHT = 1400, 1000
-WAIT = 30.0
 ENTRIES_RGB = (0x2F, 0x6F, 0xDE)  # the chart's entries line (style.css --entries)
 
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    try:
-        from selenium import webdriver
-        from selenium.common.exceptions import WebDriverException
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        webdriver = None
-    require(webdriver is not None, "selenium is not installed (pip install -e '.[test]')")
-    chromium = shutil.which("chromium")
-    driver_path = shutil.which("chromedriver")
-    require(
-        bool(chromium and driver_path), "Debian's chromium and chromium-driver are not installed"
-    )
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        f"--window-size={WIDTH},{HEIGHT}",
-        "--force-device-scale-factor=1",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(arg)
-    try:
-        driver = webdriver.Chrome(
-            service=Service(driver_path, log_output=str(tmp_path / "driver.log")), options=options
-        )
-    except WebDriverException as exc:
-        require(False, f"headless chromium cannot start here: {exc.msg}")
-    try:
+    with chromium(tmp_path, (WIDTH, HEIGHT)) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 # -- a PNG reader, enough for Chromium's screenshots (8-bit RGB/RGBA, not interlaced) --------
@@ -190,12 +151,8 @@ def test_dashboard_end_to_end(
         return browser.find_element(By.CSS_SELECTOR, selector).text
 
     try:
-        browser.get(f"{job_api.endpoint}/dashboard")
-        wait.until(EC.visibility_of_element_located((By.ID, "login-form")))
         creds = job_api.credentials()
-        browser.find_element(By.ID, "login-name").send_keys(creds["key"])
-        browser.find_element(By.ID, "login-secret").send_keys(creds["secret"])
-        browser.find_element(By.ID, "login-submit").click()
+        log_in(browser, job_api.endpoint, creds["key"], creds["secret"])
         wait.until(EC.visibility_of_element_located((By.ID, "board")))
 
         # Queue depth: five entries, two of them taken; the chart has its lines.
@@ -256,7 +213,6 @@ def test_dashboard_end_to_end(
 def test_dashboard_shows_the_failed_jobs_and_retries_one(browser, fresh_api: JobApiProcess) -> None:
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
     api = fresh_api.admin_api()
@@ -271,12 +227,8 @@ def test_dashboard_shows_the_failed_jobs_and_retries_one(browser, fresh_api: Job
         found = browser.find_elements(By.CSS_SELECTOR, "#jobs tr[data-id]")
         return {row.get_attribute("data-id"): row for row in found}
 
-    browser.get(f"{fresh_api.endpoint}/dashboard")
-    wait.until(EC.visibility_of_element_located((By.ID, "login-form")))
     creds = fresh_api.credentials()
-    browser.find_element(By.ID, "login-name").send_keys(creds["key"])
-    browser.find_element(By.ID, "login-secret").send_keys(creds["secret"])
-    browser.find_element(By.ID, "login-submit").click()
+    log_in(browser, fresh_api.endpoint, creds["key"], creds["secret"])
     wait.until(lambda d: set(rows()) == {queued, failed})
     # A Retry button on the FAILED job only.
     assert rows()[queued].find_elements(By.CSS_SELECTOR, "button.retry") == []
