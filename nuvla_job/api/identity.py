@@ -66,8 +66,12 @@ def _verify(secret_hash: str, secret: str) -> bool:
 class Identities:
     """Users, API keys and sessions, on a store.IdentityStore."""
 
-    def __init__(self, store: IdentityStore) -> None:
+    def __init__(self, store: IdentityStore, cache_sessions: bool = True) -> None:
+        """``cache_sessions``: keep sessions read in this process. Off when other processes
+        share the database (replicas): a logout through any of them must hold at once on
+        every one, so each request reads its session from the database."""
         self.store = store
+        self.cache_sessions = cache_sessions
         # token digest -> Caller, expiry: saves a database read on every request.
         self._sessions: dict[str, tuple[Caller, float]] = {}
 
@@ -143,7 +147,8 @@ class Identities:
         if record is None or record.expiry <= now:
             return None
         caller = Caller(record.identity, frozenset(record.claims), record.id)
-        self._sessions[digest] = (caller, record.expiry)
+        if self.cache_sessions:
+            self._sessions[digest] = (caller, record.expiry)
         return caller
 
     def session(self, session_id: str) -> dict[str, Any] | None:

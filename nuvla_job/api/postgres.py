@@ -17,6 +17,11 @@ that concurrent adds do not queue on one.
 Time budget: ``statement_timeout`` is the server's query timeout; a statement running past
 it is cancelled by PostgreSQL, answered as QueryTimeout.
 
+Replicas: each process takes an owner number and holds an advisory lock on it while it
+lives; the marks of its adds carry it. Interrupted-add recovery takes over only the marks
+of owners whose lock is gone (dead processes), so it never queues an add another replica is
+still doing, and two replicas never recover one mark.
+
 Schema: versioned migrations (MIGRATIONS), applied at start under an advisory lock, so
 replicas starting together apply each exactly once; ``schema_migrations`` records them.
 """
@@ -64,6 +69,9 @@ POOL_SIZE = 16
 CONNECT_TIMEOUT = 10.0
 # Migrations take this advisory lock: one process at a time changes the schema.
 _MIGRATION_LOCK = 0x6E756A6F62  # "nujob"
+# Each process holds the advisory lock (_OWNERS, its owner number) while it lives: marks of
+# an owner whose lock is gone are left by a dead process.
+_OWNERS = 0x6E756A6F  # "nujo"
 _UNIQUE_KEY_INDEX = "job_unique_key"
 
 
@@ -119,6 +127,11 @@ MIGRATIONS: dict[int, list[str]] = {
   expiry DOUBLE PRECISION NOT NULL
 )""",
     ],
+    # Replicas: which process owes a marked job its queue entry (Database.owner).
+    2: [
+        "ALTER TABLE job ADD COLUMN pending_owner INTEGER",
+        "CREATE SEQUENCE job_api_owner CYCLE MAXVALUE 2147483647",
+    ],
 }
 
 
@@ -141,9 +154,18 @@ def _dumps(doc: Any) -> str:
 
 
 _INSERT = (
-    f"INSERT INTO job (id, doc, enqueue_pending, {', '.join(_COLUMN_NAMES)})"
-    f" VALUES (%s, %s::jsonb, %s{', %s' * len(_COLUMN_NAMES)})"
+    f"INSERT INTO job (id, doc, enqueue_pending, pending_owner, {', '.join(_COLUMN_NAMES)})"
+    f" VALUES (%s, %s::jsonb, %s, %s{', %s' * len(_COLUMN_NAMES)})"
 )
+# Marks of adds no live process is doing any more (their owner's lock is gone: it died),
+# taken over by this one (SKIP LOCKED: two replicas never take one mark).
+_TAKE_OVER = f"""UPDATE job SET pending_owner = %(me)s WHERE id IN (
+  SELECT id FROM job WHERE enqueue_pending AND pending_owner IS DISTINCT FROM %(me)s
+  AND NOT EXISTS (
+    SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
+    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND classid = {_OWNERS}::oid AND objid = pending_owner::oid)
+  FOR UPDATE SKIP LOCKED)"""
 _DUE = (
     "SELECT id, doc::text FROM job WHERE not_before IS NOT NULL AND not_before <= %s"
     " AND state = 'QUEUED' ORDER BY not_before LIMIT %s FOR UPDATE SKIP LOCKED"
@@ -208,9 +230,22 @@ class Database:
             raise StoreError("cannot connect to the PostgreSQL database") from None
         try:
             self.migrate()
+            self.owner, self._owner_conn = self._own(url)
         except BaseException:
             self.pool.close()
             raise
+
+    def _own(self, url: str) -> tuple[int, psycopg.Connection]:
+        """This process's owner number, and the connection holding its advisory lock for as
+        long as the process lives (closed with it, whichever way it ends)."""
+        try:
+            conn = psycopg.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT))
+            row = conn.execute(b"SELECT nextval('job_api_owner')::integer").fetchone()
+            assert row is not None
+            conn.execute(b"SELECT pg_advisory_lock(%s, %s)", (_OWNERS, row[0]))
+        except psycopg.Error as exc:
+            raise _store_error(exc) from exc
+        return int(row[0]), conn
 
     @contextmanager
     def transaction(self, snapshot: bool = False) -> Iterator[psycopg.Connection]:
@@ -255,6 +290,7 @@ class Database:
 
     def close(self) -> None:
         self.pool.close()
+        self._owner_conn.close()
 
 
 def _constraint(exc: psycopg.Error) -> str:
@@ -316,7 +352,8 @@ class PostgresJobStore:
         _check_storable(doc)
         try:
             with _unique_key_of(doc), self.db.transaction() as conn:
-                values = [doc["id"], _dumps(doc), enqueue_pending, *_columns(doc)]
+                owner = self.db.owner if enqueue_pending else None
+                values = [doc["id"], _dumps(doc), enqueue_pending, owner, *_columns(doc)]
                 conn.execute(_INSERT.encode(), values)
                 _count_delta(conn, 1)
         except UniqueKeyTaken:
@@ -328,7 +365,7 @@ class PostgresJobStore:
         rows = []
         for doc in docs:
             _check_storable(doc)
-            rows.append((doc["id"], _dumps(doc), False, *_columns(doc)))
+            rows.append((doc["id"], _dumps(doc), False, None, *_columns(doc)))
         if not rows:
             return 0
         with self.db.transaction() as conn:
@@ -365,7 +402,8 @@ class PostgresJobStore:
             for job_id, text in rows:
                 current = orjson.loads(text)
                 new = {k: v for k, v in current.items() if k != "not-before"}
-                _write_doc(conn, job_id, new, extra="enqueue_pending = TRUE")
+                extra = f"enqueue_pending = TRUE, pending_owner = {int(self.db.owner)}"
+                _write_doc(conn, job_id, new, extra=extra)
                 claimed.append(new)
             return claimed
 
@@ -394,9 +432,15 @@ class PostgresJobStore:
             _write_doc(conn, job_id, new, extra="enqueue_pending = FALSE")
 
     def pending_enqueue(self, limit: int = 1000) -> list[Doc]:
-        rows = self.db.read(
-            "SELECT doc::text FROM job WHERE enqueue_pending ORDER BY created LIMIT %s", (limit,)
-        )
+        """This process's marks (its adds in progress are for jobs.py to leave alone), and
+        those of dead processes, taken over first."""
+        with self.db.transaction() as conn:
+            conn.execute(_TAKE_OVER.encode(), {"me": self.db.owner})
+            rows = conn.execute(
+                b"SELECT doc::text FROM job WHERE enqueue_pending AND pending_owner = %s"
+                b" ORDER BY created LIMIT %s",
+                (self.db.owner, limit),
+            ).fetchall()
         return [orjson.loads(r[0]) for r in rows]
 
     def delete(self, job_id: str) -> bool:
@@ -587,6 +631,8 @@ class PostgresStore:
     # Its calls yield to other greenlets while they wait (module docstring): the server
     # calls them on the event loop.
     cooperative = True
+    # Several job API processes may serve one database (store.Store).
+    shared = True
 
     def __init__(self, url: str, limits: StoreLimits | None = None) -> None:
         self.db = Database(url, limits)

@@ -32,7 +32,7 @@ from .jobs import JobService, QueueUnavailable
 from .offloop import DEFAULT_THREADS, OffLoop, OffLoopStore
 from .private_files import FILE_MODE, private_folder, tighten, tighten_fd
 from .request_headers import RequestHeaders
-from .store import Store, StoreLimits, StoreUrl, open_store, parse_store_url
+from .store import Store, StoreError, StoreLimits, StoreUrl, open_store, parse_store_url
 from .throttle import LoginLimits
 from .zk_queue import ZooKeeperJobQueue
 
@@ -286,6 +286,8 @@ class ServerConfig:
     db_threads: int = DEFAULT_THREADS  # offloop.OffLoop: database calls running at once
     query_timeout: float = StoreLimits.query_timeout  # seconds one transaction may run
     dashboard_interval: float = 5.0  # seconds between two fleet samples (api/fleet.py)
+    # seconds between two looks for interrupted adds on a shared store (replicas)
+    recovery_interval: float = 30.0
 
     def resolved(self) -> ServerConfig:
         """The defaults filled in; StoreUrlError when `db` names no store."""
@@ -352,7 +354,9 @@ class JobApiServer:
         self.offloop = OffLoop(self.config.db_threads)
         self.cooperative = bool(getattr(store, "cooperative", False))
         self.store: Store = store if self.cooperative else OffLoopStore(store, self.offloop)
-        self.identities = Identities(self.store.identities)
+        self.shared = bool(getattr(store, "shared", False))
+        self._recovery: gevent.Greenlet | None = None
+        self.identities = Identities(self.store.identities, cache_sessions=not self.shared)
         if not ensure_admin_key(
             self.identities, self.config.admin_credentials, self.config.endpoint
         ):
@@ -407,13 +411,24 @@ class JobApiServer:
             # Kazoo calls listeners on its event thread: do the work in a greenlet.
             gevent.spawn(self._recover)
 
+    def _recover_periodically(self) -> None:
+        # On a shared store a replica may die mid-add: another finishes it (postgres.py
+        # hands out only the marks of dead processes).
+        while True:
+            gevent.sleep(self.config.recovery_interval)
+            if self.zk.connected:
+                self._finish_interrupted_adds()
+
     def _recover(self) -> None:
         self._secure_parents()
+        self._finish_interrupted_adds()
+
+    def _finish_interrupted_adds(self) -> None:
         try:
             done = self.jobs.recover_pending()
             if done:
                 log.warning("queued %d job(s) whose add had been interrupted", done)
-        except QueueUnavailable as exc:
+        except (QueueUnavailable, StoreError) as exc:
             log.warning("could not finish interrupted adds yet: %s", exc)
 
     def _secure_parents(self) -> None:
@@ -437,6 +452,8 @@ class JobApiServer:
         # ZooKeeper is still unreachable; queued adds answer 503 until it is connected.
         self.zk.start_async()
         self.http.start()
+        if self.shared:
+            self._recovery = gevent.spawn(self._recover_periodically)
         log.info(
             "job API listening on %s (database %s)", self.config.endpoint, self.config.store_url
         )
@@ -445,6 +462,8 @@ class JobApiServer:
         # Stop accepting, let running requests finish, then drop the idle connections.
         # Held waits answer at once (their clients ask again elsewhere or after the restart).
         self.http.close()
+        if self._recovery is not None:
+            self._recovery.kill()
         self.jobs.changes.close()
         if not self.draining.drain(timeout):
             log.warning("requests still running after %.0f s are cut off", timeout)

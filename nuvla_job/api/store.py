@@ -122,7 +122,11 @@ class JobStore(Protocol):
         """Record the queue entry of a job: add it to ``tags`` and clear the pending mark."""
 
     def pending_enqueue(self, limit: int = 1000) -> list[Doc]:
-        """Documents still marked as owed a queue entry (an add interrupted by a crash)."""
+        """Documents still marked as owed a queue entry (an add interrupted by a crash).
+
+        A store shared by several processes returns only marks no other live process is
+        still working on (its adds in progress), taking them over, so that no two
+        processes finish one add."""
 
     def claim_due(self, now: str, limit: int) -> list[Doc]:
         """Atomically take up to ``limit`` waiting jobs (``QUEUED`` with a ``not-before`` at
@@ -217,6 +221,9 @@ class Store(Protocol):
 
     ``cooperative`` (a class attribute, False when absent): its calls yield to other
     greenlets while they wait on the database, so the server may call it on its event loop.
+    ``shared`` (likewise): other job API processes may write the same database (replicas),
+    so nothing read from it may be kept in one process (sessions), and interrupted adds are
+    looked for again every so often (an add of a replica that died is finished by another).
     """
 
     @property

@@ -191,6 +191,15 @@ def main() -> None:
     "them are kept in memory).",
 )
 @click.option(
+    "--recovery-interval",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    envvar="JOB_API_RECOVERY_INTERVAL",
+    help="On a PostgreSQL store (replicas): seconds between two looks for adds that a "
+    "job API process which died had not finished.",
+)
+@click.option(
     "--max-connections",
     default=1000,
     show_default=True,
