@@ -7,6 +7,7 @@ as the ``nuvla-api`` client expects. Bad input is a 4xx naming the problem, neve
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ from .jobs import JobService
 from .offloop import OffLoop
 from .query import Query, QueryError, parse_query
 from .store import PageTooLarge, QueryTimeout, StoreError, Unstorable
-from .throttle import LoginLimits, LoginThrottle, TooManyFailures
+from .throttle import CounterStore, LoginLimits, LoginThrottle, TooManyFailures
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,14 @@ class Context:
         identities: Identities,
         settings: Settings,
         offloop: OffLoop | None = None,
+        login_counters: CounterStore | None = None,
     ) -> None:
         self.jobs = jobs
         self.identities = identities
         self.settings = settings
-        self.login_throttle = LoginThrottle(settings.login_limits)
+        # Counters replicas share are compared across hosts: on the wall clock.
+        clock = time.monotonic if login_counters is None else time.time
+        self.login_throttle = LoginThrottle(settings.login_limits, clock, login_counters)
         self.offloop = offloop
 
     def heavy(self, call: Callable[..., T], *args: Any) -> T:
@@ -526,10 +530,12 @@ def create_app(
     settings: Settings | None = None,
     queue_state: Callable[[], str] = lambda: "CONNECTED",
     offloop: OffLoop | None = None,
+    login_counters: CounterStore | None = None,
 ) -> falcon.App:
     """The WSGI application serving the job API under ``/api``; with `offloop`, searches
-    are parsed, run and encoded in its threads (the store's calls run there anyway)."""
-    ctx = Context(jobs, identities, settings or Settings(), offloop)
+    are parsed, run and encoded in its threads (the store's calls run there anyway); with
+    `login_counters`, the failed-login back-off is kept there (shared by replicas)."""
+    ctx = Context(jobs, identities, settings or Settings(), offloop, login_counters)
     app = falcon.App(cors_enable=False, middleware=[OtherSites()])
     app.req_options.auto_parse_form_urlencoded = False
     app.req_options.strip_url_path_trailing_slash = True

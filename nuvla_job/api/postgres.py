@@ -28,10 +28,11 @@ replicas starting together apply each exactly once; ``schema_migrations`` record
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import psycopg
@@ -53,6 +54,7 @@ from .store import (
     UniqueKeyTaken,
     Unstorable,
 )
+from .throttle import Counter
 
 # The indexed paths the store writes itself, with (column, SQL type): `id` is the primary key.
 STORED_COLUMNS = {
@@ -73,6 +75,7 @@ _MIGRATION_LOCK = 0x6E756A6F62  # "nujob"
 # an owner whose lock is gone are left by a dead process.
 _OWNERS = 0x6E756A6F  # "nujo"
 _UNIQUE_KEY_INDEX = "job_unique_key"
+T = TypeVar("T")
 
 
 def _job_table() -> str:
@@ -131,6 +134,18 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [
         "ALTER TABLE job ADD COLUMN pending_owner INTEGER",
         "CREATE SEQUENCE job_api_owner CYCLE MAXVALUE 2147483647",
+    ],
+    # Replicas: failed-login counters shared by every process (throttle.py), by digest of
+    # the key (a name may be a password typed in the wrong field: never stored).
+    3: [
+        """CREATE TABLE login_counter (
+  key TEXT PRIMARY KEY,
+  failures INTEGER NOT NULL DEFAULT 0,
+  pending INTEGER NOT NULL DEFAULT 0,
+  last_failure DOUBLE PRECISION NOT NULL DEFAULT 0,
+  pending_until DOUBLE PRECISION NOT NULL DEFAULT 0
+)""",
+        "CREATE INDEX login_counter_last_failure ON login_counter (last_failure)",
     ],
 }
 
@@ -625,6 +640,55 @@ class PostgresIdentityStore:
             return conn.execute(b"DELETE FROM session WHERE id = %s", (session_id,)).rowcount > 0
 
 
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class PostgresLoginCounters:
+    """throttle.CounterStore in table ``login_counter``: the back-off holds across replicas
+    (their clocks: the wall clock, which replicas must keep in sync, as NTP does)."""
+
+    # One update in this many also forgets the counters past their window.
+    PRUNE_EVERY = 200
+
+    def __init__(self, db: Database, window: float) -> None:
+        self.db = db
+        self.window = window
+
+    def update(self, keys: list[str], now: float, change: Callable[[dict[str, Counter]], T]) -> T:
+        digests = {
+            hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest(): key for key in keys
+        }
+        ordered = sorted(digests)  # rows locked in one order: no deadlock between replicas
+        with self.db.transaction() as conn:
+            conn.execute(
+                b"INSERT INTO login_counter (key) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                (ordered,),
+            )
+            rows = conn.execute(
+                b"SELECT key, failures, pending, last_failure, pending_until FROM login_counter"
+                b" WHERE key = ANY(%s::text[]) ORDER BY key FOR UPDATE",
+                (ordered,),
+            ).fetchall()
+            counters = {digests[k]: Counter(f, p, last, until) for k, f, p, last, until in rows}
+            result = change(counters)
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    b"UPDATE login_counter SET failures = %s, pending = %s, last_failure = %s,"
+                    b" pending_until = %s WHERE key = %s",
+                    [
+                        (c.failures, c.pending, c.last_failure, c.pending_until, digest)
+                        for digest, c in ((d, counters[digests[d]]) for d in ordered)
+                    ],
+                )
+            if random.randrange(self.PRUNE_EVERY) == 0:
+                conn.execute(
+                    b"DELETE FROM login_counter WHERE pending_until < %s AND last_failure < %s",
+                    (now, now - self.window),
+                )
+        return result
+
+
 class PostgresStore:
     """store.Store on one PostgreSQL database (its schema created or upgraded at open)."""
 
@@ -638,6 +702,10 @@ class PostgresStore:
         self.db = Database(url, limits)
         self.jobs = PostgresJobStore(self.db)
         self.identities = PostgresIdentityStore(self.db)
+
+    def login_counters(self, window: float) -> PostgresLoginCounters:
+        """Failed-login counters shared by every process on this database."""
+        return PostgresLoginCounters(self.db, window)
 
     def close(self) -> None:
         self.db.close()

@@ -387,6 +387,12 @@ class JobApiServer:
             settings,
             queue_state=lambda: str(self.zk.state),
             offloop=None if self.cooperative else self.offloop,
+            # A shared store keeps the back-off for every replica.
+            login_counters=(
+                store.login_counters(self.config.login_window)  # type: ignore[attr-defined]
+                if self.shared
+                else None
+            ),
         )
         self.draining = Draining(self.app)
         self.http = NoDelayWSGIServer(

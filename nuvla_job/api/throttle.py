@@ -28,12 +28,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from ..backoff import backoff_delay
 
 # Past this many tracked names/addresses, forgotten ones are pruned (bounded memory under a
 # spray of random names).
 _PRUNE_AT = 10_000
+# An attempt being verified counts this long at most: one whose process died never ends.
+PENDING_TTL = 60.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,10 +53,47 @@ class LoginLimits:
 
 
 @dataclass
-class _Counter:
+class Counter:
     failures: int = 0
     pending: int = 0
     last_failure: float = 0.0
+    pending_until: float = 0.0  # when the attempts being verified stop counting
+
+
+class CounterStore(Protocol):
+    """Where the counters live: this process's memory, or a database that replicas share
+    (postgres.py), so that the back-off holds across them."""
+
+    def update(self, keys: list[str], now: float, change: Callable[[dict[str, Counter]], T]) -> T:
+        """Atomically: the counters of `keys` (new ones at zero), changed in place by
+        `change`, kept; its result. Nothing is kept when `change` raises."""
+
+
+class MemoryCounters:
+    """Counters in this process's memory (a restart forgets them)."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.counters: dict[str, Counter] = {}
+        self._prune_at = _PRUNE_AT
+
+    def update(self, keys: list[str], now: float, change: Callable[[dict[str, Counter]], T]) -> T:
+        before = {key: self.counters.get(key) for key in keys}
+        work = {key: Counter(**vars(c)) if c else Counter() for key, c in before.items()}
+        result = change(work)
+        self.counters.update(work)
+        if len(self.counters) > self._prune_at:
+            self._prune(now)
+        return result
+
+    def _prune(self, now: float) -> None:
+        self.counters = {
+            key: c
+            for key, c in self.counters.items()
+            if c.pending or (c.failures and now - c.last_failure < self.window)
+        }
+        # Under a spray of fresh names most counters are live: do not prune on every login.
+        self._prune_at = max(_PRUNE_AT, 2 * len(self.counters))
 
 
 class TooManyFailures(Exception):
@@ -63,13 +105,18 @@ class TooManyFailures(Exception):
 
 
 class LoginThrottle:
-    """Failed-login counters, in memory (a restart forgets them)."""
+    """Failed-login counters, in memory by default (a restart forgets them), or in the
+    ``store`` replicas share (then ``clock`` must be the wall clock: time.time)."""
 
-    def __init__(self, limits: LoginLimits, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limits: LoginLimits,
+        clock: Callable[[], float] = time.monotonic,
+        store: CounterStore | None = None,
+    ) -> None:
         self.limits = limits
         self.clock = clock
-        self._counters: dict[str, _Counter] = {}
-        self._prune_at = _PRUNE_AT
+        self.store = store or MemoryCounters(limits.window)
 
     def _keys(self, name: str, address: str) -> list[tuple[str, int]]:
         keys = []
@@ -82,19 +129,14 @@ class LoginThrottle:
             keys.append((f"name:{name}", self.limits.max_failures_per_name))
         return keys
 
-    def _counter(self, key: str, now: float) -> _Counter:
-        counter = self._counters.get(key)
-        if (
-            counter is not None
-            and not counter.pending
-            and now - counter.last_failure >= self.limits.window
-        ):
-            counter = None  # forgotten
-        if counter is None:
-            counter = self._counters[key] = _Counter()
+    def _fresh(self, counter: Counter, now: float) -> Counter:
+        if counter.pending and now > counter.pending_until:
+            counter.pending = 0  # their process never ended them
+        if not counter.pending and now - counter.last_failure >= self.limits.window:
+            counter.failures, counter.last_failure = 0, 0.0  # forgotten
         return counter
 
-    def _wait(self, counter: _Counter, limit: int, now: float) -> float:
+    def _wait(self, counter: Counter, limit: int, now: float) -> float:
         """Seconds before one more attempt may be checked (0: now)."""
         if counter.failures + counter.pending < limit:
             return 0.0
@@ -108,44 +150,41 @@ class LoginThrottle:
         """Reserve one attempt, or raise :class:`TooManyFailures`; then call :meth:`end`."""
         now = self.clock()
         keys = self._keys(name, address)
-        counters = [(self._counter(key, now), limit) for key, limit in keys]
-        wait = max((self._wait(c, limit, now) for c, limit in counters), default=0.0)
-        if wait > 0:
-            raise TooManyFailures(max(1, math.ceil(wait)))
-        for counter, _ in counters:
-            counter.pending += 1
+
+        def reserve(counters: dict[str, Counter]) -> None:
+            current = [(self._fresh(counters[key], now), limit) for key, limit in keys]
+            wait = max((self._wait(c, limit, now) for c, limit in current), default=0.0)
+            if wait > 0:
+                raise TooManyFailures(max(1, math.ceil(wait)))
+            for counter, _ in current:
+                counter.pending += 1
+                counter.pending_until = now + PENDING_TTL
+
+        if keys:
+            self.store.update([key for key, _ in keys], now, reserve)
 
     def end(self, name: str, address: str, success: bool | None) -> bool:
         """Record the outcome of an attempt reserved with :meth:`begin` (None: no outcome,
         e.g. the database failed). True when this failure starts a back-off."""
         now = self.clock()
-        started = False
-        for key, limit in self._keys(name, address):
-            counter = self._counters.get(key)
-            if counter is None:
-                continue
-            counter.pending = max(0, counter.pending - 1)
-            if success is None:
-                continue
-            if not success:
-                counter.failures += 1
-                counter.last_failure = now
-                started = started or counter.failures == limit
-            elif key.startswith("pair:"):
-                # Only this name's counter from this address: one valid account must not
-                # clear an address that is guessing others' passwords, nor the others'
-                # failures for this name.
-                counter.failures = 0
-        if len(self._counters) > self._prune_at:
-            self._prune(now)
-        return started
+        keys = self._keys(name, address)
 
-    def _prune(self, now: float) -> None:
-        window = self.limits.window
-        self._counters = {
-            key: c
-            for key, c in self._counters.items()
-            if c.pending or (c.failures and now - c.last_failure < window)
-        }
-        # Under a spray of fresh names most counters are live: do not prune on every login.
-        self._prune_at = max(_PRUNE_AT, 2 * len(self._counters))
+        def record(counters: dict[str, Counter]) -> bool:
+            started = False
+            for key, limit in keys:
+                counter = counters[key]
+                counter.pending = max(0, counter.pending - 1)
+                if success is None:
+                    continue
+                if not success:
+                    counter.failures += 1
+                    counter.last_failure = now
+                    started = started or counter.failures == limit
+                elif key.startswith("pair:"):
+                    # Only this name's counter from this address: one valid account must
+                    # not clear an address that is guessing others' passwords, nor the
+                    # others' failures for this name.
+                    counter.failures = 0
+            return started
+
+        return bool(keys) and self.store.update([key for key, _ in keys], now, record)

@@ -150,3 +150,27 @@ def test_a_dead_replicas_add_is_finished_once_and_a_live_ones_is_left_alone(
         assert "tags" not in held.json()
     finally:
         alive.close()
+
+
+def test_the_login_back_off_holds_across_replicas(
+    zookeeper: ZooKeeperServer, postgres_db: str
+) -> None:
+    """Failed logins through either replica count together: the third failure, wherever it
+    lands, starts the back-off on both."""
+    args = ("--recovery-interval", "30", "--login-max-failures", "3", "--login-backoff", "60")
+    with JobApiProcess(zookeeper.hosts, *args, db=postgres_db) as first:
+        second = JobApiProcess(zookeeper.hosts, *args, db=postgres_db)
+        second.credentials_path = first.credentials_path
+        with second:
+            key = first.credentials()["key"]
+            template = {"href": "session-template/api-key", "key": key, "secret": "wrong"}
+
+            def login(server: JobApiProcess) -> int:
+                answer = requests.post(
+                    f"{server.endpoint}/api/session", json={"template": template}, timeout=10
+                )
+                return answer.status_code
+
+            assert [login(s) for s in (first, second, first)] == [403, 403, 403]
+            assert login(second) == 429
+            assert login(first) == 429
