@@ -166,6 +166,12 @@ class OffLoopIdentityStore:
     def delete_session(self, session_id: str) -> bool:
         return self.offloop.run(self.store.delete_session, session_id)
 
+    def principals(self) -> list[Principal]:
+        return self.offloop.run(self.store.principals)
+
+    def sessions(self) -> list[SessionRecord]:
+        return self.offloop.run(self.store.sessions)
+
 
 class OffLoopStore:
     """A store.Store whose every call runs in ``offloop``'s threads."""

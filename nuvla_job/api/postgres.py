@@ -639,6 +639,20 @@ class PostgresIdentityStore:
         with self.db.transaction() as conn:
             return conn.execute(b"DELETE FROM session WHERE id = %s", (session_id,)).rowcount > 0
 
+    def principals(self) -> list[Principal]:
+        rows = self.db.read(
+            "SELECT id, kind, name, secret_hash, identity, claims::text, created FROM principal"
+            " ORDER BY id"
+        )
+        return [Principal(p, k, n, h, i, _claims(c), t) for p, k, n, h, i, c, t in rows]
+
+    def sessions(self) -> list[SessionRecord]:
+        rows = self.db.read(
+            "SELECT id, token_hash, identity, claims::text, created, expiry FROM session"
+            " ORDER BY id"
+        )
+        return [SessionRecord(s, h, i, _claims(c), t, e) for s, h, i, c, t, e in rows]
+
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()

@@ -885,6 +885,19 @@ class SqliteIdentityStore:
         with self.db.write() as conn:
             return conn.execute("DELETE FROM session WHERE id = ?", (session_id,)).rowcount > 0
 
+    def principals(self) -> list[Principal]:
+        rows = self.db.read(
+            "SELECT id, kind, name, secret_hash, identity, claims, created FROM principal"
+            " ORDER BY id"
+        )
+        return [Principal(p, k, n, h, i, _claims(c), t) for p, k, n, h, i, c, t in rows]
+
+    def sessions(self) -> list[SessionRecord]:
+        rows = self.db.read(
+            "SELECT id, token_hash, identity, claims, created, expiry FROM session ORDER BY id"
+        )
+        return [SessionRecord(s, h, i, _claims(c), t, e) for s, h, i, c, t, e in rows]
+
 
 class SqliteStore:
     """store.Store on one SQLite file (its folder is created when missing)."""

@@ -215,6 +215,12 @@ class IdentityStore(Protocol):
 
     def delete_session(self, session_id: str) -> bool: ...
 
+    def principals(self) -> list[Principal]:
+        """Every principal (`job-api migrate` copies them)."""
+
+    def sessions(self) -> list[SessionRecord]:
+        """Every session (`job-api migrate` copies them, so that logins survive a move)."""
+
 
 class Store(Protocol):
     """One database: the jobs and the identities in it.

@@ -347,5 +347,72 @@ def add_key(identity: str, admin: bool, groups: tuple[str, ...], db: str | None)
     click.echo()
 
 
+def _store_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    _check_db(ctx, param, value)
+    return value
+
+
+@main.command()
+@click.argument("source", callback=_store_url)
+@click.argument("destination", callback=_store_url)
+@click.option(
+    "--batch",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Jobs read and written at a time.",
+)
+def migrate(source: str, destination: str, batch: int) -> None:
+    """Copy jobs and identities from SOURCE to DESTINATION (two --db values: a SQLite file
+    and a postgresql:// URL, either way round). Stop the source's job API first. Resumable:
+    a rerun copies only what DESTINATION lacks. Exits 1 unless every job is there at the end."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from ..api.migrate import migrate as copy
+    from ..api.store import StoreError, open_store, parse_store_url
+
+    if parse_store_url(source) == parse_store_url(destination):
+        raise click.UsageError("SOURCE and DESTINATION are the same database")
+    try:
+        origin = open_store(source)
+        try:
+            target = open_store(destination)
+        except BaseException:
+            origin.close()
+            raise
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, transient=False) as bar:
+            task = bar.add_task("jobs", total=None)
+            report = copy(
+                origin,
+                target,
+                batch,
+                lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except StoreError as exc:
+        raise click.ClickException(
+            f"{exc} (run the command again: it goes on where it stopped)"
+        ) from None
+    finally:
+        origin.close()
+        target.close()
+    click.echo(
+        f"jobs: {report.jobs_copied} copied, {report.jobs_present} already there; "
+        f"principals: {report.principals_copied} copied; sessions: {report.sessions_copied} copied"
+    )
+    click.echo(f"counts: source {report.source_jobs}, destination {report.destination_jobs}")
+    if report.unstorable:
+        click.echo(
+            f"{len(report.unstorable)} job(s) the destination cannot hold (a NUL character): "
+            + ", ".join(report.unstorable[:20]),
+            err=True,
+        )
+    if not report.complete:
+        raise click.ClickException("the destination lacks jobs of the source")
+
+
 if __name__ == "__main__":
     main()
