@@ -13,12 +13,14 @@ missed (the counts at the end say so).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 from .filters import Comparison
 from .query import Query
-from .store import Conflict, Doc, Store, Unstorable
+from .store import Conflict, Doc, Store, StoreUrl, Unstorable
 
 BATCH = 1000
 
@@ -37,8 +39,25 @@ class MigrationReport:
 
     @property
     def complete(self) -> bool:
-        """Every job of the source is in the destination."""
-        return not self.unstorable and self.destination_jobs >= self.source_jobs
+        """The destination holds exactly the source's jobs (more: it held jobs of its own,
+        or a job API added some during the copy; fewer: some are missing)."""
+        return not self.unstorable and self.destination_jobs == self.source_jobs
+
+
+def same_database(a: StoreUrl, b: StoreUrl) -> bool:
+    """Whether two --db values name one database: a SQLite file by its real path (however
+    spelled: relative, sqlite:///, a symbolic link), a server database by host, port and name
+    (libpq options aside)."""
+    if a.scheme != b.scheme:
+        return False
+    if a.scheme == "sqlite":
+        return os.path.realpath(a.path) == os.path.realpath(b.path)
+
+    def where(url: str) -> tuple[str, int, str]:
+        parts = urlsplit(url)
+        return (parts.hostname or "").lower(), parts.port or 5432, unquote(parts.path.lstrip("/"))
+
+    return where(a.url) == where(b.url)
 
 
 def _count(store: Store) -> int:

@@ -365,14 +365,20 @@ def _store_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def migrate(source: str, destination: str, batch: int) -> None:
     """Copy jobs and identities from SOURCE to DESTINATION (two --db values: a SQLite file
     and a postgresql:// URL, either way round). Stop the source's job API first. Resumable:
-    a rerun copies only what DESTINATION lacks. Exits 1 unless every job is there at the end."""
+    a rerun copies only what DESTINATION lacks. Exits 1 unless both hold as many jobs at the
+    end."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from ..api.migrate import migrate as copy
+    from ..api.migrate import same_database
     from ..api.store import StoreError, open_store, parse_store_url
 
-    if parse_store_url(source) == parse_store_url(destination):
+    origin_url = parse_store_url(source)
+    if same_database(origin_url, parse_store_url(destination)):
         raise click.UsageError("SOURCE and DESTINATION are the same database")
+    if origin_url.scheme == "sqlite" and not origin_url.path.is_file():
+        # Opening it would create an empty store: a mistyped path would copy nothing, "fine".
+        raise click.BadParameter(f"no SQLite file at {origin_url.path}", param_hint="'SOURCE'")
     try:
         origin = open_store(source)
         try:
@@ -411,7 +417,18 @@ def migrate(source: str, destination: str, batch: int) -> None:
             err=True,
         )
     if not report.complete:
-        raise click.ClickException("the destination lacks jobs of the source")
+        if report.destination_jobs > report.source_jobs:
+            raise click.ClickException(
+                f"the destination holds {report.destination_jobs - report.source_jobs} jobs"
+                " more than the source: it held jobs of its own, or a job API added some"
+                " during the copy"
+            )
+        raise click.ClickException(
+            "the destination lacks jobs of the source (run the command again when a job API"
+            " was serving the source: it copies what is missing)"
+            if not report.unstorable
+            else "the destination lacks jobs of the source"
+        )
 
 
 if __name__ == "__main__":
