@@ -9,7 +9,7 @@ import io
 
 import pytest
 
-from nuvla_job.transport import LeanResponse
+from nuvla_job.transport import LeanConnection, LeanResponse
 
 
 class Wire:
@@ -79,3 +79,23 @@ def test_a_head_answer_has_no_body() -> None:
 def test_bad_answers_raise_http_client_errors(data: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         LeanResponse(Wire(data), method="GET").begin()  # type: ignore[arg-type]
+
+
+class Recorder:
+    """A connected socket that records what is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+
+@pytest.mark.parametrize("body", [b'{"progress": 40}', None])
+def test_a_request_goes_out_in_one_send_with_the_same_bytes(body: bytes | None) -> None:
+    lean, stdlib = LeanConnection("127.0.0.1", 9), http.client.HTTPConnection("127.0.0.1", 9)
+    for conn in (lean, stdlib):
+        conn.sock = Recorder()  # type: ignore[assignment]
+        conn.request("PUT", "/api/job/1", body=body, headers={"Content-Type": "application/json"})
+    assert len(lean.sock.sent) == 1  # type: ignore[union-attr]
+    assert lean.sock.sent == [b"".join(stdlib.sock.sent)]  # type: ignore[union-attr]
