@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -67,8 +68,13 @@ _COLUMN_NAMES = [column for column, _ in STORED_COLUMNS.values()]
 TOTAL_SLOTS = 16
 # Connections one process keeps at most (each request holds one for its transaction only).
 POOL_SIZE = 16
-# How long a call waits for a free connection (or for the database to answer a connect).
+# How long a connect may take.
 CONNECT_TIMEOUT = 10.0
+# How long a call waits for a connection of the pool (then: 503, the database is unavailable).
+POOL_WAIT = 3.0
+# How long the pool's own reconnection attempts go on (its back-off doubles each time):
+# short, as requests start new attempts when they need a connection, with no back-off.
+RECONNECT_FOR = 2.0
 # Migrations take this advisory lock: one process at a time changes the schema.
 _MIGRATION_LOCK = 0x6E756A6F62  # "nujob"
 # Each process holds the advisory lock (_OWNERS, its owner number) while it lives: marks of
@@ -229,7 +235,8 @@ class Database:
             url,
             min_size=1,
             max_size=pool_size,
-            timeout=CONNECT_TIMEOUT,
+            timeout=POOL_WAIT,
+            reconnect_timeout=RECONNECT_FOR,
             kwargs={
                 "options": f"-c statement_timeout={timeout_ms}",
                 "connect_timeout": int(CONNECT_TIMEOUT),
@@ -237,12 +244,18 @@ class Database:
             },
             open=False,
             name="nuvla-job-store",
+            # A connection is checked as it is handed out: after a restart of PostgreSQL
+            # the first requests get new connections, not errors.
+            check=ConnectionPool.check_connection,
         )
         try:
             self.pool.open(wait=True, timeout=CONNECT_TIMEOUT)
         except PoolTimeout:
             self.pool.close()
             raise StoreError("cannot connect to the PostgreSQL database") from None
+        self._url = url
+        # threading's: a greenlet lock under gevent's patch, an OS-thread one otherwise.
+        self._owner_lock = threading.Lock()
         try:
             self.migrate()
             self.owner, self._owner_conn = self._own(url)
@@ -261,6 +274,18 @@ class Database:
         except psycopg.Error as exc:
             raise _store_error(exc) from exc
         return int(row[0]), conn
+
+    def current_owner(self) -> int:
+        """This process's owner number, its lock checked first: a new number and lock when
+        the connection holding it was lost (PostgreSQL restarted), as other processes may
+        have taken the old one for dead already. Called before a mark is written."""
+        with self._owner_lock:
+            try:
+                self._owner_conn.execute(b"SELECT 1")
+            except psycopg.Error:
+                self._owner_conn.close()
+                self.owner, self._owner_conn = self._own(self._url)
+            return self.owner
 
     @contextmanager
     def transaction(self, snapshot: bool = False) -> Iterator[psycopg.Connection]:
@@ -367,7 +392,7 @@ class PostgresJobStore:
         _check_storable(doc)
         try:
             with _unique_key_of(doc), self.db.transaction() as conn:
-                owner = self.db.owner if enqueue_pending else None
+                owner = self.db.current_owner() if enqueue_pending else None
                 values = [doc["id"], _dumps(doc), enqueue_pending, owner, *_columns(doc)]
                 conn.execute(_INSERT.encode(), values)
                 _count_delta(conn, 1)
@@ -411,13 +436,14 @@ class PostgresJobStore:
             return new
 
     def claim_due(self, now: str, limit: int) -> list[Doc]:
+        owner = int(self.db.current_owner())
         with self.db.transaction() as conn:
             rows = conn.execute(_DUE.encode(), (now, limit)).fetchall()
             claimed = []
             for job_id, text in rows:
                 current = orjson.loads(text)
                 new = {k: v for k, v in current.items() if k != "not-before"}
-                extra = f"enqueue_pending = TRUE, pending_owner = {int(self.db.owner)}"
+                extra = f"enqueue_pending = TRUE, pending_owner = {owner}"
                 _write_doc(conn, job_id, new, extra=extra)
                 claimed.append(new)
             return claimed
@@ -449,12 +475,13 @@ class PostgresJobStore:
     def pending_enqueue(self, limit: int = 1000) -> list[Doc]:
         """This process's marks (its adds in progress are for jobs.py to leave alone), and
         those of dead processes, taken over first."""
+        me = self.db.current_owner()
         with self.db.transaction() as conn:
-            conn.execute(_TAKE_OVER.encode(), {"me": self.db.owner})
+            conn.execute(_TAKE_OVER.encode(), {"me": me})
             rows = conn.execute(
                 b"SELECT doc::text FROM job WHERE enqueue_pending AND pending_owner = %s"
                 b" ORDER BY created LIMIT %s",
-                (self.db.owner, limit),
+                (me, limit),
             ).fetchall()
         return [orjson.loads(r[0]) for r in rows]
 

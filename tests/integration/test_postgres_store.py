@@ -13,10 +13,12 @@ import psycopg
 import pytest
 import requests
 
+from nuvla_job import queue
 from nuvla_job.api.postgres import MIGRATIONS, PostgresStore
 from nuvla_job.api.query import parse_query
 from nuvla_job.api.store import DuplicateId, QueryTimeout, StoreLimits, UniqueKeyTaken, Unstorable
 from tests.support.jobapi import JobApiProcess
+from tests.support.postgres import PostgresServer
 from tests.support.waiting import wait_for
 
 
@@ -138,3 +140,45 @@ def test_a_waiting_query_does_not_stall_other_requests(zookeeper, postgres_db: s
         thread.join(30)
         assert answers == [200]
         assert admin.get(held).data["status-message"] == "edited"
+
+
+def test_postgresql_down_adds_are_503_nothing_half_stored_and_it_recovers(zookeeper, zk) -> None:
+    """PostgreSQL stopped under a running job API: adds and reads answer 503 in our words
+    (nothing stored, nothing queued); once it is back, the next add succeeds without a
+    restart of the job API (the figure: how long after PostgreSQL answers again)."""
+    with PostgresServer() as server:
+        url = server.create_database("jobs")
+        with JobApiProcess(zookeeper.hosts, db=url) as api:
+            http = api.admin_api().session
+            base = f"{api.endpoint}/api"
+            kept = http.post(f"{base}/job", json={"action": "test_before"}, timeout=10)
+            assert kept.status_code == 201
+            server.stop()
+            refused = [
+                http.post(f"{base}/job", json={"action": "test_during"}, timeout=30)
+                for _ in range(2)
+            ]
+            assert {r.status_code for r in refused} == {503}, [r.text for r in refused]
+            assert all("database" in r.json()["message"] for r in refused)
+            assert "psycopg" not in refused[0].text and "Traceback" not in refused[0].text
+            got = http.get(f"{base}/{kept.json()['resource-id']}", timeout=30)
+            assert got.status_code == 503
+            server.start()  # same port, same data
+            back = time.monotonic()
+            wait_for(
+                lambda: (
+                    http.post(f"{base}/job", json={"action": "test_after"}, timeout=30).status_code
+                    == 201
+                ),
+                "an add to succeed again",
+                30,
+            )
+            recovered = time.monotonic() - back
+            print(f"adds succeeded again {recovered:.2f} s after PostgreSQL was back")
+            assert recovered < 10
+        rows = _rows(url, "SELECT doc->>'action' FROM job ORDER BY doc->>'action'")
+        assert [action for (action,) in rows][:2] == ["test_after", "test_before"]
+        assert all(action != "test_during" for (action,) in rows)
+    entries = [zk.get(f"{queue.ENTRIES}/{n}")[0] for n in zk.get_children(queue.ENTRIES)]
+    assert kept.json()["resource-id"].encode() in entries
+    assert len(entries) == len(rows)  # one entry per stored job, none for a refused add
