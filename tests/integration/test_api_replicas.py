@@ -1,14 +1,17 @@
 """Two `job-api serve` processes on one PostgreSQL database (replicas), with clients
 alternating between them: one session for both, a logout through one holds on the other at
 once, every rule sees one store, and the add a dead replica left unfinished is finished
-once by a live one, never one that a live replica is still doing."""
+once by a live one, never one that a live replica is still doing; the login back-off counts
+across both; and killing one mid-load (SIGKILL) loses no add and queues none twice."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 import requests
 from kazoo.client import KazooClient
@@ -174,3 +177,59 @@ def test_the_login_back_off_holds_across_replicas(
             assert [login(s) for s in (first, second, first)] == [403, 403, 403]
             assert login(second) == 429
             assert login(first) == 429
+
+
+def test_killing_a_replica_mid_load_loses_nothing_and_queues_nothing_twice(
+    replicas: list[JobApiProcess], postgres_db: str, zk: KazooClient
+) -> None:
+    """Clients add jobs through both replicas; one is killed (SIGKILL) mid-load. Every
+    acknowledged add is stored; every stored job ends with exactly one queue entry (the
+    live replica finishes the dead one's interrupted adds); no entry without its job."""
+    a, b = replicas
+    cookies = _login(a)[0].cookies
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def client(server: JobApiProcess) -> None:
+        http = requests.Session()
+        http.cookies.update(cookies)
+        while not stop.is_set():
+            try:
+                answer = http.post(
+                    f"{server.endpoint}/api/job",
+                    json={"action": "test_ok", "execution-mode": "push"},
+                    timeout=TIMEOUT,
+                )
+            except requests.RequestException:
+                continue  # the killed replica: outcome unknown, which the checker allows
+            if answer.status_code == 201:
+                acknowledged.append(answer.json()["resource-id"])
+
+    threads = [threading.Thread(target=client, args=(replicas[i % 2],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(acknowledged) >= 100, "100 adds acknowledged", 60)
+    b.kill()  # SIGKILL: no chance to finish anything
+    count = len(acknowledged)
+    wait_for(lambda: len(acknowledged) >= count + 50, "50 more adds through the live one", 60)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+
+    def marks() -> int:
+        return _rows(postgres_db, "SELECT count(*) FROM job WHERE enqueue_pending")[0][0]
+
+    wait_for(lambda: marks() == 0, "the live replica to finish the dead one's adds", 30)
+    stored = {job_id for (job_id,) in _rows(postgres_db, "SELECT id FROM job")}
+    assert set(acknowledged) <= stored
+    entries: dict[str, int] = {}
+    for name in zk.get_children(queue.ENTRIES):
+        job_id = zk.get(f"{queue.ENTRIES}/{name}")[0].decode()
+        entries[job_id] = entries.get(job_id, 0) + 1
+    assert {job_id for job_id, n in entries.items() if n > 1} == set()
+    assert set(entries) == stored  # one entry per stored job, none for anything else
+
+
+def _rows(url: str, sql: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql.encode()).fetchall()
