@@ -28,12 +28,13 @@ replicas starting together apply each exactly once; ``schema_migrations`` record
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 import psycopg
@@ -68,6 +69,8 @@ _COLUMN_NAMES = [column for column, _ in STORED_COLUMNS.values()]
 TOTAL_SLOTS = 16
 # Connections one process keeps at most (each request holds one for its transaction only).
 POOL_SIZE = 16
+# Searches, aggregations and bulk deletes running at once (the others keep connections free).
+HEAVY_CALLS = POOL_SIZE - 4
 # How long a connect may take.
 CONNECT_TIMEOUT = 10.0
 # How long a call waits for a connection of the pool (then: 503, the database is unavailable).
@@ -380,11 +383,31 @@ def _unstorable_id(key: str) -> bool:
     return "\x00" in key
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _heavy(
+    method: Callable[Concatenate[PostgresJobStore, P], R],
+) -> Callable[Concatenate[PostgresJobStore, P], R]:
+    """A call whose cost follows what it scans: at most HEAVY_CALLS of them at once, so
+    that gets, edits, adds and logins always find a connection of the pool."""
+
+    @functools.wraps(method)
+    def bounded(self: PostgresJobStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.heavy:
+            return method(self, *args, **kwargs)
+
+    return bounded
+
+
 class PostgresJobStore:
     """store.JobStore on a :class:`Database`."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        # threading's: a greenlet semaphore under gevent's patch.
+        self.heavy = threading.BoundedSemaphore(HEAVY_CALLS)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -493,6 +516,7 @@ class PostgresJobStore:
             _count_delta(conn, -deleted)
             return deleted > 0
 
+    @_heavy
     def delete_matching(self, query: cimi_query.Query, principals: frozenset[str] | None) -> int:
         where, params = self._where(query, principals)
         with self.db.transaction() as conn:
@@ -519,6 +543,7 @@ class PostgresJobStore:
             raise Unstorable("a filter value holds a NUL character (\\u0000)")
         return f"({sql}) AND {acl}", [*filter_params, *params]
 
+    @_heavy
     def search(
         self, query: cimi_query.Query, principals: frozenset[str] | None
     ) -> tuple[int, list[Doc]]:
@@ -545,6 +570,7 @@ class PostgresJobStore:
                     texts.append(text)
         return count, [orjson.loads(text) for text in texts]
 
+    @_heavy
     def updated_counts(
         self,
         since: str,
@@ -565,6 +591,7 @@ class PostgresJobStore:
         )
         return [(a, s, d, int(n)) for a, s, d, n in rows]
 
+    @_heavy
     def aggregate(
         self, query: cimi_query.Query, principals: frozenset[str] | None
     ) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from nuvla_job import queue
-from nuvla_job.api.postgres import MIGRATIONS, PostgresStore
+from nuvla_job.api.postgres import HEAVY_CALLS, MIGRATIONS, POOL_SIZE, PostgresStore
 from nuvla_job.api.query import parse_query
 from nuvla_job.api.store import DuplicateId, QueryTimeout, StoreLimits, UniqueKeyTaken, Unstorable
 from tests.support.jobapi import JobApiProcess
@@ -182,3 +182,32 @@ def test_postgresql_down_adds_are_503_nothing_half_stored_and_it_recovers(zookee
     entries = [zk.get(f"{queue.ENTRIES}/{n}")[0] for n in zk.get_children(queue.ENTRIES)]
     assert kept.json()["resource-id"].encode() in entries
     assert len(entries) == len(rows)  # one entry per stored job, none for a refused add
+
+
+def test_searches_waiting_on_the_database_leave_connections_for_gets(
+    store: PostgresStore, postgres_db: str
+) -> None:
+    """More searches than the pool has connections, all stuck (another client locks the
+    table of the total they read): a get still finds a connection at once."""
+    store.jobs.insert({"id": "job/1", "state": "QUEUED"})
+    done: list[int] = []
+    with psycopg.connect(postgres_db) as lock:
+        lock.execute(b"LOCK TABLE job_total IN ACCESS EXCLUSIVE MODE")
+        searches = [
+            threading.Thread(
+                target=lambda: done.append(store.jobs.search(parse_query({}), None)[0])
+            )
+            for _ in range(POOL_SIZE + 4)
+        ]
+        for thread in searches:
+            thread.start()
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        wait_for(lambda: _rows(postgres_db, waiting)[0][0] >= HEAVY_CALLS, "searches stuck", 10)
+        time.sleep(0.2)  # the rest would take the remaining connections by now, were they let
+        started = time.monotonic()
+        assert store.jobs.get("job/1") == {"id": "job/1", "state": "QUEUED"}
+        assert time.monotonic() - started < 1
+        lock.rollback()
+    for thread in searches:
+        thread.join(30)
+    assert done == [1] * (POOL_SIZE + 4)
