@@ -22,6 +22,7 @@ from .errors import ApiError, bad_request, forbidden, not_found
 from .identity import ANONYMOUS, Caller, Identities
 from .jobs import JobService
 from .offloop import OffLoop
+from .proxies import TrustedProxies
 from .query import Query, QueryError, parse_query
 from .store import PageTooLarge, QueryTimeout, StoreError, Unstorable
 from .throttle import CounterStore, LoginLimits, LoginThrottle, TooManyFailures
@@ -56,6 +57,8 @@ class Settings:
     public_url: str = ""
     # Seconds between two samples of the dashboard's fleet charts (fleet.FleetSampler).
     dashboard_interval: float = 5.0
+    # Balancers whose X-Forwarded-For names the client (the login back-off's address).
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
 
 
 def _send(resp: falcon.Response, status: int, body: Any) -> None:
@@ -333,7 +336,10 @@ class Sessions:
 
     def _check(self, req: falcon.Request, kind: str, name: str, secret: str) -> Caller | None:
         """The credentials' caller, or None; 429 while this name or address is backing off."""
-        throttle, address = self.ctx.login_throttle, req.remote_addr or ""
+        throttle = self.ctx.login_throttle
+        address = self.ctx.settings.trusted_proxies.client_address(
+            req.remote_addr or "", req.get_header("X-Forwarded-For")
+        )
         try:
             throttle.begin(name, address)
         except TooManyFailures as exc:

@@ -31,6 +31,7 @@ from .identity import ADMIN_GROUP, Identities
 from .jobs import JobService, QueueUnavailable
 from .offloop import DEFAULT_THREADS, OffLoop, OffLoopStore
 from .private_files import FILE_MODE, private_folder, tighten, tighten_fd
+from .proxies import TrustedProxies
 from .request_headers import RequestHeaders
 from .store import Store, StoreError, StoreLimits, StoreUrl, open_store, parse_store_url
 from .throttle import LoginLimits
@@ -270,6 +271,7 @@ class ServerConfig:
     zk_security: ZkSecurity = ZkSecurity()
     admin_credentials: str = ""
     trust_authn_header: bool = False
+    trusted_proxies: tuple[str, ...] = ()  # proxies.TrustedProxies: X-Forwarded-For believed
     max_body: int = 4 * 1024 * 1024
     max_connections: int = ConnectionLimits.max_connections
     idle_timeout: float = ConnectionLimits.idle_timeout
@@ -373,6 +375,7 @@ class JobApiServer:
             metrics=self.config.metrics,
             dashboard_interval=self.config.dashboard_interval,
             public_url=self.config.public_url or self.config.endpoint,
+            trusted_proxies=TrustedProxies(self.config.trusted_proxies),
             login_limits=LoginLimits(
                 max_failures=self.config.login_max_failures,
                 max_failures_per_address=self.config.login_max_failures_per_address,

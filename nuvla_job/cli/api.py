@@ -30,6 +30,16 @@ def _server_config(**options: Any) -> ServerConfig:
     return ServerConfig(**options)
 
 
+def _check_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
+    from ..api.proxies import TrustedProxies
+
+    try:
+        TrustedProxies(values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trusted-proxy") from None
+    return values
+
+
 def _check_db(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A --db naming no store this server can open is a usage error (None: the default)."""
     from ..api.store import StoreUrlError, parse_store_url
@@ -106,6 +116,17 @@ def main() -> None:
     envvar="JOB_API_TRUST_AUTHN_HEADER",
     help="Honour the nuvla-authn-info header. Only behind a trusted proxy: "
     "anyone who can reach the port can then claim any identity.",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    envvar="JOB_API_TRUSTED_PROXIES",
+    callback=lambda ctx, param, value: _check_proxies(value),
+    metavar="ADDRESS|NETWORK|HOST",
+    help="A load balancer or proxy whose X-Forwarded-For names the client, for the login "
+    "back-off (repeatable; environment: space-separated) [default: none, the header is "
+    "ignored].",
 )
 @click.option(
     "--max-body",

@@ -287,6 +287,56 @@ def test_an_anonymous_client_cannot_lock_the_admin_key_out(zookeeper: ZooKeeperS
         server.close()
 
 
+def test_behind_a_trusted_balancer_the_back_off_counts_each_client(
+    zookeeper: ZooKeeperServer,
+) -> None:
+    # Behind a load balancer every login comes from its address: counted per address, one
+    # attacker would lock the key out for every client. The balancer (127.0.0.5 here) says
+    # whom it relays in X-Forwarded-For; only a trusted one is believed.
+    server = JobApiProcess(zookeeper.hosts, "--login-backoff", "60", "--trusted-proxy", "127.0.0.5")
+    try:
+        server.start()
+        balancer, right = _from("127.0.0.5"), server.credentials()["secret"]
+
+        def via(client: str, secret: str, header: str | None = None) -> int:
+            forwarded = header if header is not None else client
+            balancer.headers["X-Forwarded-For"] = forwarded
+            return _key_login(balancer, server, secret)
+
+        # What a client writes in the header itself is left of what the balancer adds.
+        statuses = [via("10.0.0.1", "guess", f"10.9.9.{i}, 10.0.0.1") for i in range(6)]
+        assert statuses == [403] * 5 + [429]
+        assert via("10.0.0.1", right) == 429  # the attacker backs off
+        assert via("10.0.0.2", right) == 201  # another client behind the balancer does not
+        # From an untrusted peer the header is ignored: it cannot dodge the back-off.
+        direct = _from("127.0.0.6")
+        for i in range(5):
+            direct.headers["X-Forwarded-For"] = f"10.1.1.{i}"
+            assert _key_login(direct, server, "guess") == 403
+        direct.headers["X-Forwarded-For"] = "10.1.1.99"
+        assert _key_login(direct, server, right) == 429
+    finally:
+        server.close()
+
+
+def test_a_bad_trusted_proxy_is_a_usage_error(tmp_path: Path) -> None:
+    for env in ({}, {"JOB_API_TRUSTED_PROXIES": "10.0.0.1 not/a-proxy"}):
+        args = [] if env else ["--trusted-proxy", "not/a-proxy"]
+        result = subprocess.run(
+            [sys.executable, "-m", "nuvla_job.cli.api", "serve", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env={**os.environ, "XDG_DATA_HOME": str(tmp_path), **env},
+            stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "'not/a-proxy' is not an address, a network or a host name" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing created
+
+
 # -- files --------------------------------------------------------------------------------------
 
 
