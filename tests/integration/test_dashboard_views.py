@@ -7,16 +7,18 @@ rate to the traceback of one of its failed jobs.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nuvla_job.localstack.processes import executor_process
 from nuvla_job.timeutil import format_time
-from tests.support.browser import WAIT, chromium, css, log_in
+from tests.support.browser import WAIT, chromium, css, log_in, read_png
 from tests.support.browser import waiting as wait
 from tests.support.jobapi import JobApiProcess
 from tests.support.waiting import wait_for
@@ -119,9 +121,11 @@ def test_search_is_held_in_the_url_and_shared(page, stack) -> None:
 
 def test_a_bulk_parent_leads_to_its_children(page, stack) -> None:
     api, admin, _, _ = stack
-    parent = admin.add("job", {"action": "bulk_test", "priority": 999}).data["resource-id"]
+    later = format_time(datetime.now(UTC) + timedelta(days=1))
+    parent = admin.add("job", {"action": "bulk_test", "not-before": later}).data["resource-id"]
     children = [
-        admin.add("job", {"action": "child_test", "parent-job": parent, "priority": 999}).data[
+        # Delayed: no executor takes them before the edit below.
+        admin.add("job", {"action": "child_test", "parent-job": parent, "not-before": later}).data[
             "resource-id"
         ]
         for _ in range(2)
@@ -241,3 +245,74 @@ def test_a_user_sees_only_their_jobs_and_only_the_actions_their_rights_allow(
         if r.find_elements("css selector", "button.cancel")
     }
     assert cancels == {may_cancel}
+
+
+# One screenshot per view, from this module's real run. Saved to the folder named by
+# DASHBOARD_SCREENSHOTS (docs/img for the README and docs/dashboard.md), else checked only:
+#   DASHBOARD_SCREENSHOTS=docs/img .venv/bin/pytest -q tests/integration/test_dashboard_views.py
+SCREENSHOTS = ("jobs", "job", "actions", "fleet", "executor")
+
+
+def _looks_drawn(path: Path) -> None:
+    width, height, bpp, pixels = read_png(path.read_bytes())
+    colours = {tuple(pixels[i : i + 3]) for i in range(0, len(pixels), bpp * 97)}
+    assert width > 800 and height > 500 and len(colours) > 20, (path, len(colours))
+
+
+def test_a_screenshot_of_each_view(page, stack, tmp_path) -> None:
+    api, admin, failed, _ = stack
+    folder = Path(os.environ.get("DASHBOARD_SCREENSHOTS") or tmp_path)
+    # An executor with two jobs in flight, for the executor's page and the running chart
+    # (the stack's own executor is stopped after the module's first test, as every engine
+    # process a test starts).
+    executor = executor_process(
+        api.zk_hosts, api.endpoint, str(api.credentials_path), "--name", "views-exec"
+    ).start()
+    executor.wait_for_log("running up to")
+    running = [
+        admin.add(
+            "job",
+            {"action": "test_progress", "priority": 10, "payload": '{"steps": 20, "step": 1}'},
+        ).data["resource-id"]
+        for _ in range(2)
+    ]
+    wait_for(
+        lambda: all(admin.get(j).data.get("progress", 0) > 0 for j in running),
+        "the two jobs to run",
+        timeout=WAIT,
+    )
+    body = "tag name", "body"
+    shots = {
+        "jobs": (
+            "#/jobs?state=FAILED",
+            lambda d: len(d.find_elements("css selector", "#search-results tr[data-id]")) >= 3,
+        ),
+        "job": (f"#/{failed[0]}", lambda d: "Traceback" in css(d, "#job-message").text),
+        "actions": ("#/actions", lambda d: css(d, '#actions-table tr[data-action="test_raises"]')),
+        "fleet": (
+            "#/fleet?window=300",
+            lambda d: int(d.find_element(*body).get_attribute("data-fleet-points") or 0) > 5,
+        ),
+        "executor": (
+            "#/executor/views-exec",
+            lambda d: len(d.find_elements("css selector", "#executor-in-flight li")) == 2,
+        ),
+    }
+    for name in SCREENSHOTS:
+        hash_path, drawn = shots[name]
+        page.get(f"{api.endpoint}/dashboard{hash_path}")
+        wait(page).until(
+            lambda d, name=name: d.find_element(*body).get_attribute("data-drawn") == name
+        )
+        wait(page).until(drawn)
+        # Whole pages: the window as tall as the view's content.
+        height = page.execute_script("return document.documentElement.scrollHeight")
+        page.set_window_size(1400, min(max(700, height + 20), 2400))
+        path = folder / f"dashboard-{name}.png"
+        assert page.save_screenshot(str(path))
+        _looks_drawn(path)
+    page.set_window_size(1400, 1000)
+    for job in running:
+        admin.operation(admin.get(job), "cancel")
+    executor.signal(signal.SIGTERM)
+    executor.stop()
