@@ -27,6 +27,7 @@ FIRST = ("peers",)
 QUICK: dict[str, list[str]] = {
     "api": ["--jobs", "10000", "--seconds", "5", "--quiet-wait", "10"],
     "capacity": ["--jobs", "300", "--long-jobs", "100", "--long-sleep", "3"],
+    "dashboard": ["--jobs", "20000", "--repeat", "5"],
     "delays": ["--jobs", "500", "--max-delay", "15", "--burst", "300"],
     "distributor": ["--seconds", "10"],
     "waiters": ["--jobs", "100", "--min-seconds", "3", "--spread", "3"],

@@ -127,6 +127,7 @@ def test_runner_lists_benchmarks_not_helpers_and_passes_quick_sizes() -> None:
         "peers",
         "api",
         "capacity",
+        "dashboard",
         "delays",
         "distributor",
         "executor",
