@@ -22,11 +22,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY nuvla_job ./nuvla_job
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install . \
+ && /opt/venv/bin/pip install ".[postgresql]" \
  && /opt/venv/bin/pip uninstall -q -y pip setuptools \
  && /opt/venv/bin/python -m compileall -q /opt/venv
 
-# The same with the `nuvla` extra (nuvla-job-engine, pinned in pyproject.toml).
+# The same with the `nuvla` extra (nuvla-job-engine, pinned in pyproject.toml). Both have the
+# `postgresql` extra (psycopg with its own libpq): `JOB_API_DB=postgresql://...` works as is.
 FROM ${PYTHON_IMAGE} AS build-nuvla
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -35,7 +36,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY nuvla_job ./nuvla_job
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install ".[nuvla]" \
+ && /opt/venv/bin/pip install ".[nuvla,postgresql]" \
  && /opt/venv/bin/pip uninstall -q -y pip setuptools \
  && /opt/venv/bin/python -m compileall -q /opt/venv
 

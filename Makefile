@@ -12,10 +12,11 @@ VENV_MARKER := $(VENV)/.installed
 # command on PATH).
 # ZooKeeper's jars (the server of `make run` and of the tests) need a JRE; the dashboard's
 # browser test drives Chromium through its driver; the TLS tests make certificates with openssl;
-# the PostgreSQL store's tests start a server of their own (any version Debian ships).
+# the PostgreSQL store's tests start a server of their own (any version Debian ships); the
+# compose stack's test runs its HAProxy configuration in front of two job API replicas.
 RUN_NEEDS := /usr/share/java/zookeeper.jar:zookeeper java:default-jre-headless
 TEST_NEEDS := $(RUN_NEEDS) chromium:chromium chromedriver:chromium-driver openssl:openssl \
-	/usr/lib/postgresql/*/bin/initdb:postgresql
+	/usr/lib/postgresql/*/bin/initdb:postgresql /usr/sbin/haproxy:haproxy
 # bench/peers.py runs Celery on a Redis it starts itself.
 BENCH_NEEDS := $(RUN_NEEDS) redis-server:redis-server
 PYTEST_ARGS ?=

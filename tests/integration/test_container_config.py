@@ -34,6 +34,7 @@ from nuvla_job.cli.actions_options import Directories
 from nuvla_job.distributor import election_path
 from nuvla_job.localstack.ports import free_port
 from nuvla_job.localstack.processes import REPO, stop_process
+from tests.support.needs import require
 from tests.support.zookeeper import ZooKeeperServer
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -52,6 +53,7 @@ SECRET_FLAGS = (
     "--password",
 )
 START_TIMEOUT = 25.0
+HAPROXY = "/usr/sbin/haproxy"
 
 
 # -- reading the files ------------------------------------------------------------------------
@@ -104,13 +106,23 @@ def read_dockerfile(path: Path = DOCKERFILE, target: str | None = None) -> Docke
     return result
 
 
-_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+_VARIABLE = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
 
 
 def interpolate(value: Any, variables: Mapping[str, str]) -> Any:
-    """Compose's ${NAME} and ${NAME:-default}, applied to every string of the document."""
+    """Compose's ${NAME}, ${NAME:-default} and ${NAME:?error}, applied to every string of
+    the document."""
+
+    def one(match: re.Match[str]) -> str:
+        name, kind, text = match.groups()
+        if variables.get(name):
+            return variables[name]
+        if kind == "?":
+            raise ValueError(f"compose would stop: {name}: {text}")
+        return text if kind == "-" else ""
+
     if isinstance(value, str):
-        return _VARIABLE.sub(lambda m: variables.get(m.group(1)) or (m.group(2) or ""), value)
+        return _VARIABLE.sub(one, value)
     if isinstance(value, dict):
         return {k: interpolate(v, variables) for k, v in value.items()}
     if isinstance(value, list):
@@ -118,8 +130,12 @@ def interpolate(value: Any, variables: Mapping[str, str]) -> Any:
     return value
 
 
+# What an operator puts in .env before `docker compose up` (the file's header says so).
+OPERATOR_ENV = {"POSTGRES_PASSWORD": "a-password-from-dot-env"}
+
+
 def read_compose(variables: Mapping[str, str] | None = None) -> dict[str, Any]:
-    return interpolate(yaml.safe_load(COMPOSE.read_text()), variables or {})
+    return interpolate(yaml.safe_load(COMPOSE.read_text()), {**OPERATOR_ENV, **(variables or {})})
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
@@ -204,6 +220,20 @@ def test_every_service_variable_is_read_by_its_command(cli_variables: dict[str, 
         )
 
 
+def test_compose_needs_the_database_password_from_the_operator() -> None:
+    with pytest.raises(ValueError, match="POSTGRES_PASSWORD"):
+        interpolate(yaml.safe_load(COMPOSE.read_text()), {})
+
+
+def job_api_names(services: Mapping[str, dict[str, Any]]) -> list[str]:
+    return sorted(n for n, s in services.items() if s["command"][0] == "job-api")
+
+
+def haproxy_servers(config: str) -> dict[str, str]:
+    """The balancer's backend servers: name -> host:port."""
+    return dict(re.findall(r"^\s*server\s+(\S+)\s+(\S+)\s+check\b", config, re.MULTILINE))
+
+
 def test_compose_stack_shape() -> None:
     compose = read_compose()
     services = compose["services"]
@@ -220,26 +250,53 @@ def test_compose_stack_shape() -> None:
     roles = sorted(s["command"][0] for s in ours.values())
     assert roles == [
         "job-api",
+        "job-api",
         "job-distributor",
         "job-distributor",
         "job-executor",
         "job-executor",
     ]
     ensemble = ",".join(f"{n}:2181" for n in sorted(zookeepers))
-    api_name = next(n for n, s in ours.items() if s["command"][0] == "job-api")
-    api_env = environment(ours[api_name])
+    apis = job_api_names(ours)
+    # No single job API process: the replicas share one PostgreSQL, behind the balancer.
+    (database,) = [n for n, s in services.items() if s.get("image", "").startswith("postgres:")]
+    pg_env = environment(services[database])
+    urls = {environment(ours[n])["JOB_API_DB"] for n in apis}
+    assert urls == {
+        f"postgresql://{pg_env['POSTGRES_USER']}:{OPERATOR_ENV['POSTGRES_PASSWORD']}"
+        f"@{database}:5432/{pg_env['POSTGRES_DB']}"
+    }
+    (balancer,) = [n for n, s in services.items() if s.get("image", "").startswith("haproxy:")]
+    lb = services[balancer]
+    config_file, target = lb["volumes"][0].split(":")[:2]
+    assert target == "/usr/local/etc/haproxy/haproxy.cfg"
+    config = (REPO / config_file).read_text()
+    port = environment(ours[apis[0]])["JOB_API_PORT"]
+    assert haproxy_servers(config) == {n: f"{n}:{port}" for n in apis}
+    assert "option httpchk GET /api/health" in config and "option forwardfor" in config
+    assert lb["depends_on"][apis[0]]["condition"] == "service_healthy"
+    assert "healthcheck" in lb and "healthcheck" in services[database]
+    api_env = environment(ours[apis[0]])
     for name, service in ours.items():
         env = environment(service)
         assert env["ZK_HOSTS"] == ensemble, name
-        if name != api_name:
-            # The engines read the key the job API writes, from the volume they share.
-            assert env["JOB_API_URL"] == f"http://{api_name}:{api_env['JOB_API_PORT']}"
-            assert env["JOB_API_CREDENTIALS"] == api_env["JOB_API_ADMIN_CREDENTIALS"]
-            shared = Path(env["JOB_API_CREDENTIALS"]).parent
-            mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
-            api_mounts = {v.split(":")[1]: v.split(":")[0] for v in ours[api_name]["volumes"]}
+        assert "healthcheck" in service or name not in apis
+        if name in apis:
+            assert env["JOB_API_TRUSTED_PROXIES"] == balancer
+            assert service["depends_on"][database]["condition"] == "service_healthy"
+            continue
+        # The engines talk to the balancer, and read the key the first replica writes,
+        # from the volume they share.
+        assert env["JOB_API_URL"] == f"http://{balancer}:{port}"
+        assert env["JOB_API_CREDENTIALS"] == api_env["JOB_API_ADMIN_CREDENTIALS"]
+        shared = Path(env["JOB_API_CREDENTIALS"]).parent
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+        for api in apis:
+            api_mounts = {v.split(":")[1]: v.split(":")[0] for v in ours[api]["volumes"]}
             assert mounts[str(shared)] == api_mounts[str(shared)]
-            assert service["depends_on"][api_name]["condition"] == "service_healthy"
+        assert service["depends_on"][balancer]["condition"] == "service_healthy"
+    # The second replica starts once the first has made the tables and the admin key.
+    assert ours[apis[1]]["depends_on"][apis[0]]["condition"] == "service_healthy"
     # Names that compose resolves against the file's other sections.
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
@@ -323,9 +380,16 @@ def container_folders(value: str, root: Path) -> str:
 
 
 def container_env(
-    image: Dockerfile, service: dict[str, Any], root: Path, zk_hosts: str, api_port: int
+    image: Dockerfile,
+    service: dict[str, Any],
+    root: Path,
+    zk_hosts: str,
+    port: int,
+    db_url: str = "",
 ) -> dict[str, str]:
-    """The image's and the service's environment, with the container-only parts rewritten."""
+    """The image's and the service's environment, with the container-only parts rewritten:
+    a job API replica serves on ``port`` over ``db_url``; an engine calls the balancer on
+    ``port``."""
     # Nothing from the test's own environment may configure the engine: only the files do.
     base = {
         k: v
@@ -345,15 +409,46 @@ def container_env(
         env["JOB_ACTIONS_PATH"] = container_folders(env["JOB_ACTIONS_PATH"], root)
     env["ZK_HOSTS"] = zk_hosts
     if "JOB_API_URL" in env:
-        env["JOB_API_URL"] = f"http://127.0.0.1:{api_port}"
-    if "JOB_API_HOST" in env:
+        env["JOB_API_URL"] = f"http://127.0.0.1:{port}"
+    if service["command"][0] == "job-api":
         env["JOB_API_HOST"] = "127.0.0.1"
-        env["JOB_API_PORT"] = str(api_port)
+        env["JOB_API_PORT"] = str(port)
+        env["JOB_API_DB"] = db_url
+        env["JOB_API_TRUSTED_PROXIES"] = "127.0.0.1"  # the balancer, here
     if "JOB_METRICS_PORT" in env:
         # Each container has its own 9100; here the services share one host.
         env["JOB_METRICS_HOST"] = "127.0.0.1"
         env["JOB_METRICS_PORT"] = str(free_port())
     return env
+
+
+class Balancer:
+    """The compose file's HAProxy configuration, run with the replicas' local ports."""
+
+    def __init__(self, config: str, ports: Mapping[str, int], workdir: Path) -> None:
+        self.port = free_port()
+        text = re.sub(r"^(\s*)bind\s+:\d+", rf"\1bind 127.0.0.1:{self.port}", config, flags=re.M)
+        for name, port in ports.items():
+            text = re.sub(
+                rf"^(\s*server\s+{name}\s+)\S+", rf"\g<1>127.0.0.1:{port}", text, flags=re.M
+            )
+        self.config = workdir / "haproxy.cfg"
+        self.config.write_text(text)
+        self.log_path = workdir / "haproxy.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Balancer:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [HAPROXY, "-db", "-f", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def stop(self) -> int | None:
+        return None if self.process is None else stop_process(self.process, 10.0)
 
 
 @pytest.fixture
@@ -366,40 +461,49 @@ def stack_dir() -> Iterator[Path]:
 
 
 def test_compose_services_start_as_processes(
-    zookeeper: ZooKeeperServer, zk: KazooClient, stack_dir: Path
+    zookeeper: ZooKeeperServer, zk: KazooClient, stack_dir: Path, postgres_db: str
 ) -> None:
+    require(Path(HAPROXY).exists(), f"{HAPROXY} (Debian's haproxy) runs the balancer")
     image = read_dockerfile()
     compose = read_compose({"JOB_LOG_FORMAT": "json"})
     services = our_services(compose)
-    api_port = free_port()
+    apis = job_api_names(services)
+    ports = {name: free_port() for name in apis}
+    (lb,) = [s for s in compose["services"].values() if s.get("image", "").startswith("haproxy:")]
+    balancer = Balancer((REPO / lb["volumes"][0].split(":")[0]).read_text(), ports, stack_dir)
     processes = {
         name: ServiceProcess(
             name,
             s["command"],
-            container_env(image, s, stack_dir, zookeeper.hosts, api_port),
+            container_env(
+                image, s, stack_dir, zookeeper.hosts, ports.get(name, balancer.port), postgres_db
+            ),
             stack_dir,
         )
         for name, s in services.items()
     }
-    api_name = next(n for n, s in services.items() if s["command"][0] == "job-api")
-    api = processes.pop(api_name)
+    replicas = [processes.pop(name) for name in apis]
     executors = [p for n, p in processes.items() if services[n]["command"][0] == "job-executor"]
     distributors = [
         p for n, p in processes.items() if services[n]["command"][0] == "job-distributor"
     ]
     exit_codes: dict[str, int | None] = {}
+
+    def healthy(port: int) -> bool:
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/api/health", timeout=2).ok
+        except requests.ConnectionError:
+            return False
+
     try:
-        # depends_on: the engines start once the job API is healthy.
-        api.start()
-        health = f"http://127.0.0.1:{api_port}/api/health"
-
-        def healthy() -> bool:
-            try:
-                return requests.get(health, timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(healthy, "job API health", [api])
+        # depends_on: the first replica makes the tables and the admin key, the second
+        # starts once it is healthy, the balancer then, the engines once it is healthy.
+        replicas[0].start()
+        wait_for(lambda: healthy(ports[apis[0]]), "the first replica's health", replicas[:1])
+        replicas[1].start()
+        wait_for(lambda: healthy(ports[apis[1]]), "the second replica's health", replicas)
+        balancer.start()
+        wait_for(lambda: healthy(balancer.port), "health through the balancer", replicas)
         for process in processes.values():
             process.start()
         wait_for(
@@ -419,26 +523,39 @@ def test_compose_services_start_as_processes(
 
         wait_for(both_in_every_election, "distributors in every election", distributors)
 
-        # A job through the stack: the engines use the key the job API wrote.
+        # Jobs through the stack: the engines use the key the first replica wrote.
         creds = json.loads((stack_dir / "credentials" / "admin-credentials.json").read_text())
-        client = Api(endpoint=f"http://127.0.0.1:{api_port}", insecure=True, persist_cookie=False)
+        client = Api(endpoint=f"http://127.0.0.1:{balancer.port}", persist_cookie=False)
         assert client.login_apikey(creds["key"], creds["secret"]).status_code == 201
-        job_id = client.add("job", {"action": "sleep", "payload": '{"seconds": 0}'}).data[
-            "resource-id"
-        ]
-        wait_for(
-            lambda: client.get(job_id).data["state"] == "SUCCESS",
-            "the job's success",
-            [api, *processes.values()],
-        )
+        everything = [*replicas, *processes.values()]
+
+        def run_a_job() -> None:
+            job_id = client.add("job", {"action": "sleep", "payload": '{"seconds": 0}'}).data[
+                "resource-id"
+            ]
+            wait_for(
+                lambda: client.get(job_id).data["state"] == "SUCCESS",
+                "the job's success",
+                everything,
+            )
+
+        run_a_job()
+        # No single job API process: with the first replica gone (its health check
+        # fails), jobs still flow through the other, and the session stays valid.
+        exit_codes[apis[0]] = replicas[0].stop()
+        everything.remove(replicas[0])
+        for _ in range(3):
+            run_a_job()
     finally:
         for name, process in processes.items():
             exit_codes[name] = process.stop()
-        exit_codes[api_name] = api.stop()
+        for name, replica in zip(apis, replicas, strict=True):
+            exit_codes.setdefault(name, replica.stop())
+        balancer.stop()
     # SIGTERM (what tini forwards) is a clean stop for every command.
     assert exit_codes == dict.fromkeys(exit_codes, 0), exit_codes
     # JOB_LOG_FORMAT=json reached every command: each line is one JSON object.
-    for process in [api, *processes.values()]:
+    for process in [*replicas, *processes.values()]:
         lines = process.log().splitlines()
         assert lines, f"{process.name} logged nothing"
         for line in lines:
@@ -448,4 +565,6 @@ def test_compose_services_start_as_processes(
                 raise AssertionError(f"{process.name}: not a JSON line: {line!r}") from None
             assert {"time", "level", "logger", "message"} <= record.keys(), line
             assert record["level"] not in ("ERROR", "CRITICAL"), f"{process.name}: {line}"
-    assert creds["secret"] not in "".join(p.log() for p in [api, *processes.values()])
+    logs = "".join(p.log() for p in [*replicas, *processes.values()])
+    assert creds["secret"] not in logs
+    assert OPERATOR_ENV["POSTGRES_PASSWORD"] not in logs
