@@ -211,3 +211,46 @@ def test_searches_waiting_on_the_database_leave_connections_for_gets(
     for thread in searches:
         thread.join(30)
     assert done == [1] * (POOL_SIZE + 4)
+
+
+def _changed(second: int, state: str, duration: int | None, owner: str, action: str) -> dict:
+    doc = {
+        "id": f"job/{second}-{state}",
+        "action": action,
+        "state": state,
+        "updated": f"2026-01-01T00:00:{second:02d}.000Z",
+        "acl": {"owners": [owner]},
+    }
+    return doc if duration is None else {**doc, "duration": duration}
+
+
+def test_updated_counts_on_the_covering_index(store: PostgresStore, postgres_db: str) -> None:
+    store.jobs.insert_many(
+        [
+            _changed(10, "SUCCESS", 3, "user/u", "b"),
+            _changed(11, "SUCCESS", 3, "user/v", "b"),
+            _changed(12, "FAILED", 7, "user/u", "b"),
+            _changed(13, "RUNNING", None, "user/u", "a"),
+            _changed(20, "SUCCESS", 1, "user/u", "b"),  # outside [10, 20)
+            _changed(9, "SUCCESS", 1, "user/u", "b"),  # before it
+        ]
+    )
+    since, until = "2026-01-01T00:00:10.000Z", "2026-01-01T00:00:20.000Z"
+    assert sorted(store.jobs.updated_counts(since, until, None), key=str) == sorted(
+        [("a", "RUNNING", None, 1), ("b", "FAILED", 7, 1), ("b", "SUCCESS", 3, 2)], key=str
+    )
+    finals = store.jobs.updated_counts(since, until, None, states=["SUCCESS", "FAILED"])
+    assert sorted(finals, key=str) == [("b", "FAILED", 7, 1), ("b", "SUCCESS", 3, 2)]
+    assert store.jobs.updated_counts(since, until, frozenset({"user/v"})) == [
+        ("b", "SUCCESS", 3, 1)
+    ]
+    # An administrator's counts read the index alone (no table access), however big.
+    with psycopg.connect(postgres_db) as conn:
+        conn.execute(b"SET enable_seqscan = off")
+        plan = conn.execute(
+            b"EXPLAIN SELECT action, state, duration, count(*) FROM job"
+            b" WHERE updated >= %s AND updated < %s GROUP BY action, state, duration",
+            (since, until),
+        ).fetchall()
+    text = " ".join(row[0] for row in plan)
+    assert "Index Only Scan using job_updated_action_state" in text, text
