@@ -523,8 +523,12 @@ def worker_main() -> None:
 
     config = json.loads(sys.stdin.readline())
 
+    # Several job APIs (replicas over one database): the clients alternate between them.
+    endpoints = config.get("endpoints") or [config["endpoint"]]
+
     def login(index: int) -> _Client:
-        api = Api(endpoint=config["endpoint"], insecure=True, persist_cookie=False)
+        endpoint = endpoints[(index + config["seed"]) % len(endpoints)]
+        api = Api(endpoint=endpoint, insecure=True, persist_cookie=False)
         # No proxy/netrc lookups in the environment on every request: they cost requests a
         # third of its CPU per call, and this machine's two cores are shared with the server.
         api.session.trust_env = False
@@ -1111,6 +1115,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also write docs/benchmarks-api.md and the api section of docs/benchmarks.md",
     )
     parser.add_argument("--reseed", action="store_true", help="rebuild the cached seeded database")
+    parser.add_argument(
+        "--db",
+        choices=("sqlite", "postgresql", "both"),
+        default=None,
+        help="the stores compared (bench/api_stores.py): mixed ops/s and the search on each, "
+        "one table, section api-stores of docs/benchmarks.md [default: the SQLite report]",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="with --db: PostgreSQL measured with one job API, and with two when 2",
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.clients < 1 or args.procs < 1 or args.seconds <= 0:
         parser.error("--jobs, --clients, --procs and --seconds must be positive")
@@ -1231,6 +1249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Even when started with SIGINT ignored (a shell's background job), Ctrl-C must unwind.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if args.db is not None:
+            from bench import api_stores
+
+            return api_stores.main(args, sys.argv[1:] if argv is None else argv)
         report = run(args)
     except (KeyboardInterrupt, Interrupted) as exc:
         print(
