@@ -1,7 +1,9 @@
 """One fault scenario's stack: a real job API, two real executors, and a load of jobs.
 
 ZooKeeper (a server or an ensemble) belongs to the scenario, which may stop or kill it; the
-stack only needs its connection string.
+stack only needs its connection string. With ``replicas=N`` and a PostgreSQL ``db`` there
+are N job API processes on that database behind the compose file's HAProxy, which the
+executors and the load call, as in docker-compose.yml.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tests.faults.invariants import (
     read_executions,
 )
 from tests.support import waiting
+from tests.support.haproxy import Balancer
 
 EXECUTORS = ("a", "b")
 # The executor's warning when the job API did not take an outcome (nuvla_job/executor.py).
@@ -41,6 +44,13 @@ CONCURRENCY = 100
 ADD_THREADS = 8
 # Share of short jobs (0-0.2 s); the others sleep 1-5 s.
 SHORT_SHARE = 0.6
+
+
+def _healthy(endpoint: str) -> bool:
+    try:
+        return requests.get(f"{endpoint}/api/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def poll(condition: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
@@ -79,14 +89,27 @@ class FaultStack:
         zk_timeout: float = 10.0,
         grace_period: float = 120.0,
         seed: int = 6,
+        db: str | None = None,
+        replicas: int = 1,
+        unique_adds: bool = False,
     ) -> None:
+        """``unique_adds``: each job of the load carries a unique key, so that an add whose
+        answer was lost (its job API killed) and is sent again returns the job it made."""
         self.workdir = workdir
         self.zk_hosts = zk_hosts
         self.zk_timeout = zk_timeout
         self.grace_period = grace_period
         self.rng = random.Random(seed)
         self.record = workdir / "executions.log"
-        self.api = JobApiProcess(zk_hosts)
+        # Recovery looks every second for the adds a dead replica left (PostgreSQL only).
+        extra = ("--recovery-interval", "1") if replicas > 1 else ()
+        self.apis = [JobApiProcess(zk_hosts, *extra, db=db) for _ in range(replicas)]
+        self.api = self.apis[0]
+        self.balancer: Balancer | None = None
+        if replicas > 1:
+            self.balancer = Balancer({f"r{i}": a.port for i, a in enumerate(self.apis)}, workdir)
+        self.unique_adds = unique_adds
+        self._serial = 0
         self.executors: dict[str, EngineProcess] = {}
         self.identities: dict[str, str] = {}  # executor name -> identity of its API key
         self.added: set[str] = set()
@@ -94,14 +117,28 @@ class FaultStack:
         self.admin_session: requests.Session | None = None
         self.target = 0  # jobs the background load adds
         self.refused: list[tuple[int, dict[str, Any] | str]] = []
+        self._added_times: list[float] = []  # when each add of the load was answered
         self._loader: ThreadPoolExecutor | None = None
         self._load: list[Any] = []
         self._stop_load = threading.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    @property
+    def endpoint(self) -> str:
+        """Where the executors and the load call the job API (the balancer, if any)."""
+        return self.balancer.endpoint if self.balancer is not None else self.api.endpoint
+
     def start(self) -> FaultStack:
-        self.api.start()
+        self.api.start()  # the first makes the tables and the admin key, as in compose
+        for replica in self.apis[1:]:
+            # Every replica uses the admin key the first one wrote (it finds it, and writes
+            # none of its own).
+            replica.credentials_path.write_text(self.api.credentials_path.read_text())
+            replica.start()
+        if self.balancer is not None:
+            self.balancer.start()
+            wait_for(lambda: _healthy(self.endpoint), 30, "the balancer's health")
         # One login for every request of the test: logins are throttled.
         self.admin_session = self.api.admin_api().session
         # In parallel: each takes seconds to create its key and import the engine.
@@ -117,7 +154,7 @@ class FaultStack:
         creds.write_text(made.stdout)
         process = executor_process(
             self.zk_hosts,
-            self.api.endpoint,
+            self.endpoint,
             str(creds),
             "--concurrency",
             str(CONCURRENCY),
@@ -145,7 +182,10 @@ class FaultStack:
             self._loader.shutdown(cancel_futures=True)
         for process in self.executors.values():
             process.stop(timeout=5)
-        self.api.close()
+        if self.balancer is not None:
+            self.balancer.stop()
+        for replica in self.apis:
+            replica.close()
 
     # -- load -------------------------------------------------------------------------------
 
@@ -155,14 +195,18 @@ class FaultStack:
         else:
             seconds = round(self.rng.uniform(1, 5), 3)
         payload = {"seconds": seconds, "record": str(self.record)}
-        return {"action": "fault_work", "payload": json.dumps(payload)}
+        doc = {"action": "fault_work", "payload": json.dumps(payload)}
+        if self.unique_adds:
+            self._serial += 1
+            doc["unique-key"] = f"fault-load-{self._serial}"
+        return doc
 
     def _post(
         self, session: requests.Session, doc: dict[str, Any]
     ) -> tuple[int, dict[str, Any] | str]:
         """(status, body) of one add; status 0 when the job API did not answer."""
         try:
-            response = session.post(f"{self.api.endpoint}/api/job", json=doc, timeout=30)
+            response = session.post(f"{self.endpoint}/api/job", json=doc, timeout=30)
         except requests.RequestException as exc:
             return 0, type(exc).__name__
         try:
@@ -208,8 +252,10 @@ class FaultStack:
             for doc in part:
                 while time.monotonic() < deadline and not self._stop_load.is_set():
                     status, body = self._post(session, doc)
-                    if status == 201:
+                    # 200: the job of this unique key, made by an add whose answer was lost.
+                    if status == 201 or (status == 200 and self.unique_adds):
                         self.added.add(body["resource-id"])  # type: ignore[index]
+                        self._added_times.append(time.time())
                         break
                     self.refused.append((status, body))
                     self._stop_load.wait(0.5)
@@ -262,6 +308,11 @@ class FaultStack:
             f"{wanted} jobs started",
         )
 
+    def first_add_after(self, moment: float) -> float | None:
+        """Wall-clock time of the load's first add answered after `moment`."""
+        times = [t for t in list(self._added_times) if t > moment]
+        return min(times) if times else None
+
     def first_start_after(
         self, moment: float, pid: int | None = None, jobs: set[str] | None = None
     ) -> float | None:
@@ -289,7 +340,7 @@ class FaultStack:
         states = " or ".join(f"state='{s}'" for s in sorted(FINAL_STATES))
         try:
             response = requests.get(
-                f"{self.api.endpoint}/api/job",
+                f"{self.endpoint}/api/job",
                 params={"filter": states, "last": 0},
                 cookies=self._cookies(),
                 timeout=10,
@@ -303,7 +354,7 @@ class FaultStack:
 
     def jobs(self) -> dict[str, dict[str, Any]]:
         response = requests.get(
-            f"{self.api.endpoint}/api/job",
+            f"{self.endpoint}/api/job",
             params={"last": 1_000_000, "select": "id,state,updated-by,return-code"},
             cookies=self._cookies(),
             timeout=60,
@@ -313,8 +364,14 @@ class FaultStack:
 
     def pending_enqueue(self) -> list[str]:
         """Jobs the database still marks as owed a queue entry (an add left half-done)."""
+        query = "SELECT id FROM job WHERE enqueue_pending"
+        if str(self.api.db).startswith("postgresql://"):
+            import psycopg
+
+            with psycopg.connect(str(self.api.db)) as pg:
+                return [row[0] for row in pg.execute(query)]
         with sqlite3.connect(f"file:{self.api.db}?mode=ro", uri=True) as db:
-            return [row[0] for row in db.execute("SELECT id FROM job WHERE enqueue_pending")]
+            return [row[0] for row in db.execute(query)]
 
     def queue_snapshot(self) -> tuple[dict[str, bytes], list[str]]:
         """(entry name -> data, taken names), read from ZooKeeper."""

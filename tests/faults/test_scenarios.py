@@ -1,5 +1,6 @@
-"""The seven fault scenarios of issue 6, each under a load of jobs on two real executors, a
-real job API and real ZooKeeper; after each, the invariants of invariants.py must hold.
+"""The fault scenarios (issue 6's seven, issue 16's two of the job API on PostgreSQL), each
+under a load of jobs on two real executors, a real job API (or two replicas behind HAProxy)
+and real ZooKeeper; after each, the invariants of invariants.py must hold.
 
 Run them all with `make faults`; `make test` runs the `faults_ci` ones with fewer jobs.
 """
@@ -14,11 +15,13 @@ from pathlib import Path
 import pytest
 
 from nuvla_job.localstack.ensemble import ZooKeeperEnsemble
+from nuvla_job.localstack.postgres import PostgresServer
 from nuvla_job.localstack.zookeeper import ZooKeeperServer
 from tests.faults.conftest import FaultSettings
 from tests.faults.diskfull import DiskFullUnavailable, SmallDisk
 from tests.faults.report import Row
 from tests.faults.stack import FaultStack, poll, wait_for
+from tests.support.haproxy import require_haproxy
 from tests.support.needs import require
 
 pytestmark = pytest.mark.faults
@@ -29,6 +32,7 @@ ZK_OUTAGE = 30.0
 API_OUTAGE = 20.0
 GRACE_PERIOD = 30.0  # longer than the longest action (5 s): SIGTERM lets every job finish
 FROZEN_AT_LEAST = 8.0  # longer than the session timeout and than any action
+PG_OUTAGE = 20.0
 
 
 @pytest.fixture
@@ -349,3 +353,83 @@ def test_disk_full_under_the_job_api(
         if "stack" in locals():
             stack.close()
         disk.unmount()
+
+
+@pytest.mark.faults_ci
+def test_job_api_replica_killed(
+    make_stack,
+    zookeeper_server: ZooKeeperServer,
+    fault_settings: FaultSettings,
+    fault_rows,
+    postgres_db: str,
+) -> None:
+    require_haproxy()
+    # Two replicas on one PostgreSQL behind the balancer, as in docker-compose.yml. Each job
+    # carries a unique key: an add whose answer died with its replica is sent again and
+    # answered the job it made, as a client should do.
+    stack = make_stack(zookeeper_server.hosts, db=postgres_db, replicas=2, unique_adds=True)
+    stack.start()
+    load(stack, fault_settings.jobs)
+    killed_at = time.time()
+    stack.apis[1].kill()
+    resumed = wait_for(
+        lambda: stack.first_start_after(killed_at), 60, "a job started after the kill"
+    )
+    conclude(
+        stack,
+        fault_rows,
+        8,
+        "kill -9 of a job API replica (PostgreSQL)",
+        "kill -9 of one of two replicas behind HAProxy mid-load; "
+        f"{stack.outcomes_written_late()} outcomes written late",
+        resumed - killed_at,
+        duplicates_allowed=False,  # executors live: outcomes are written again, not run again
+    )
+    # The adds the dead replica left half-done were finished by the live one, once each.
+    assert not stack.pending_enqueue()
+
+
+@pytest.mark.faults_ci
+def test_postgresql_down_and_back(
+    make_stack, zookeeper_server: ZooKeeperServer, fault_settings: FaultSettings, fault_rows
+) -> None:
+    require_haproxy()
+    database = PostgresServer()
+    try:
+        database.start()
+        url = database.create_database("faults")
+        # No unique keys: an add refused must have stored nothing (the checker looks).
+        stack = make_stack(zookeeper_server.hosts, db=url, replicas=2).start()
+        load(stack, fault_settings.jobs)
+        database.stop()
+        down_at = time.time()
+        time.sleep(PG_OUTAGE)  # the fault's length is the point: nothing to wait for
+        database.start()  # same port, same data
+        back_at = time.time()
+        added_again = wait_for(
+            lambda: stack.first_add_after(back_at), 60, "an add after PostgreSQL came back"
+        )
+        resumed = wait_for(
+            lambda: stack.first_start_after(back_at), 90, "a job started after PostgreSQL came back"
+        )
+        during = [(status, body) for status, body in stack.refused if status not in (0, 502)]
+        assert stack.refused, "no add was refused while PostgreSQL was down"
+        for status, body in during:
+            assert status == 503, (status, body)
+            assert isinstance(body, dict) and body.get("message"), body
+            assert "psycopg" not in body["message"].lower(), body
+        conclude(
+            stack,
+            fault_rows,
+            9,
+            "PostgreSQL down, then back (two replicas)",
+            f"PostgreSQL stopped for {PG_OUTAGE:.0f} s (adds again "
+            f"{added_again - back_at:.1f} s after it was back); "
+            f"{stack.outcomes_written_late()} outcomes written late",
+            resumed - back_at,
+            duplicates_allowed=False,  # outcomes are written again, actions not run again
+        )
+        assert back_at - down_at >= PG_OUTAGE
+        assert not stack.pending_enqueue()
+    finally:
+        database.close()

@@ -34,7 +34,7 @@ from nuvla_job.cli.actions_options import Directories
 from nuvla_job.distributor import election_path
 from nuvla_job.localstack.ports import free_port
 from nuvla_job.localstack.processes import REPO, stop_process
-from tests.support.needs import require
+from tests.support.haproxy import Balancer, require_haproxy
 from tests.support.zookeeper import ZooKeeperServer
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -53,7 +53,6 @@ SECRET_FLAGS = (
     "--password",
 )
 START_TIMEOUT = 25.0
-HAPROXY = "/usr/sbin/haproxy"
 
 
 # -- reading the files ------------------------------------------------------------------------
@@ -422,35 +421,6 @@ def container_env(
     return env
 
 
-class Balancer:
-    """The compose file's HAProxy configuration, run with the replicas' local ports."""
-
-    def __init__(self, config: str, ports: Mapping[str, int], workdir: Path) -> None:
-        self.port = free_port()
-        text = re.sub(r"^(\s*)bind\s+:\d+", rf"\1bind 127.0.0.1:{self.port}", config, flags=re.M)
-        for name, port in ports.items():
-            text = re.sub(
-                rf"^(\s*server\s+{name}\s+)\S+", rf"\g<1>127.0.0.1:{port}", text, flags=re.M
-            )
-        self.config = workdir / "haproxy.cfg"
-        self.config.write_text(text)
-        self.log_path = workdir / "haproxy.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Balancer:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [HAPROXY, "-db", "-f", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def stop(self) -> int | None:
-        return None if self.process is None else stop_process(self.process, 10.0)
-
-
 @pytest.fixture
 def stack_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="compose-stack-") as name:
@@ -463,14 +433,14 @@ def stack_dir() -> Iterator[Path]:
 def test_compose_services_start_as_processes(
     zookeeper: ZooKeeperServer, zk: KazooClient, stack_dir: Path, postgres_db: str
 ) -> None:
-    require(Path(HAPROXY).exists(), f"{HAPROXY} (Debian's haproxy) runs the balancer")
+    require_haproxy()
     image = read_dockerfile()
     compose = read_compose({"JOB_LOG_FORMAT": "json"})
     services = our_services(compose)
     apis = job_api_names(services)
     ports = {name: free_port() for name in apis}
     (lb,) = [s for s in compose["services"].values() if s.get("image", "").startswith("haproxy:")]
-    balancer = Balancer((REPO / lb["volumes"][0].split(":")[0]).read_text(), ports, stack_dir)
+    balancer = Balancer(ports, stack_dir, REPO / lb["volumes"][0].split(":")[0])
     processes = {
         name: ServiceProcess(
             name,
