@@ -8,8 +8,9 @@ from nuvla_job.registry import action
 
 @action("sleep", pull_mode_support=True)
 class SleepJob:
-    """Sleeps `seconds` from the payload (default 1), reporting progress; fails when the
-    payload says `"fail": true` (for demos of failed jobs)."""
+    """Sleeps `seconds` from the payload (default 1) and succeeds; fails when the payload
+    says `"fail": true` (for demos of failed jobs). It reports no progress: benchmarks run
+    it, and each report would be one more call to the job API."""
 
     def __init__(self, job: Job) -> None:
         self.job = job
