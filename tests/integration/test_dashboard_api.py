@@ -302,6 +302,32 @@ def test_actions_table_counts_what_each_caller_may_see(job_api: JobApiProcess, a
         assert "seconds" in response.json()["message"]
 
 
+def test_an_admins_table_of_a_day_or_more_is_kept_for_a_minute(
+    job_api: JobApiProcess, admin
+) -> None:
+    action = f"dash_kept_{time.time_ns()}"
+
+    def table(query: str) -> dict[str, Any]:
+        response = admin.get(f"{job_api.endpoint}/api/dashboard/actions?{query}", timeout=TIMEOUT)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def counted(answer: dict[str, Any]) -> int:
+        return sum(r["count"] for r in answer["actions"] if r["action"] == action)
+
+    first = table("period=86400")
+    assert counted(first) == 0
+    response = admin.post(f"{job_api.endpoint}/api/job", json={"action": action}, timeout=TIMEOUT)
+    assert response.status_code == 201, response.text
+    # The same day's table again: the one made a moment ago, saying so by its `until`.
+    again = table("period=86400")
+    assert again == first
+    # An hour is read afresh, and so is any explicit span, however long.
+    assert counted(table("period=3600")) == 1
+    now = time.time()
+    assert counted(table(f"since={now - 86400}&until={now + 1}")) == 1
+
+
 def test_fleet_samples_count_the_jobs_that_ended(job_api: JobApiProcess, admin) -> None:
     action = f"dash_fleet_{time.time_ns()}"
     started = time.time()
