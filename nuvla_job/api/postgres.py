@@ -43,6 +43,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import postgres_sql
 from . import query as cimi_query
+from .filters import Comparison
 from .sql_common import COLUMNS
 from .store import (
     Doc,
@@ -156,6 +157,22 @@ MIGRATIONS: dict[int, list[str]] = {
 )""",
         "CREATE INDEX login_counter_last_failure ON login_counter (last_failure)",
     ],
+    # The count of a search for one state or a few (the queue's view: state='QUEUED'), kept
+    # by the store in the same transactions as the rows, as job_total is: counting a
+    # hundred thousand QUEUED rows costs PostgreSQL hundreds of milliseconds. All replicas
+    # must run a version that keeps it (upgrade them together).
+    4: [
+        """CREATE TABLE job_state_total (
+  state TEXT COLLATE "C" NOT NULL,
+  slot INTEGER NOT NULL,
+  n BIGINT NOT NULL,
+  PRIMARY KEY (state, slot)
+)""",
+        "INSERT INTO job_state_total (state, slot, n)"
+        " SELECT state, 0, count(*) FROM job WHERE state IS NOT NULL GROUP BY state",
+        # Both at once, in the created order (no LIMIT scan of job_created past every row).
+        "CREATE INDEX job_action_state_created ON job (action, state, created NULLS FIRST)",
+    ],
 }
 
 
@@ -205,6 +222,33 @@ def _write_doc(conn: psycopg.Connection, job_id: str, new: Doc, extra: str = "")
         f"UPDATE job SET {', '.join(names)} WHERE id = %s".encode(),
         [_dumps(new), *_columns(new), job_id],
     )
+
+
+def _state_deltas(conn: psycopg.Connection, deltas: dict[str | None, int]) -> None:
+    """Keep job_state_total: ``deltas`` per state (None, a job without one: not kept)."""
+    rows = [(state, random.randrange(TOTAL_SLOTS), n) for state, n in deltas.items() if state and n]
+    if rows:
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                b"INSERT INTO job_state_total (state, slot, n) VALUES (%s, %s, %s)"
+                b" ON CONFLICT (state, slot) DO UPDATE SET n = job_state_total.n + EXCLUDED.n",
+                rows,
+            )
+
+
+def _state_of(doc: Doc) -> str | None:
+    state = doc.get("state")
+    return state if isinstance(state, str) else None  # what the column holds
+
+
+def _states_only(node: Any) -> list[str] | None:
+    """The states a filter is exactly ``state='A'`` or ``state=['A', 'B']`` of, else None."""
+    if not isinstance(node, Comparison) or node.path != "state" or node.op != "=":
+        return None
+    values = node.value if isinstance(node.value, tuple) else (node.value,)
+    if not values or not all(isinstance(v, str) for v in values):
+        return None
+    return sorted(set(values))  # type: ignore[arg-type]
 
 
 def _count_delta(conn: psycopg.Connection, delta: int) -> None:
@@ -420,6 +464,7 @@ class PostgresJobStore:
                 values = [doc["id"], _dumps(doc), enqueue_pending, owner, *_columns(doc)]
                 conn.execute(_INSERT.encode(), values)
                 _count_delta(conn, 1)
+                _state_deltas(conn, {_state_of(doc): 1})
         except UniqueKeyTaken:
             raise
         except DuplicateId as exc:
@@ -427,9 +472,11 @@ class PostgresJobStore:
 
     def insert_many(self, docs: Iterable[Doc]) -> int:
         rows = []
+        states: dict[str | None, int] = {}
         for doc in docs:
             _check_storable(doc)
             rows.append((doc["id"], _dumps(doc), False, *_columns(doc)))
+            states[_state_of(doc)] = states.get(_state_of(doc), 0) + 1
         if not rows:
             return 0
         # COPY: about twice as fast as batched INSERTs (a million jobs in about a minute),
@@ -439,6 +486,7 @@ class PostgresJobStore:
                 for row in rows:
                     copy.write_row(row)
             _count_delta(conn, len(rows))
+            _state_deltas(conn, states)
         return len(rows)
 
     def _locked(self, conn: psycopg.Connection, job_id: str, where: str = "") -> Doc | None:
@@ -460,6 +508,9 @@ class PostgresJobStore:
             _check_storable(new)
             with _unique_key_of(new):
                 _write_doc(conn, job_id, new)
+            before, after = _state_of(current), _state_of(new)
+            if before != after:
+                _state_deltas(conn, {before: -1, after: 1})
             return new
 
     def claim_due(self, now: str, limit: int) -> list[Doc]:
@@ -516,16 +567,24 @@ class PostgresJobStore:
         if _unstorable_id(job_id):
             return False
         with self.db.transaction() as conn:
-            deleted = conn.execute(b"DELETE FROM job WHERE id = %s", (job_id,)).rowcount
-            _count_delta(conn, -deleted)
-            return deleted > 0
+            rows = conn.execute(b"DELETE FROM job WHERE id = %s RETURNING state", (job_id,))
+            gone = rows.fetchall()
+            _count_delta(conn, -len(gone))
+            _state_deltas(conn, {state: -1 for (state,) in gone})
+            return bool(gone)
 
     @_heavy
     def delete_matching(self, query: cimi_query.Query, principals: frozenset[str] | None) -> int:
         where, params = self._where(query, principals)
+        sql = (
+            f"WITH gone AS (DELETE FROM job WHERE {where} RETURNING state)"
+            " SELECT state, count(*) FROM gone GROUP BY state"
+        )
         with self.db.transaction() as conn:
-            deleted = conn.execute(f"DELETE FROM job WHERE {where}".encode(), params).rowcount
+            by_state = conn.execute(sql.encode(), params).fetchall()
+            deleted = sum(int(n) for _, n in by_state)
             _count_delta(conn, -deleted)
+            _state_deltas(conn, {state: -int(n) for state, n in by_state})
             return deleted
 
     # -- reads ----------------------------------------------------------------------------
@@ -554,8 +613,14 @@ class PostgresJobStore:
         where, params = self._where(query, principals)
         limit, offset = cimi_query.limit_offset(query)
         with self.db.transaction(snapshot=True) as conn:
+            states = None if principals is not None else _states_only(query.filter)
             if query.filter is None and principals is None:
                 counting = conn.execute(b"SELECT coalesce(sum(n), 0) FROM job_total")
+            elif states is not None:
+                counting = conn.execute(
+                    b"SELECT coalesce(sum(n), 0) FROM job_state_total WHERE state = ANY(%s)",
+                    (states,),
+                )
             else:
                 counting = conn.execute(f"SELECT count(*) FROM job WHERE {where}".encode(), params)
             row = counting.fetchone()
