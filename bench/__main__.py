@@ -26,6 +26,7 @@ FIRST = ("peers",)
 # numbers are not the ones to quote.
 QUICK: dict[str, list[str]] = {
     "api": ["--jobs", "10000", "--seconds", "5", "--quiet-wait", "10"],
+    "api_stores": ["--jobs", "20000", "--seconds", "5", "--quiet-wait", "10"],
     "capacity": ["--jobs", "300", "--long-jobs", "100", "--long-sleep", "3"],
     "dashboard": ["--jobs", "20000", "--repeat", "5"],
     "delays": ["--jobs", "500", "--max-delay", "15", "--burst", "300"],

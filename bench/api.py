@@ -1120,7 +1120,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("sqlite", "postgresql", "both"),
         default=None,
         help="the stores compared (bench/api_stores.py): mixed ops/s and the search on each, "
-        "one table, section api-stores of docs/benchmarks.md [default: the SQLite report]",
+        "one table, section api_stores of docs/benchmarks.md [default: the SQLite report]",
     )
     parser.add_argument(
         "--replicas",

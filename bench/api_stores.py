@@ -2,6 +2,7 @@
 QUEUED search at N jobs, on SQLite (one job API) and on PostgreSQL (one or two replicas).
 
     .venv/bin/python -m bench.api --db both [--replicas 2] [--jobs N] [--seconds S] [--publish]
+    .venv/bin/python -m bench.api_stores [...]    (the same: --db both --replicas 2)
 
 The jobs are bench.api's (97% final, 2% QUEUED, 1% RUNNING), seeded once into the cached
 SQLite file; PostgreSQL (a throw-away server, nuvla_job/localstack/postgres.py) is filled
@@ -26,7 +27,7 @@ from bench import api as base
 from bench import report as publishing
 
 REPORT = base.RESULTS / "api-stores.md"
-SECTION = "api-stores"
+SECTION = "api_stores"
 FILL_BATCH = 5000
 
 
@@ -298,4 +299,5 @@ def main(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(base.main(["--db", "both", *sys.argv[1:]]))
+    # `python -m bench.api_stores` (as `python -m bench` runs it): both stores, two replicas.
+    sys.exit(base.main(["--db", "both", "--replicas", "2", *sys.argv[1:]]))

@@ -77,11 +77,24 @@ def command_line(module: str, argv: Sequence[str]) -> str:
     return " ".join([".venv/bin/python", "-m", module, *map(shlex.quote, argv)]).strip()
 
 
+# Options that choose what is measured or how long to wait for a quiet machine, not how
+# much: with them a run still has its default sizes. Each takes one value.
+NEUTRAL_OPTIONS = frozenset({"--db", "--replicas", "--quiet-wait"})
+
+
 def default_sizes(command: str) -> bool:
-    """Whether `command` (see command_line) runs its benchmark with its default options."""
+    """Whether `command` (see command_line) runs its benchmark with its default sizes."""
     words = shlex.split(command)
     options = words[words.index("-m") + 2 :] if "-m" in words else words
-    return all(word == "--publish" for word in options)
+    rest = iter(options)
+    for word in rest:
+        name = word.split("=", 1)[0]
+        if name in NEUTRAL_OPTIONS:
+            if "=" not in word:
+                next(rest, None)
+        elif word != "--publish":
+            return False
+    return True
 
 
 def section(

@@ -8,7 +8,10 @@ from gevent import monkey
 monkey.patch_all()
 
 import json  # noqa: E402
+import math  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import click  # noqa: E402
@@ -373,6 +376,18 @@ def _store_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def _progress_lines(every: float = 5.0) -> Callable[[int, int], None]:
+    last = -math.inf
+
+    def line(done: int, total: int) -> None:
+        nonlocal last
+        if time.monotonic() - last >= every or done >= total:
+            last = time.monotonic()
+            click.echo(f"jobs: {done:,} / {total:,} read")
+
+    return line
+
+
 @main.command()
 @click.argument("source", callback=_store_url)
 @click.argument("destination", callback=_store_url)
@@ -411,14 +426,18 @@ def migrate(source: str, destination: str, batch: int) -> None:
         raise click.ClickException(str(exc)) from None
     columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        with Progress(*columns, transient=False) as bar:
-            task = bar.add_task("jobs", total=None)
-            report = copy(
-                origin,
-                target,
-                batch,
-                lambda done, total: bar.update(task, completed=done, total=total),
-            )
+        if sys.stdout.isatty():
+            with Progress(*columns, transient=False) as bar:
+                task = bar.add_task("jobs", total=None)
+                report = copy(
+                    origin,
+                    target,
+                    batch,
+                    lambda done, total: bar.update(task, completed=done, total=total),
+                )
+        else:
+            # A log or a pipe: a plain line at most every few seconds, and the last one.
+            report = copy(origin, target, batch, _progress_lines())
     except StoreError as exc:
         raise click.ClickException(
             f"{exc} (run the command again: it goes on where it stopped)"

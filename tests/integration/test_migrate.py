@@ -205,6 +205,8 @@ def test_an_interrupted_copy_resumed_gives_exact_counts(postgres_db: str, tmp_pa
         result.stdout
     )
     assert f"counts: source {SEEDED + 1}, destination {SEEDED + 1}" in result.stdout
+    # Not a terminal: plain progress lines, the last one when every job is read.
+    assert f"jobs: {SEEDED + 1:,} / {SEEDED + 1:,} read" in result.stdout
     with psycopg.connect(postgres_db) as conn:
         rows = conn.execute(b"SELECT count(*), count(DISTINCT id) FROM job").fetchone()
         total = conn.execute(b"SELECT sum(n) FROM job_total").fetchone()

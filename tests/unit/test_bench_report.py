@@ -78,6 +78,10 @@ def test_section_says_whether_the_sizes_are_the_defaults() -> None:
     assert report.default_sizes(".venv/bin/python -m bench.executor --publish")
     assert report.default_sizes(".venv/bin/python -m bench.executor")
     assert not report.default_sizes(".venv/bin/python -m bench.executor --jobs 300 --publish")
+    # Choosing what is measured (or how long to wait for quiet) keeps the default sizes.
+    both = ".venv/bin/python -m bench.api --db both --replicas 2 --quiet-wait=10 --publish"
+    assert report.default_sizes(both)
+    assert not report.default_sizes(".venv/bin/python -m bench.api --db both --jobs 20000")
     quick = report.section(".venv/bin/python -m bench.x --jobs 3", "0.1", "table")
     full = report.section(".venv/bin/python -m bench.x --publish", "0.1", "table")
     assert "not the default sizes" in quick and "; default sizes." in full
@@ -126,6 +130,7 @@ def test_runner_lists_benchmarks_not_helpers_and_passes_quick_sizes() -> None:
     assert runner.modules() == [
         "peers",
         "api",
+        "api_stores",
         "capacity",
         "dashboard",
         "delays",
