@@ -405,6 +405,11 @@ def docs_store(store_with) -> Iterator[SqliteStore]:
         ("acl=null", {1, 2, 3, 4}),
         ("state='QUEUED' or tags=3 and progress<50", {1, 6}),
         ("(state='QUEUED' or tags=3) and progress<50", {6}),
+        # or-ed comparisons on one list (PostgreSQL: one EXISTS for them all)
+        ("tags='a' or tags=3 or name=1", {1, 3, 6}),
+        ("tags='zz' or tags^='b' or tags!='a'", {1, 2, 3, 4, 5, 6}),
+        ("tags=null or tags='b' or tags=3", {1, 2, 3, 4, 5, 6}),
+        ("affected-resources/href='d/1' or affected-resources/href^='x' or tags='a'", {1, 4}),
     ],
 )
 def test_semantics(text, ids, docs_store):
