@@ -27,6 +27,7 @@ from bench import api as base
 from bench import report as publishing
 
 REPORT = base.RESULTS / "api-stores.md"
+PROFILE = base.RESULTS / "api-stores-profile.txt"
 SECTION = "api_stores"
 FILL_BATCH = 5000
 
@@ -43,6 +44,7 @@ class Run:
     baseline: base.PhaseResult
     mixed: base.PhaseResult
     api_cpu: float  # cores, every replica together, over warm-up and window of the mix
+    profile: list[tuple[float, str]] | None = None  # --profile: the first replica's
 
     def row(self) -> list[str]:
         mixed = self.mixed
@@ -183,8 +185,11 @@ def measure(
             print(f"{store} x{replicas}: {phase}, {args.clients} clients ...", flush=True)
             before = sum(base._cpu_seconds(p) for p in pids if p)
             began = time.perf_counter()
+            profile_to = PROFILE if args.profile and phase == "mixed" else None
+            if profile_to is not None:
+                profile_to.unlink(missing_ok=True)
             phases[phase] = base.run_phase(
-                loaders, phase, (pids[0] or 0, zk_pid), args.warmup, args.seconds
+                loaders, phase, (pids[0] or 0, zk_pid), args.warmup, args.seconds, profile_to
             )
             cores = (sum(base._cpu_seconds(p) for p in pids if p) - before) / (
                 time.perf_counter() - began
@@ -194,8 +199,19 @@ def measure(
         # The other replicas' CPU counts as the job API's, not as "others".
         mixed = phases["mixed"]
         mixed.server_cpu = cores
+        profile = (
+            base.summarize_profile(PROFILE, top=25) if args.profile and PROFILE.exists() else None
+        )
         return Run(
-            store, replicas, fill_seconds, search, queued, phases["cloud-entry-point"], mixed, cores
+            store,
+            replicas,
+            fill_seconds,
+            search,
+            queued,
+            phases["cloud-entry-point"],
+            mixed,
+            cores,
+            profile,
         )
     finally:
         for loader in loaders:
@@ -228,6 +244,15 @@ def markdown(runs: list[Run], args: argparse.Namespace, postgres_version: str) -
             for r in [x for x in runs if x.store == "postgresql"][:1]
         ),
     ]
+    for r in runs:
+        if r.profile:
+            lines += [
+                "",
+                f"Where the time of the first job API went during the mix on {r.store} with"
+                f" {r.replicas} replica(s) (py-spy, share of its samples, inclusive):",
+                "",
+                *(f"- {share:5.1f}% `{frame}`" for share, frame in r.profile),
+            ]
     return "\n".join(lines) + "\n"
 
 

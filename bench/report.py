@@ -92,7 +92,7 @@ def default_sizes(command: str) -> bool:
         if name in NEUTRAL_OPTIONS:
             if "=" not in word:
                 next(rest, None)
-        elif word != "--publish":
+        elif word not in ("--publish", "--profile"):
             return False
     return True
 

@@ -79,7 +79,7 @@ def test_section_says_whether_the_sizes_are_the_defaults() -> None:
     assert report.default_sizes(".venv/bin/python -m bench.executor")
     assert not report.default_sizes(".venv/bin/python -m bench.executor --jobs 300 --publish")
     # Choosing what is measured (or how long to wait for quiet) keeps the default sizes.
-    both = ".venv/bin/python -m bench.api --db both --replicas 2 --quiet-wait=10 --publish"
+    both = ".venv/bin/python -m bench.api --db both --replicas 2 --quiet-wait=10 --profile"
     assert report.default_sizes(both)
     assert not report.default_sizes(".venv/bin/python -m bench.api --db both --jobs 20000")
     quick = report.section(".venv/bin/python -m bench.x --jobs 3", "0.1", "table")
