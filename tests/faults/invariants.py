@@ -54,6 +54,9 @@ class Verdict:
     still_queued: int = 0
     duplicate_executions: int = 0
     jobs_run_twice: list[str] = field(default_factory=list)
+    # Jobs an add made whose answer was lost with its job API replica, run once to
+    # SUCCESS, whose add the client then sent again (stack.FaultStack.verdict).
+    made_unanswered: list[str] = field(default_factory=list)
     # False where the fault leaves every executor alive and holding its entries (the job
     # API down, its disk full): then no action may run twice.
     duplicates_allowed: bool = True

@@ -118,6 +118,9 @@ class FaultStack:
         self.target = 0  # jobs the background load adds
         self.refused: list[tuple[int, dict[str, Any] | str]] = []
         self._added_times: list[float] = []  # when each add of the load was answered
+        # Unique keys of adds whose answer never came (the replica died with the request):
+        # the add may have been made, and the job may even have run before it was sent again.
+        self.answer_lost: set[str] = set()
         self._loader: ThreadPoolExecutor | None = None
         self._load: list[Any] = []
         self._stop_load = threading.Event()
@@ -258,6 +261,8 @@ class FaultStack:
                         self._added_times.append(time.time())
                         break
                     self.refused.append((status, body))
+                    if status in (0, 502) and "unique-key" in doc:
+                        self.answer_lost.add(doc["unique-key"])
                     self._stop_load.wait(0.5)
 
         slices = [docs[i::ADD_THREADS] for i in range(ADD_THREADS)]
@@ -355,7 +360,7 @@ class FaultStack:
     def jobs(self) -> dict[str, dict[str, Any]]:
         response = requests.get(
             f"{self.endpoint}/api/job",
-            params={"last": 1_000_000, "select": "id,state,updated-by,return-code"},
+            params={"last": 1_000_000, "select": "id,state,updated-by,return-code,unique-key"},
             cookies=self._cookies(),
             timeout=60,
         )
@@ -406,9 +411,10 @@ class FaultStack:
         entries, taken = self.queue_snapshot()
         writers = {p.pid: self.identities[n] for n, p in self.executors.items()}
         abandoned = {p.pid: abandoned_jobs(p.log()) for p in self.executors.values()}
-        return check(
+        jobs = self.jobs()
+        verdict = check(
             self.added,
-            self.jobs(),
+            jobs,
             entries,
             taken,
             self.executions(),
@@ -416,3 +422,18 @@ class FaultStack:
             abandoned,
             duplicates_allowed=duplicates_allowed,
         )
+        # An add the replica made and queued before dying unanswered is not refused: the
+        # client could not know. If its job ran and ended before the add was sent again,
+        # the key was free again and the retry made a second job (a unique key holds only
+        # while its job is unfinished). Such a job must have run once, to SUCCESS.
+        made_unanswered = [
+            job_id
+            for job_id in verdict.refused_but_stored
+            if jobs[job_id].get("unique-key") in self.answer_lost
+            and jobs[job_id].get("state") == "SUCCESS"
+        ]
+        verdict.refused_but_stored = [
+            j for j in verdict.refused_but_stored if j not in made_unanswered
+        ]
+        verdict.made_unanswered = made_unanswered
+        return verdict

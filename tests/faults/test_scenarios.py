@@ -74,9 +74,16 @@ def conclude(
     if stack.refused:
         statuses = sorted({status for status, _ in stack.refused})
         faults += f"; {len(stack.refused)} adds refused ({statuses}) and retried"
+    if stack.answer_lost:
+        faults += f" ({len(stack.answer_lost)} of them unanswered)"
     # `>=`: a job the API refused but stored anyway is counted too (the checker finds it).
     poll(lambda: (stack.final_count() or 0) >= len(stack.added), 300, interval=0.5)
     verdict = stack.verdict(duplicates_allowed)
+    if verdict.made_unanswered:
+        faults += (
+            f"; {len(verdict.made_unanswered)} unanswered adds had been made and had run "
+            "before they were sent again (a second job each)"
+        )
     problems = verdict.hard_failures()
     if verdict.still_queued:
         problems.append(f"{verdict.still_queued} jobs never ran")
