@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .lifecycle import Service
 from .ports import free_port
-from .processes import ADDRESS_IN_USE, BIND_ATTEMPTS
+from .processes import ADDRESS_IN_USE, BIND_ATTEMPTS, stop_process
 
 DEBIAN_BINARIES = "/usr/lib/postgresql/*/bin"
 # The unprivileged account a root caller runs the server as.
@@ -213,16 +213,7 @@ class PostgresServer(Service):
         """Fast shutdown by pid (SIGINT: clients are disconnected), SIGKILL after
         ``timeout``; returns the exit status."""
         process, self._process = self._process, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return None if process is None else stop_process(process, timeout, signal.SIGINT)
 
     def kill(self) -> None:
         """SIGKILL by pid (a crash); the cluster stays for a restart."""

@@ -41,12 +41,14 @@ def child_env(*layers: dict[str, str], this_copy: bool = True) -> dict[str, str]
     return env
 
 
-def stop_process(process: subprocess.Popen, timeout: float) -> int:
-    """Stop a child by pid: SIGCONT (a frozen process cannot handle SIGTERM), SIGTERM, and
+def stop_process(
+    process: subprocess.Popen, timeout: float, sig: signal.Signals = signal.SIGTERM
+) -> int:
+    """Stop a child by pid: SIGCONT (a frozen process cannot handle SIGTERM), ``sig``, and
     SIGKILL if it is still alive after ``timeout`` seconds. Returns its exit status."""
     if process.poll() is None:
         process.send_signal(signal.SIGCONT)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
