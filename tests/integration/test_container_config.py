@@ -409,7 +409,7 @@ def container_env(
     env["ZK_HOSTS"] = zk_hosts
     if "JOB_API_URL" in env:
         env["JOB_API_URL"] = f"http://127.0.0.1:{port}"
-    if service["command"][0] == "job-api":
+    if (service.get("command") or [""])[0] == "job-api":
         env["JOB_API_HOST"] = "127.0.0.1"
         env["JOB_API_PORT"] = str(port)
         env["JOB_API_DB"] = db_url
