@@ -179,9 +179,15 @@ def test_a_job_over_the_limit_waits_holding_no_slot_and_starts_in_order(
     others = [add(admin_api, "test_ok") for _ in range(4)]
     assert all(wait_state(admin_api, job)["state"] == "SUCCESS" for job in others)
     assert [admin_api.get(job).data["state"] for job in gated] == ["RUNNING", "QUEUED", "QUEUED"]
-    samples = scrape(url)
-    assert value(samples, "nuvla_job_jobs_in_flight") == 1
-    assert value(samples, "nuvla_job_jobs_waiting_for_limit") == 2
+    # The other jobs' greenlets end once their entries are consumed, just after SUCCESS.
+    wait_for(
+        lambda: (
+            (samples := scrape(url))
+            and value(samples, "nuvla_job_jobs_in_flight") == 1
+            and value(samples, "nuvla_job_jobs_waiting_for_limit") == 2
+        ),
+        "1 job in flight and 2 waiting",
+    )
     # A job cancelled while it waits is not run when its turn comes.
     for _ in (1, 2):
         gated.append(add(admin_api, "test_limited_gated", payload=payload))
