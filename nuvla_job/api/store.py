@@ -347,7 +347,8 @@ def open_store(url: StoreUrl | str, limits: StoreLimits | None = None) -> Store:
         try:
             from .postgres import PostgresStore
         except ImportError:
-            raise StoreUrlError(
+            # A StoreError (one line, exit 1): the value is right, the install lacks a part.
+            raise StoreError(
                 "the PostgreSQL store needs psycopg: pip install 'nuvla-job[postgresql]'"
             ) from None
         return PostgresStore(url.url, limits)

@@ -143,6 +143,15 @@ def test_every_console_script_is_installed_and_answers(installed: Installed) -> 
         assert "Usage:" in result.stdout, script
 
 
+def test_the_postgresql_store_without_its_extra_is_a_one_line_error(installed: Installed) -> None:
+    # A plain `pip install .` has no psycopg: the store says which extra to install.
+    for args in (["serve"], ["add-key", "--identity", "user/x"]):
+        result = installed.run("job-api", *args, "--db", "postgresql://u@127.0.0.1:9/jobs")
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "pip install 'nuvla-job[postgresql]'" in result.stderr
+
+
 def test_builtin_and_own_actions_run_through_the_installed_scripts(
     installed: Installed, zookeeper: ZooKeeperServer, zk: KazooClient
 ) -> None:
