@@ -215,7 +215,8 @@ class Executor:
         while (
             self._busy() >= self.concurrency
             or self._claims
-            or len(self._waiting) >= self.concurrency
+            # Takes in flight may each bring one more waiting job: counted, so the bound holds.
+            or len(self._waiting) + self._reserved >= self.concurrency
         ) and not self._stopping.is_set():
             self._slot_freed.clear()
             gevent.wait([self._slot_freed, self._stopping], count=1)
