@@ -69,9 +69,6 @@ class Headers:
     def items(self) -> list[tuple[str, str]]:
         return list(self._fields)
 
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
-
 
 class LeanResponse(http.client.HTTPResponse):
     """``http.client``'s response with a header block read as plain lines (no ``email``
