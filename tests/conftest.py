@@ -14,11 +14,13 @@ from kazoo.exceptions import NoNodeError
 from nuvla.api import Api
 
 from nuvla_job.zk import make_client
-from tests.support.jobapi import JobApiProcess
+from tests.support.jobapi import JobApiClients, JobApiProcess
 from tests.support.needs import require
 from tests.support.postgres import PostgresNotAvailable, PostgresServer
 from tests.support.processes import EngineProcess, executor_process, serving_on_free_port
+from tests.support.replicas import JobApiReplicas
 from tests.support.stores import (
+    API_DEPLOYMENTS,
     STORE_KINDS,
     ApiStore,
     StoreWith,
@@ -156,34 +158,64 @@ def fresh_api(zookeeper: ZooKeeperServer) -> Iterator[JobApiProcess]:
         yield server
 
 
-@pytest.fixture(scope="module", params=STORE_KINDS)
-def api_store(request: pytest.FixtureRequest) -> Iterator[ApiStore]:
-    """The store of the job APIs of `job_api_each_store` and `fresh_api_each_store`: each
-    test using them runs on SQLite, then on PostgreSQL."""
-    choice = ApiStore(
+def _api_store(request: pytest.FixtureRequest) -> ApiStore:
+    return ApiStore(
         request.param,
         lambda: request.getfixturevalue("postgres"),
         lambda: f"api_{os.getpid()}_{next(_databases)}",
     )
+
+
+@pytest.fixture(scope="module", params=STORE_KINDS)
+def api_store(request: pytest.FixtureRequest) -> Iterator[ApiStore]:
+    """The store of the job APIs a module starts itself: each test using it runs on SQLite,
+    then on PostgreSQL."""
+    choice = _api_store(request)
+    yield choice
+    choice.drop_all()
+
+
+@pytest.fixture(scope="module", params=API_DEPLOYMENTS)
+def api_deployment(request: pytest.FixtureRequest) -> Iterator[ApiStore]:
+    """As `api_store`, and a third time as two replicas on PostgreSQL (`job_api_each_store`)."""
+    choice = _api_store(request)
     yield choice
     choice.drop_all()
 
 
 @pytest.fixture(scope="module")
-def job_api_each_store(zookeeper: ZooKeeperServer, api_store: ApiStore) -> Iterator[JobApiProcess]:
-    """A job API for the module on each store in turn. A module runs its tests on both by
-    overriding `job_api` with it (see tests/integration/test_api_http.py)."""
-    with JobApiProcess(zookeeper.hosts, db=api_store.db()) as server:
+def job_api_each_store(
+    zookeeper: ZooKeeperServer, api_deployment: ApiStore
+) -> Iterator[JobApiClients]:
+    """A job API for the module on each store in turn, then as two replicas behind a
+    balancer that sends each request to the next one (tests/support/replicas.py). A module
+    runs its tests on all three by overriding `job_api` with it (see
+    tests/integration/test_api_http.py); each test's requests must then reach both
+    replicas (`_replicas_alternate`)."""
+    server: JobApiClients
+    if api_deployment.kind == "replicas":
+        server = JobApiReplicas(zookeeper.hosts, db=str(api_deployment.db()))
+    else:
+        server = JobApiProcess(zookeeper.hosts, db=api_deployment.db())
+    with server:
         yield server
 
 
-@pytest.fixture
-def fresh_api_each_store(
-    zookeeper: ZooKeeperServer, api_store: ApiStore
-) -> Iterator[JobApiProcess]:
-    """`fresh_api` on each store in turn (PostgreSQL: a new database)."""
-    with JobApiProcess(zookeeper.hosts, db=api_store.db()) as server:
-        yield server
+@pytest.fixture(autouse=True)
+def _replicas_alternate(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on the replicas that made two requests or more had both replicas answer."""
+    if "job_api_each_store" not in request.fixturenames:
+        yield
+        return
+    server = request.getfixturevalue("job_api_each_store")
+    if not isinstance(server, JobApiReplicas):
+        yield
+        return
+    before = server.served()
+    yield
+    served = {e: n - before[e] for e, n in server.served().items()}
+    if sum(served.values()) >= 2:
+        assert all(served.values()), f"requests per replica: {served}"
 
 
 @pytest.fixture

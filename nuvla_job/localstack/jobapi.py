@@ -27,11 +27,77 @@ from .ports import free_port
 from .processes import ADDRESS_IN_USE, BIND_ATTEMPTS, child_env, stop_process
 
 
+class JobApiClients:
+    """Clients of a job API at ``endpoint``, and its ``job-api`` management commands on
+    ``db``: for one process (:class:`JobApiProcess`) or several behind a balancer."""
+
+    credentials_path: Path
+    program: list[str]
+    this_copy: bool
+    db: Path | str
+
+    @property
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def tls(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def log_paths(self) -> list[Path]:
+        """The log of each process serving ``endpoint``."""
+        raise NotImplementedError
+
+    def wait_queue_connected(self, timeout: float = 30.0) -> None:
+        raise NotImplementedError
+
+    def credentials(self) -> dict[str, str]:
+        return json.loads(self.credentials_path.read_text())
+
+    def api(self) -> Api:
+        """An anonymous client (no cookie file on disk)."""
+        api = Api(endpoint=self.endpoint, insecure=True, persist_cookie=False)
+        if self.tls:
+            # requests lets REQUESTS_CA_BUNDLE override verify=False: ignore the environment.
+            api.session.trust_env = False
+        return api
+
+    def admin_api(self) -> Api:
+        api = self.api()
+        creds = self.credentials()
+        response = api.login_apikey(creds["key"], creds["secret"])
+        assert response.status_code == 201, response.text
+        return api
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a `job-api` management subcommand on this server's database."""
+        return subprocess.run(
+            [*self.program, *args, "--db", str(self.db)],
+            capture_output=True,
+            text=True,
+            input=input,
+            env=child_env(this_copy=self.this_copy),
+            timeout=60,
+        )
+
+    def user_api(self, username: str, password: str = "pw-Secret-1", *groups: str) -> Api:
+        """Create a user through the CLI and return a client logged in as that user."""
+        group_args = [a for g in groups for a in ("--group", g)]
+        result = self.cli("add-user", username, "--password", password, *group_args)
+        assert result.returncode == 0, result.stderr
+        api = self.api()
+        response = api.login_password(username, password)
+        assert response.status_code == 201, response.text
+        api.user_id = result.stdout.strip()
+        return api
+
+
 class BindFailed(RuntimeError):
     """The server exited because its port was taken."""
 
 
-class JobApiProcess(Service):
+class JobApiProcess(JobApiClients, Service):
     """One `job-api serve` process with its own temporary database."""
 
     host = "127.0.0.1"
@@ -74,6 +140,10 @@ class JobApiProcess(Service):
     @property
     def endpoint(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    @property
+    def log_paths(self) -> list[Path]:
+        return [self.log_path]
 
     @property
     def pid(self) -> int | None:
@@ -183,45 +253,3 @@ class JobApiProcess(Service):
             return "\n".join(self.log_path.read_text("utf-8", "replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
-
-    # -- clients ----------------------------------------------------------------------------
-
-    def credentials(self) -> dict[str, str]:
-        return json.loads(self.credentials_path.read_text())
-
-    def api(self) -> Api:
-        """An anonymous client (no cookie file on disk)."""
-        api = Api(endpoint=self.endpoint, insecure=True, persist_cookie=False)
-        if self.tls:
-            # requests lets REQUESTS_CA_BUNDLE override verify=False: ignore the environment.
-            api.session.trust_env = False
-        return api
-
-    def admin_api(self) -> Api:
-        api = self.api()
-        creds = self.credentials()
-        response = api.login_apikey(creds["key"], creds["secret"])
-        assert response.status_code == 201, response.text
-        return api
-
-    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a `job-api` management subcommand on this server's database."""
-        return subprocess.run(
-            [*self.program, *args, "--db", str(self.db)],
-            capture_output=True,
-            text=True,
-            input=input,
-            env=child_env(this_copy=self.this_copy),
-            timeout=60,
-        )
-
-    def user_api(self, username: str, password: str = "pw-Secret-1", *groups: str) -> Api:
-        """Create a user through the CLI and return a client logged in as that user."""
-        group_args = [a for g in groups for a in ("--group", g)]
-        result = self.cli("add-user", username, "--password", password, *group_args)
-        assert result.returncode == 0, result.stderr
-        api = self.api()
-        response = api.login_password(username, password)
-        assert response.status_code == 201, response.text
-        api.user_id = result.stdout.strip()
-        return api

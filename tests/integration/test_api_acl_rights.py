@@ -11,12 +11,13 @@ from nuvla.api import Api
 
 from tests.integration.test_api_http import unique_action
 from tests.integration.test_api_rules import error_status
-from tests.support.jobapi import JobApiProcess
+from tests.support.jobapi import JobApiClients
 
 
-# Every test here runs on each store: SQLite, then PostgreSQL (tests/conftest.py).
+# Every test here runs on each store, SQLite then PostgreSQL, then on two replicas behind a
+# balancer that alternates between them (tests/conftest.py).
 @pytest.fixture(scope="module")
-def job_api(job_api_each_store: JobApiProcess) -> JobApiProcess:
+def job_api(job_api_each_store: JobApiClients) -> JobApiClients:
     return job_api_each_store
 
 
@@ -31,7 +32,7 @@ def rels(api: Api, job_id: str) -> set[str]:
 
 
 def test_edit_acl_lets_a_non_owner_edit_share_cancel_and_delete(
-    job_api: JobApiProcess, admin_api: Api
+    job_api: JobApiClients, admin_api: Api
 ) -> None:
     carol = job_api.user_api(f"carol-{uuid.uuid4().hex[:6]}")
     dave = job_api.user_api(f"dave-{uuid.uuid4().hex[:6]}")
@@ -56,7 +57,7 @@ def test_edit_acl_lets_a_non_owner_edit_share_cancel_and_delete(
 
 
 def test_delete_lets_a_non_owner_see_and_delete_but_not_edit(
-    job_api: JobApiProcess, admin_api: Api
+    job_api: JobApiClients, admin_api: Api
 ) -> None:
     erin = job_api.user_api(f"erin-{uuid.uuid4().hex[:6]}")
     action = unique_action()
@@ -73,7 +74,7 @@ def test_delete_lets_a_non_owner_see_and_delete_but_not_edit(
 
 
 def test_manage_lets_a_non_owner_cancel_but_not_edit_or_delete(
-    job_api: JobApiProcess, admin_api: Api
+    job_api: JobApiClients, admin_api: Api
 ) -> None:
     frank = job_api.user_api(f"frank-{uuid.uuid4().hex[:6]}")
     job_id = granted(admin_api, "manage", frank, unique_action())

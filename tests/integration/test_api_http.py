@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
 from nuvla.api import Api, NuvlaError
 
-from tests.support.jobapi import JobApiProcess
+from tests.support.jobapi import JobApiClients, JobApiProcess
 
 
-# Every test here runs on each store: SQLite, then PostgreSQL (tests/conftest.py).
+# Every test here runs on each store, SQLite then PostgreSQL, then on two replicas behind a
+# balancer that alternates between them (tests/conftest.py).
 @pytest.fixture(scope="module")
-def job_api(job_api_each_store: JobApiProcess) -> JobApiProcess:
+def job_api(job_api_each_store: JobApiClients) -> JobApiClients:
     return job_api_each_store
 
 
@@ -30,7 +32,7 @@ def add_job(api: Api, **attrs) -> str:
 # -- session rows -----------------------------------------------------------------------------
 
 
-def test_login_apikey_sets_cookie_and_bad_secret_is_403(job_api: JobApiProcess) -> None:
+def test_login_apikey_sets_cookie_and_bad_secret_is_403(job_api: JobApiClients) -> None:
     api = job_api.api()
     creds = job_api.credentials()
     response = api.login_apikey(creds["key"], creds["secret"])
@@ -46,7 +48,7 @@ def test_login_apikey_sets_cookie_and_bad_secret_is_403(job_api: JobApiProcess) 
     assert unknown.status_code == 403
 
 
-def test_login_password_and_bad_password(job_api: JobApiProcess) -> None:
+def test_login_password_and_bad_password(job_api: JobApiClients) -> None:
     name = f"alice-{uuid.uuid4().hex[:6]}"
     api = job_api.user_api(name, "s3cret-pass")
     assert api.is_authenticated()
@@ -54,7 +56,7 @@ def test_login_password_and_bad_password(job_api: JobApiProcess) -> None:
     assert bad.status_code == 403
 
 
-def test_current_session_and_logout(job_api: JobApiProcess) -> None:
+def test_current_session_and_logout(job_api: JobApiClients) -> None:
     api = job_api.admin_api()
     session_id = api.current_session()
     assert session_id and session_id.startswith("session/")
@@ -66,7 +68,7 @@ def test_current_session_and_logout(job_api: JobApiProcess) -> None:
     assert err.value.response.status_code == 403
 
 
-def test_anonymous_has_no_session_and_cannot_search(job_api: JobApiProcess) -> None:
+def test_anonymous_has_no_session_and_cannot_search(job_api: JobApiClients) -> None:
     api = job_api.api()
     assert api.current_session() is None
     with pytest.raises(NuvlaError) as err:
@@ -74,7 +76,7 @@ def test_anonymous_has_no_session_and_cannot_search(job_api: JobApiProcess) -> N
     assert err.value.response.status_code == 403
 
 
-def test_cloud_entry_point(job_api: JobApiProcess) -> None:
+def test_cloud_entry_point(job_api: JobApiClients) -> None:
     cep = job_api.api().cloud_entry_point
     assert cep.collections["job"] == "job"
     assert cep.base_uri.endswith("/api/")
@@ -167,7 +169,7 @@ def test_delete_bulk_reports_deleted_and_timed_out(admin_api: Api) -> None:
     assert admin_api.get(keep).id == keep
 
 
-def test_bulk_delete_needs_header_and_filter(job_api: JobApiProcess, admin_api: Api) -> None:
+def test_bulk_delete_needs_header_and_filter(job_api: JobApiClients, admin_api: Api) -> None:
     url = f"{job_api.endpoint}/api/job"
     no_header = admin_api.session.delete(url, data={"filter": "action='x'"})
     assert no_header.status_code == 400
@@ -202,7 +204,7 @@ def test_get_context_holds_a_job_target(admin_api: Api) -> None:
     assert context[target]["id"] == target
 
 
-def test_errors_are_json_with_status_and_message(job_api: JobApiProcess, admin_api: Api) -> None:
+def test_errors_are_json_with_status_and_message(job_api: JobApiClients, admin_api: Api) -> None:
     missing = f"job/{uuid.uuid4()}"
     with pytest.raises(NuvlaError) as err:
         admin_api.get(missing)
@@ -225,12 +227,17 @@ def test_a_filter_over_the_value_limit_is_a_400(admin_api: Api) -> None:
     assert admin_api.search("job", filter=f"state=[{at_limit}]", last=0).count == 0
 
 
-def _log_after(server: JobApiProcess, start: int) -> str:
-    return server.log_path.read_text("utf-8", "replace")[start:]
+def _log_sizes(server: JobApiClients) -> dict[Path, int]:
+    return {path: path.stat().st_size for path in server.log_paths}
+
+
+def _logs_after(sizes: dict[Path, int]) -> str:
+    """What each log (of each replica) got since `sizes`."""
+    return "".join(path.read_text("utf-8", "replace")[size:] for path, size in sizes.items())
 
 
 def test_filters_the_database_cannot_take_are_400s_of_our_own(
-    job_api: JobApiProcess, admin_api: Api
+    job_api: JobApiClients, admin_api: Api
 ) -> None:
     # Each of these reached SQLite and came back as a 503 quoting it ("parser stack
     # overflow", "Expression tree is too large", "too many terms in ORDER BY clause").
@@ -247,7 +254,7 @@ def test_filters_the_database_cannot_take_are_400s_of_our_own(
         ),
         "orderby of 3,000": ({"orderby": ",".join(["name"] * 3_000)}, "more than 20 attributes"),
     }
-    start = job_api.log_path.stat().st_size
+    sizes = _log_sizes(job_api)
     for name, (params, message) in refused.items():
         response = requests.put(
             f"{job_api.endpoint}/api/job",
@@ -263,14 +270,14 @@ def test_filters_the_database_cannot_take_are_400s_of_our_own(
     for count in (1_000, 10_000):
         names = " or ".join(f"action='{i}'" for i in range(count))
         assert admin_api.search("job", filter=names, last=0).count == 0
-    log = _log_after(job_api, start)
+    log = _logs_after(sizes)
     assert "ERROR" not in log and "Traceback" not in log, log[-2000:]
 
 
 # -- the nuvla-authn-info header ----------------------------------------------------------------
 
 
-def test_authn_header_ignored_by_default(job_api: JobApiProcess) -> None:
+def test_authn_header_ignored_by_default(job_api: JobApiClients) -> None:
     api = Api(
         endpoint=job_api.endpoint,
         insecure=True,
@@ -307,7 +314,7 @@ def test_authn_header_honoured_when_enabled(zookeeper) -> None:
         server.close()
 
 
-def test_unknown_route_is_json_404(job_api: JobApiProcess) -> None:
+def test_unknown_route_is_json_404(job_api: JobApiClients) -> None:
     response = requests.get(f"{job_api.endpoint}/api/nothing-here", timeout=5)
     assert response.status_code == 404
     assert response.json()["status"] == 404
@@ -327,7 +334,7 @@ def test_total_count_is_kept_exact(admin_api: Api) -> None:
     assert admin_api.search("job", last=0).count == counted
 
 
-def test_search_orderby_paging_select_and_date_math(job_api: JobApiProcess, admin_api: Api) -> None:
+def test_search_orderby_paging_select_and_date_math(job_api: JobApiClients, admin_api: Api) -> None:
     action = unique_action()
     for priority in (30, 10, 20, 40):
         admin_api.add("job", {"action": action, "priority": priority})
@@ -348,7 +355,7 @@ def test_search_orderby_paging_select_and_date_math(job_api: JobApiProcess, admi
     assert both.json()["count"] == 2
 
 
-def test_health_follows_the_zookeeper_connection(job_api: JobApiProcess, zookeeper) -> None:
+def test_health_follows_the_zookeeper_connection(job_api: JobApiClients, zookeeper) -> None:
     url = f"{job_api.endpoint}/api/health"
     assert requests.get(url, timeout=5).json() == {"status": "ok", "zookeeper": "CONNECTED"}
     zookeeper.stop()

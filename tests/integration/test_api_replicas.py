@@ -20,6 +20,7 @@ from nuvla_job import queue
 from nuvla_job.api.postgres import PostgresStore
 from nuvla_job.timeutil import now_iso
 from tests.support.jobapi import JobApiProcess
+from tests.support.replicas import JobApiReplicas
 from tests.support.waiting import wait_for
 from tests.support.zookeeper import ZooKeeperServer
 
@@ -233,3 +234,17 @@ def test_killing_a_replica_mid_load_loses_nothing_and_queues_nothing_twice(
 def _rows(url: str, sql: str) -> list[tuple]:
     with psycopg.connect(url) as conn:
         return conn.execute(sql.encode()).fetchall()
+
+
+def test_the_suites_balancer_sends_each_request_to_the_next_replica(
+    zookeeper: ZooKeeperServer, postgres_db: str
+) -> None:
+    # The job API suite runs a third time on JobApiReplicas (tests/conftest.py): its rules
+    # hold only if one client's requests, on one kept-alive connection, reach both replicas.
+    with JobApiReplicas(zookeeper.hosts, db=postgres_db) as deployment:
+        api = deployment.admin_api()
+        before = deployment.served()
+        for _ in range(10):
+            assert api.search("job", last=0).count == 0
+        after = deployment.served()
+    assert [after[e] - before[e] for e in before] == [5, 5]

@@ -12,12 +12,13 @@ from nuvla.api import Api, NuvlaError
 
 from nuvla_job import queue
 from tests.integration.test_api_http import add_job, unique_action
-from tests.support.jobapi import JobApiProcess
+from tests.support.jobapi import JobApiClients
 
 
-# Every test here runs on each store: SQLite, then PostgreSQL (tests/conftest.py).
+# Every test here runs on each store, SQLite then PostgreSQL, then on two replicas behind a
+# balancer that alternates between them (tests/conftest.py).
 @pytest.fixture(scope="module")
-def job_api(job_api_each_store: JobApiProcess) -> JobApiProcess:
+def job_api(job_api_each_store: JobApiClients) -> JobApiClients:
     return job_api_each_store
 
 
@@ -30,7 +31,7 @@ def error_status(call, *args, **kwargs) -> tuple[int, str]:
 # -- On add -------------------------------------------------------------------------------------
 
 
-def test_only_admins_add(job_api: JobApiProcess) -> None:
+def test_only_admins_add(job_api: JobApiClients) -> None:
     user = job_api.user_api(f"u-{uuid.uuid4().hex[:6]}")
     status, _ = error_status(user.add, "job", {"action": "x"})
     assert status == 403
@@ -198,7 +199,7 @@ def test_cancelling_a_plain_job_creates_no_child(admin_api: Api) -> None:
     assert children.count == 0
 
 
-def test_timeout_only_running_and_admin(job_api: JobApiProcess, admin_api: Api) -> None:
+def test_timeout_only_running_and_admin(job_api: JobApiClients, admin_api: Api) -> None:
     job_id = add_job(admin_api)
     job = admin_api.get(job_id)
     assert "timeout" not in job.operations
@@ -222,7 +223,7 @@ def test_unknown_operation_is_404(admin_api: Api) -> None:
 
 
 def test_users_see_and_manage_only_what_the_acl_grants(
-    job_api: JobApiProcess, admin_api: Api
+    job_api: JobApiClients, admin_api: Api
 ) -> None:
     alice = job_api.user_api(f"alice-{uuid.uuid4().hex[:6]}")
     bob = job_api.user_api(f"bob-{uuid.uuid4().hex[:6]}")
@@ -261,7 +262,7 @@ def test_users_see_and_manage_only_what_the_acl_grants(
     assert admin_api.get(mine).data["acl"]["owners"] == ["group/nuvla-admin"]
 
 
-def test_only_admins_change_a_jobs_version(job_api: JobApiProcess, admin_api: Api) -> None:
+def test_only_admins_change_a_jobs_version(job_api: JobApiClients, admin_api: Api) -> None:
     # The finding: with edit-data, `version: 99` left the job released for a newer engine
     # every 5 s, forever.
     alice = job_api.user_api(f"alice-{uuid.uuid4().hex[:6]}")
@@ -280,7 +281,7 @@ def _raw_operation(api: Api, endpoint: str, job_id: str, op: str) -> int:
     return api.session.post(f"{endpoint}/api/{job_id}/{op}", json={}, timeout=10).status_code
 
 
-def test_a_user_cannot_reach_another_users_job(job_api: JobApiProcess, admin_api: Api) -> None:
+def test_a_user_cannot_reach_another_users_job(job_api: JobApiClients, admin_api: Api) -> None:
     alice = job_api.user_api(f"alice-{uuid.uuid4().hex[:6]}")
     bob = job_api.user_api(f"bob-{uuid.uuid4().hex[:6]}")
     action = unique_action()
@@ -350,7 +351,7 @@ def test_a_user_cannot_reach_another_users_job(job_api: JobApiProcess, admin_api
 # -- bad input ----------------------------------------------------------------------------------
 
 
-def test_malformed_requests_are_4xx_with_message(job_api: JobApiProcess, admin_api: Api) -> None:
+def test_malformed_requests_are_4xx_with_message(job_api: JobApiClients, admin_api: Api) -> None:
     url = f"{job_api.endpoint}/api/job"
     post = admin_api.session.post
     json_headers = {"Content-Type": "application/json"}
@@ -377,7 +378,7 @@ def test_malformed_requests_are_4xx_with_message(job_api: JobApiProcess, admin_a
 
 
 def test_zookeeper_down_add_is_503_and_nothing_stored(
-    job_api: JobApiProcess, admin_api: Api, zookeeper
+    job_api: JobApiClients, admin_api: Api, zookeeper
 ) -> None:
     action = unique_action()
     zookeeper.stop()

@@ -19,10 +19,12 @@ from tests.support.stores import ApiStore
 from tests.support.zookeeper import ZooKeeperServer
 
 
-# Every test here runs on each store: SQLite, then PostgreSQL (tests/conftest.py).
+# Every test here runs on each store: SQLite, then PostgreSQL (tests/conftest.py); the
+# races go through two job APIs of their own (`two_apis`).
 @pytest.fixture(scope="module")
-def job_api(job_api_each_store: JobApiProcess) -> JobApiProcess:
-    return job_api_each_store
+def job_api(zookeeper: ZooKeeperServer, api_store: ApiStore) -> Iterator[JobApiProcess]:
+    with JobApiProcess(zookeeper.hosts, db=api_store.db()) as server:
+        yield server
 
 
 @pytest.fixture

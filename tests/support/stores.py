@@ -16,6 +16,9 @@ Docs = Iterable[dict[str, Any]]
 # Makes a store holding the documents given (for one test or one example).
 StoreWith = Callable[[Docs], AbstractContextManager[Store]]
 STORE_KINDS = ("sqlite", "postgresql")
+# How the job API of a module is deployed (tests/conftest.py, job_api_each_store): one
+# process on each store, then two replicas on PostgreSQL behind a balancer.
+API_DEPLOYMENTS = (*STORE_KINDS, "replicas")
 
 
 @contextmanager
@@ -59,8 +62,8 @@ def postgres_store_factory(url: str) -> Iterator[StoreWith]:
 
 class ApiStore:
     """Which store the job APIs of a module run on: ``db()`` is a new ``--db`` value (None:
-    the launcher's own SQLite file; a new PostgreSQL database otherwise), dropped by
-    ``drop_all()``."""
+    the launcher's own SQLite file; a new PostgreSQL database otherwise, also for the
+    ``replicas`` deployment), dropped by ``drop_all()``."""
 
     def __init__(self, kind: str, server: Callable[[], Any], name: Callable[[], str]) -> None:
         self.kind = kind
