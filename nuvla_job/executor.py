@@ -137,6 +137,8 @@ class Executor:
         self.pool = gevent.pool.Group()
         self._running: dict[gevent.Greenlet, Entry] = {}
         self._waiting: set[gevent.Greenlet] = set()  # waiting for a limit: no slot held
+        # Taken but not yet at their limit check: each may still join the waiting set.
+        self._undecided: set[gevent.Greenlet] = set()
         self._claims = 0  # jobs that got their limit's place and wait for a slot (first served)
         self._stopping = gevent.event.Event()
         self._slot_freed = gevent.event.Event()
@@ -202,6 +204,7 @@ class Executor:
             # The slot was reserved: this spawn never waits.
             greenlet = self.pool.spawn(self.handle, entry)
             self._running[greenlet] = entry
+            self._undecided.add(greenlet)
             greenlet.link(self._forget)
 
     def _busy(self) -> int:
@@ -215,14 +218,16 @@ class Executor:
         while (
             self._busy() >= self.concurrency
             or self._claims
-            # Takes in flight may each bring one more waiting job: counted, so the bound holds.
-            or len(self._waiting) + self._reserved >= self.concurrency
+            # Takes in flight and jobs not yet at their limit check may each bring one more
+            # waiting job: counted, so the bound holds.
+            or len(self._waiting) + len(self._undecided) + self._reserved >= self.concurrency
         ) and not self._stopping.is_set():
             self._slot_freed.clear()
             gevent.wait([self._slot_freed, self._stopping], count=1)
 
     def _forget(self, greenlet: gevent.Greenlet) -> None:
         self._running.pop(greenlet, None)
+        self._undecided.discard(greenlet)
         self._slot_freed.set()
 
     def in_flight(self) -> list[str]:
@@ -378,12 +383,13 @@ class Executor:
         """Hold the action's concurrency limits (limits.py) around the job's run. While it
         waits for them the job holds no slot; once it has them it gets the next free slot
         before any new take does."""
+        current = gevent.getcurrent()
         if run.entry is None or not self.limits.applies(spec):
+            self._decided(current)
             yield  # pull mode runs one job: no limit to wait for
             return
-        current = gevent.getcurrent()
         self._waiting.add(current)
-        self._slot_freed.set()
+        self._decided(current)
         try:
             try:
                 held = self.limits.acquire(spec, job_id)
@@ -400,6 +406,11 @@ class Executor:
             yield
         finally:
             held.release()
+
+    def _decided(self, current: gevent.Greenlet) -> None:
+        """The job is past its limit check: waiting (counted there) or running."""
+        self._undecided.discard(current)
+        self._slot_freed.set()  # the take loop re-checks its bound on waiting jobs
 
     def _claim_slot(self, current: gevent.Greenlet) -> None:
         """Wait for a free slot and occupy it (leave the waiting set)."""
@@ -587,6 +598,7 @@ class Executor:
     def _settle(self, entry: Entry, outcome: Outcome) -> Outcome:
         """Consume or release the entry as the outcome decides (a lost entry is left alone);
         returns what was done."""
+        self._undecided.discard(gevent.getcurrent())  # settled: it will wait for no limit
         if outcome.decision is Decision.CONSUME:
             self.queue.consume(entry)
         elif outcome.decision is Decision.RELEASE:
