@@ -303,8 +303,25 @@ def run(args: argparse.Namespace) -> tuple[list[Run], str]:
     return runs, version
 
 
+def machine_note(load_at_start: float) -> str:
+    """What the run's machine was: quiet, or shared with other work (the rates then say less
+    than the CPU per operation)."""
+    cores = os.cpu_count() or 1
+    if load_at_start > cores / 2:
+        return (
+            f"\n- Machine: {cores} cores, shared: a load average of {load_at_start:.1f} at the"
+            " start (other work besides this run), so the rates are lower than on a quiet"
+            " machine; the CPU per operation is the steadier figure.\n"
+        )
+    return (
+        f"\n- Machine: {cores} cores, quiet: a load average of {load_at_start:.1f} at the start;"
+        " the job APIs, PostgreSQL, ZooKeeper and the load processes shared its cores.\n"
+    )
+
+
 def main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     load_at_start = publishing.load_average()
+    quiet_load = os.getloadavg()[0]
     runs, version = run(args)
     table = markdown(runs, args, version)
     print()
@@ -313,13 +330,9 @@ def main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     REPORT.write_text(f"# Job API on both stores\n\n{table}")
     print(f"written: {REPORT.relative_to(base.REPO)}")
     if args.publish:
-        shared = (
-            f"\n- Machine: {os.cpu_count()} cores, shared: other sessions were running during"
-            " this measurement (see `other cores`), so the rates are lower than on a quiet"
-            " machine; to be measured again on one.\n"
-        )
         command = publishing.command_line("bench.api", argv)
-        publishing.publish(SECTION, publishing.section(command, load_at_start, table + shared))
+        section = publishing.section(command, load_at_start, table + machine_note(quiet_load))
+        publishing.publish(SECTION, section)
     return 0
 
 
