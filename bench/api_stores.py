@@ -321,7 +321,7 @@ def machine_note(load_at_start: float) -> str:
 
 def main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     load_at_start = publishing.load_average()
-    quiet_load = os.getloadavg()[0]
+    load_1min = os.getloadavg()[0]  # a number for machine_note (section() prints all three)
     runs, version = run(args)
     table = markdown(runs, args, version)
     print()
@@ -331,7 +331,7 @@ def main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(f"written: {REPORT.relative_to(base.REPO)}")
     if args.publish:
         command = publishing.command_line("bench.api", argv)
-        section = publishing.section(command, load_at_start, table + machine_note(quiet_load))
+        section = publishing.section(command, load_at_start, table + machine_note(load_1min))
         publishing.publish(SECTION, section)
     return 0
 
